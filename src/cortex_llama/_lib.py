@@ -1,0 +1,162 @@
+"""The raw layer: ``ffi`` and ``lib``, llama.cpp's C API as declared in llama.h.
+
+This is the only module that calls ``dlopen``. It looks for the libraries in
+``$CORTEX_LLAMA_LIB_DIR`` when that is set, else in the package's own ``lib/``
+folder; it checks that the library was built from the commit the declarations
+were generated from, initializes the backend once, and routes llama.cpp's log
+output to the :mod:`logging` logger ``cortex_llama`` (silent unless configured).
+
+Names here are llama.cpp's own C names; the layers above give them Python ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import cffi
+
+from ._cdef import CDEF, LLAMA_CPP_COMMIT
+
+__all__ = ["ffi", "lib", "lib_dir", "LIB_DIR_ENV", "library_commit"]
+
+LIB_DIR_ENV = "CORTEX_LLAMA_LIB_DIR"
+PACKAGE_LIB_DIR = Path(__file__).resolve().parent / "lib"
+
+logger = logging.getLogger("cortex_llama")
+logger.addHandler(logging.NullHandler())
+
+ffi = cffi.FFI()
+ffi.cdef(CDEF)
+
+
+def _library_names() -> list[str]:
+    if sys.platform == "win32":
+        return ["llama.dll", "libllama.dll"]
+    if sys.platform == "darwin":
+        return ["libllama.dylib"]
+    return ["libllama.so"]
+
+
+def _load() -> tuple[Any, Path]:
+    override = os.environ.get(LIB_DIR_ENV)
+    if override:
+        dirs = [(Path(override), f"${LIB_DIR_ENV}")]
+    else:
+        dirs = [(PACKAGE_LIB_DIR, "the package's lib/ folder")]
+    tried: list[str] = []
+    for directory, source in dirs:
+        for name in _library_names():
+            path = directory / name
+            if not path.is_file():
+                tried.append(f"  {path} ({source}): no such file")
+                continue
+            try:
+                if sys.platform == "win32":
+                    os.add_dll_directory(str(directory))
+                return ffi.dlopen(str(path)), directory
+            except OSError as exc:
+                tried.append(f"  {path} ({source}): {exc}")
+    hint = (
+        "reinstall cortex-llama so that its native libraries are built "
+        "(pip install .), or point $CORTEX_LLAMA_LIB_DIR at a folder holding libllama"
+    )
+    raise ImportError(
+        "cortex-llama could not load llama.cpp. Paths tried:\n" + "\n".join(tried) + f"\nFix: {hint}"
+    )
+
+
+lib, lib_dir = _load()
+
+
+def library_commit() -> str | None:
+    """The llama.cpp commit the loaded library was built from, if it can tell.
+
+    ggml records git's short hash when built from a git checkout; cortex-llama's
+    own build writes ``llama_cpp_commit.txt`` beside the libraries.
+    """
+    commit = ffi.string(lib.ggml_commit()).decode(errors="replace")
+    if commit and commit != "unknown":
+        return commit.removesuffix("-dirty")
+    stamp = lib_dir / "llama_cpp_commit.txt"
+    if stamp.is_file():
+        return stamp.read_text().strip()
+    return None
+
+
+def _check_commit() -> None:
+    built = library_commit()
+    if built is None:
+        logger.warning("cannot tell which llama.cpp commit %s was built from", lib_dir)
+        return
+    if not LLAMA_CPP_COMMIT.startswith(built) or len(built) < 7:
+        raise ImportError(
+            f"llama.cpp in {lib_dir} was built from commit {built}, but cortex-llama's "
+            f"declarations were generated for {LLAMA_CPP_COMMIT}. Rebuild the package "
+            f"(pip install .) or unset ${LIB_DIR_ENV}."
+        )
+
+
+_check_commit()
+
+# ---------------------------------------------------------------------------
+# Logging: llama.cpp -> logging.getLogger("cortex_llama")
+# ---------------------------------------------------------------------------
+_LEVELS = {
+    lib.GGML_LOG_LEVEL_NONE: logging.DEBUG,
+    lib.GGML_LOG_LEVEL_DEBUG: logging.DEBUG,
+    lib.GGML_LOG_LEVEL_INFO: logging.INFO,
+    lib.GGML_LOG_LEVEL_WARN: logging.WARNING,
+    lib.GGML_LOG_LEVEL_ERROR: logging.ERROR,
+}
+_log_state = {"level": logging.INFO, "buffer": ""}
+_log_lock = threading.Lock()
+
+
+@ffi.callback("void(enum ggml_log_level, const char *, void *)")
+def _log_callback(level: int, text: Any, _user: Any) -> None:
+    # Runs on whichever thread llama.cpp logs from; it must never raise.
+    try:
+        with _log_lock:
+            if level != lib.GGML_LOG_LEVEL_CONT:
+                _log_state["level"] = _LEVELS.get(level, logging.INFO)
+            py_level = _log_state["level"]
+            if not logger.isEnabledFor(py_level):
+                _log_state["buffer"] = ""
+                return
+            buffered = _log_state["buffer"] + ffi.string(text).decode("utf-8", errors="replace")
+            *lines, rest = buffered.split("\n")
+            _log_state["buffer"] = rest
+        for line in lines:
+            if line.strip():
+                logger.log(py_level, "%s", line)
+    except Exception:  # pragma: no cover - a logging failure must not unwind into C
+        pass
+
+
+# ---------------------------------------------------------------------------
+# One-time initialization
+# ---------------------------------------------------------------------------
+_init_lock = threading.Lock()
+_initialized = False
+
+
+def init() -> None:
+    """Initialize llama.cpp once per process (thread-safe; later calls do nothing)."""
+    global _initialized
+    with _init_lock:
+        if _initialized:
+            return
+        lib.llama_log_set(_log_callback, ffi.NULL)
+        if lib.ggml_backend_reg_count() == 0:
+            # Built with GGML_BACKEND_DL: backends are modules beside libllama.
+            lib.ggml_backend_load_all_from_path(str(lib_dir).encode())
+        lib.llama_backend_init()
+        _initialized = True
+
+
+init()
