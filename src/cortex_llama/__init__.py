@@ -1,10 +1,43 @@
-"""cortex-llama: llama.cpp compiled from a pinned vendored tree, driven through cffi."""
+"""cortex-llama: llama.cpp compiled from a pinned vendored tree, driven through cffi.
+
+Layers, each using only the one below it:
+
+* ``cortex_llama._lib``: the raw ``ffi``/``lib`` (llama.h's C names);
+* owned objects: :class:`Model`, :class:`Vocab`, :class:`Context`, :class:`Batch`,
+  :class:`Sampler`, :class:`SamplerChain`, :class:`PySampler`, :class:`LoraAdapter`;
+* the ``cortex-llama`` command line.
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import _lib
-from .errors import LlamaError
+from .batch import Batch
+from .context import Context, LoraAdapter
+from .errors import (
+    AbortedError,
+    ClosedError,
+    ContextError,
+    DecodeError,
+    FatalDecodeError,
+    GrammarError,
+    InvalidBatchError,
+    KVCacheFullError,
+    LlamaError,
+    ModelLoadError,
+    StateError,
+    TemplateError,
+    TokenizeError,
+)
+from .model import Detokenizer, Model, Vocab, quantize
+from .sampling import Candidates, PySampler, Sampler, SamplerChain
 
-__all__ = ["LlamaError", "__version__"]
+__all__ = [
+    "__version__",
+    "Model", "Vocab", "Detokenizer", "quantize",
+    "Context", "LoraAdapter", "Batch",
+    "Sampler", "SamplerChain", "PySampler", "Candidates",
+    "LlamaError", "ModelLoadError", "ContextError", "ClosedError", "DecodeError",
+    "KVCacheFullError", "AbortedError", "InvalidBatchError", "FatalDecodeError",
+    "TokenizeError", "GrammarError", "StateError", "TemplateError",
+]

@@ -11,6 +11,7 @@ Names here are llama.cpp's own C names; the layers above give them Python ones.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import sys
@@ -22,7 +23,8 @@ import cffi
 
 from ._cdef import CDEF, LLAMA_CPP_COMMIT
 
-__all__ = ["ffi", "lib", "lib_dir", "LIB_DIR_ENV", "library_commit"]
+__all__ = ["ffi", "lib", "lib_dir", "LIB_DIR_ENV", "library_commit", "flag_abort_callback",
+           "take_log_problems", "init"]
 
 LIB_DIR_ENV = "CORTEX_LLAMA_LIB_DIR"
 PACKAGE_LIB_DIR = Path(__file__).resolve().parent / "lib"
@@ -32,6 +34,9 @@ logger.addHandler(logging.NullHandler())
 
 ffi = cffi.FFI()
 ffi.cdef(CDEF)
+# From the C library: strlen serves as an abort callback that costs no Python
+# (see flag_abort_callback below).
+ffi.cdef("size_t strlen(const char *);")
 
 
 def _library_names() -> list[str]:
@@ -71,6 +76,20 @@ def _load() -> tuple[Any, Path]:
 
 
 lib, lib_dir = _load()
+
+
+def _load_libc() -> Any:
+    if sys.platform == "win32":
+        return ffi.dlopen("ucrtbase.dll")
+    return ffi.dlopen(None)
+
+
+# ggml calls the abort callback after every graph node, on the decoding thread.
+# A Python callback there would take the GIL hundreds of times per decode, so the
+# default abort check is strlen() over a two-byte flag buffer {flag, 0}: it returns
+# 1 (true: abort) once another thread sets the flag byte, else 0.
+_libc = _load_libc()  # kept: the function pointer below lives as long as it
+flag_abort_callback = ffi.cast("ggml_abort_callback", _libc.strlen)
 
 
 def library_commit() -> str | None:
@@ -115,6 +134,17 @@ _LEVELS = {
 }
 _log_state = {"level": logging.INFO, "buffer": ""}
 _log_lock = threading.Lock()
+# llama.cpp reports why a load or a parse failed only through its log; the last
+# warnings and errors are kept so that exceptions can quote them.
+_recent_problems: collections.deque[str] = collections.deque(maxlen=16)
+
+
+def take_log_problems() -> list[str]:
+    """The warnings and errors llama.cpp logged since the last call (and forget them)."""
+    with _log_lock:
+        lines = list(_recent_problems)
+        _recent_problems.clear()
+    return lines
 
 
 @ffi.callback("void(enum ggml_log_level, const char *, void *)")
@@ -125,12 +155,15 @@ def _log_callback(level: int, text: Any, _user: Any) -> None:
             if level != lib.GGML_LOG_LEVEL_CONT:
                 _log_state["level"] = _LEVELS.get(level, logging.INFO)
             py_level = _log_state["level"]
-            if not logger.isEnabledFor(py_level):
+            problem = py_level >= logging.WARNING
+            if not problem and not logger.isEnabledFor(py_level):
                 _log_state["buffer"] = ""
                 return
             buffered = _log_state["buffer"] + ffi.string(text).decode("utf-8", errors="replace")
             *lines, rest = buffered.split("\n")
             _log_state["buffer"] = rest
+            if problem:
+                _recent_problems.extend(line.strip() for line in lines if line.strip())
         for line in lines:
             if line.strip():
                 logger.log(py_level, "%s", line)

@@ -1,0 +1,538 @@
+"""Inference contexts: decoding, logits and embeddings, KV-cache memory, state."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from . import _lib
+from ._base import CallbackErrors, Owned
+from ._lib import ffi, lib
+from .batch import Batch
+from .errors import ContextError, LlamaError, StateError, raise_for_decode
+from .model import Model, PathLike, _why
+
+__all__ = ["Context", "LoraAdapter", "POOLING_TYPES", "ATTENTION_TYPES", "ROPE_SCALING_TYPES",
+           "FLASH_ATTN_TYPES", "GGML_TYPES"]
+
+POOLING_TYPES = {
+    None: lib.LLAMA_POOLING_TYPE_UNSPECIFIED, "none": lib.LLAMA_POOLING_TYPE_NONE,
+    "mean": lib.LLAMA_POOLING_TYPE_MEAN, "cls": lib.LLAMA_POOLING_TYPE_CLS,
+    "last": lib.LLAMA_POOLING_TYPE_LAST, "rank": lib.LLAMA_POOLING_TYPE_RANK,
+}
+ATTENTION_TYPES = {
+    None: lib.LLAMA_ATTENTION_TYPE_UNSPECIFIED, "causal": lib.LLAMA_ATTENTION_TYPE_CAUSAL,
+    "non-causal": lib.LLAMA_ATTENTION_TYPE_NON_CAUSAL,
+}
+ROPE_SCALING_TYPES = {
+    None: lib.LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED, "none": lib.LLAMA_ROPE_SCALING_TYPE_NONE,
+    "linear": lib.LLAMA_ROPE_SCALING_TYPE_LINEAR, "yarn": lib.LLAMA_ROPE_SCALING_TYPE_YARN,
+    "longrope": lib.LLAMA_ROPE_SCALING_TYPE_LONGROPE,
+}
+FLASH_ATTN_TYPES = {
+    None: lib.LLAMA_FLASH_ATTN_TYPE_AUTO, "auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    True: lib.LLAMA_FLASH_ATTN_TYPE_ENABLED, False: lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+GGML_TYPES = {name[len("GGML_TYPE_"):].lower(): getattr(lib, name)
+              for name in dir(lib) if name.startswith("GGML_TYPE_") and name != "GGML_TYPE_COUNT"}
+
+# Batches at least this big, decoded on the main thread, check for Ctrl-C through
+# a Python abort callback (its per-graph-node cost is negligible next to theirs).
+# Smaller ones use the C-level flag, and Ctrl-C lands right after they return.
+INTERRUPT_CHECK_MIN_TOKENS = 32
+
+
+def _choice(table: Mapping[Any, int], value: Any, field: str) -> int:
+    try:
+        return table[value]
+    except (KeyError, TypeError):
+        names = [k for k in table if k is not None]
+        raise ValueError(f"{field} must be one of {names}, not {value!r}") from None
+
+
+class Context(Owned):
+    """A llama.cpp context over a :class:`Model`: the KV cache and the compute state.
+
+    Keyword arguments mirror ``llama_context_params``; ``None`` keeps llama.cpp's
+    default. The context keeps its model alive; closing the model closes the
+    context first. Every method takes the context's lock, so two threads sharing
+    one context are serialized rather than corrupting it (decoding releases the
+    GIL, so other Python threads keep running meanwhile).
+
+    Raises :class:`ContextError` when llama.cpp cannot create the context and
+    ``ValueError`` for invalid parameters.
+    """
+
+    _kind = "context"
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_ctx: int | None = None,
+        n_batch: int | None = None,
+        n_ubatch: int | None = None,
+        n_seq_max: int | None = None,
+        n_threads: int | None = None,
+        n_threads_batch: int | None = None,
+        embeddings: bool = False,
+        pooling: str | None = None,
+        attention: str | None = None,
+        flash_attn: bool | str | None = None,
+        type_k: str | None = None,
+        type_v: str | None = None,
+        offload_kqv: bool | None = None,
+        kv_unified: bool | None = None,
+        swa_full: bool | None = None,
+        rope_scaling: str | None = None,
+        rope_freq_base: float | None = None,
+        rope_freq_scale: float | None = None,
+        yarn_orig_ctx: int | None = None,
+        no_perf: bool = False,
+    ) -> None:
+        mptr = model._check()
+        self.model = model
+        p = lib.llama_context_default_params()
+        for field, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch),
+                             ("n_seq_max", n_seq_max), ("yarn_orig_ctx", yarn_orig_ctx)):
+            if value is not None:
+                if int(value) < 0 or (field != "n_ctx" and field != "yarn_orig_ctx" and int(value) < 1):
+                    raise ValueError(f"{field} must be positive, got {value}")
+                setattr(p, field, int(value))
+        if n_seq_max is not None and n_seq_max > lib.llama_max_parallel_sequences():
+            raise ValueError(f"n_seq_max={n_seq_max} exceeds llama.cpp's limit of "
+                             f"{lib.llama_max_parallel_sequences()} sequences")
+        threads = n_threads if n_threads is not None else p.n_threads
+        if int(threads) < 1:
+            raise ValueError(f"n_threads must be >= 1, got {threads}")
+        p.n_threads = int(threads)
+        p.n_threads_batch = int(n_threads_batch if n_threads_batch is not None else threads)
+        if p.n_threads_batch < 1:
+            raise ValueError(f"n_threads_batch must be >= 1, got {n_threads_batch}")
+        p.embeddings = bool(embeddings)
+        p.pooling_type = _choice(POOLING_TYPES, pooling, "pooling")
+        p.attention_type = _choice(ATTENTION_TYPES, attention, "attention")
+        p.flash_attn_type = _choice(FLASH_ATTN_TYPES, flash_attn, "flash_attn")
+        p.rope_scaling_type = _choice(ROPE_SCALING_TYPES, rope_scaling, "rope_scaling")
+        if type_k is not None:
+            p.type_k = _choice(GGML_TYPES, type_k.lower(), "type_k")
+        if type_v is not None:
+            p.type_v = _choice(GGML_TYPES, type_v.lower(), "type_v")
+        if rope_freq_base is not None:
+            p.rope_freq_base = float(rope_freq_base)
+        if rope_freq_scale is not None:
+            p.rope_freq_scale = float(rope_freq_scale)
+        for field, flag in (("offload_kqv", offload_kqv), ("kv_unified", kv_unified),
+                            ("swa_full", swa_full)):
+            if flag is not None:
+                setattr(p, field, bool(flag))
+        p.no_perf = bool(no_perf)
+        # The abort flag: {flag, 0}, read by strlen (see _lib.flag_abort_callback).
+        self._abort_buf = ffi.new("char[2]")
+        p.abort_callback = _lib.flag_abort_callback
+        p.abort_callback_data = self._abort_buf
+
+        _lib.take_log_problems()
+        ptr = lib.llama_init_from_model(mptr, p)
+        if ptr == ffi.NULL:
+            raise ContextError(_why(f"llama.cpp could not create a context for {model.path.name} "
+                                    f"(n_ctx={p.n_ctx}, n_batch={p.n_batch})"))
+        self._own(ptr, lib.llama_free)
+        model._adopt(self)
+        self._lock = threading.RLock()
+        self._mem = lib.llama_get_memory(ptr)
+        self._n_ctx = int(lib.llama_n_ctx(ptr))
+        self._n_batch = int(lib.llama_n_batch(ptr))
+        self._n_seq_max = int(lib.llama_n_seq_max(ptr))
+        self._n_vocab = model.vocab.n_tokens
+        self._n_embd = model.n_embd
+        self._n_outputs = 0
+        self._embeddings = bool(embeddings)
+        self._errors = CallbackErrors()
+        abort_buf = self._abort_buf
+
+        def abort_check(_data: Any) -> bool:
+            # Python code runs here, so a pending Ctrl-C is raised inside this
+            # callback; onerror stores it and the callback returns True: abort.
+            return abort_buf[0] != b"\0"
+
+        # (a closure, not a bound method: no reference cycle through the callback)
+        self._py_abort = ffi.callback("ggml_abort_callback", abort_check, error=True,
+                                      onerror=self._errors.onerror)
+        self._loras: dict[LoraAdapter, float] = {}
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<Context closed>"
+        return f"<Context n_ctx={self._n_ctx} n_batch={self._n_batch} n_seq_max={self._n_seq_max}>"
+
+    def _release(self, ptr: Any) -> None:
+        self._mem = None
+        super()._release(ptr)
+
+    # -- sizes ------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        self._check()
+        return self._n_ctx
+
+    @property
+    def n_batch(self) -> int:
+        self._check()
+        return self._n_batch
+
+    @property
+    def n_ubatch(self) -> int:
+        return int(lib.llama_n_ubatch(self._check()))
+
+    @property
+    def n_seq_max(self) -> int:
+        self._check()
+        return self._n_seq_max
+
+    @property
+    def n_vocab(self) -> int:
+        return self._n_vocab
+
+    @property
+    def n_threads(self) -> int:
+        return int(lib.llama_n_threads(self._check()))
+
+    @property
+    def n_threads_batch(self) -> int:
+        return int(lib.llama_n_threads_batch(self._check()))
+
+    def set_n_threads(self, n_threads: int, n_threads_batch: int | None = None) -> None:
+        """Change the thread counts for generation and for batch (prompt) processing."""
+        if n_threads < 1 or (n_threads_batch is not None and n_threads_batch < 1):
+            raise ValueError("thread counts must be >= 1")
+        with self._lock:
+            lib.llama_set_n_threads(self._check(), n_threads,
+                                    n_threads if n_threads_batch is None else n_threads_batch)
+
+    def new_batch(self, capacity: int | None = None, n_seq_max: int | None = None) -> Batch:
+        """A token :class:`Batch` sized for this context (defaults: n_batch, n_seq_max)."""
+        self._check()
+        return Batch(capacity or self._n_batch, n_seq_max or self._n_seq_max, n_vocab=self._n_vocab)
+
+    # -- decoding ---------------------------------------------------------------------
+    def abort(self) -> None:
+        """Ask a running (or the next) decode to stop; it raises :class:`AbortedError`.
+
+        Safe to call from any thread; costs the decoding thread nothing.
+        """
+        self._abort_buf[0] = b"\1"
+
+    def _run(self, fn: Any, batch: Batch, what: str) -> None:
+        ptr = self._check()
+        n = batch._n
+        if n == 0:
+            raise ValueError(f"{what}: the batch is empty")
+        if n > self._n_batch:
+            raise ValueError(f"{what}: batch of {n} tokens exceeds the context's n_batch={self._n_batch}")
+        if batch._unchecked:
+            batch.validate(self._n_vocab, self._n_seq_max)
+        if batch._max_tok >= self._n_vocab:
+            raise ValueError(f"token id {batch._max_tok} is outside the vocabulary [0, {self._n_vocab})")
+        if batch._max_seq >= self._n_seq_max:
+            raise ValueError(f"sequence id {batch._max_seq} is outside [0, {self._n_seq_max}) "
+                             "(the context's n_seq_max)")
+        if batch.embd and batch.embd != self._n_embd:
+            raise ValueError(f"embedding batch width {batch.embd} != model n_embd {self._n_embd}")
+        cbatch = batch._as_c()
+        interruptible = (n >= INTERRUPT_CHECK_MIN_TOKENS
+                         and threading.current_thread() is threading.main_thread())
+        with self._lock:
+            self._abort_buf[0] = b"\0"
+            if interruptible:
+                lib.llama_set_abort_callback(ptr, self._py_abort, self._abort_buf)
+            try:
+                rc = fn(ptr, cbatch)
+            finally:
+                if interruptible:
+                    lib.llama_set_abort_callback(ptr, _lib.flag_abort_callback, self._abort_buf)
+            self._n_outputs = batch.n_outputs if rc == 0 else 0
+        self._errors.reraise()  # e.g. a KeyboardInterrupt caught by the abort check
+        if rc != 0:
+            raise_for_decode(rc, what, n, self._n_ctx)
+
+    def decode(self, batch: Batch) -> None:
+        """Run the model over ``batch`` (``llama_decode``).
+
+        Raises ``ValueError`` (before C sees anything) for an empty or oversized
+        batch, token ids outside the vocabulary, or sequence ids >= n_seq_max;
+        :class:`KVCacheFullError` when the KV cache has no room (the context stays
+        usable); :class:`AbortedError` after :meth:`abort`; ``KeyboardInterrupt``
+        when Ctrl-C aborted a long decode; :class:`InvalidBatchError` or
+        :class:`FatalDecodeError` for other failures.
+        """
+        self._run(lib.llama_decode, batch, "llama_decode")
+
+    def encode(self, batch: Batch) -> None:
+        """Run the encoder over ``batch`` (``llama_encode``); raises like :meth:`decode`."""
+        self._run(lib.llama_encode, batch, "llama_encode")
+
+    # -- outputs ---------------------------------------------------------------------
+    def _row(self, getter: Any, i: int, width: int, what: str) -> np.ndarray:
+        ptr = self._check()
+        row = getter(ptr, int(i))
+        if row == ffi.NULL:
+            _lib.take_log_problems()
+            raise IndexError(f"no {what} for output {i}: request them with logits=True in the batch")
+        return np.frombuffer(ffi.buffer(row, width * 4), dtype=np.float32)
+
+    def logits(self, i: int = -1) -> np.ndarray:
+        """Zero-copy float32 view of the logits of batch entry ``i`` (-1: the last output).
+
+        The view points into llama.cpp's output buffer: it is valid only until
+        the next ``decode``/``encode`` (or close), which overwrites or frees it.
+        Use :meth:`logits_copy` to keep the values. Raises ``IndexError`` when
+        entry ``i`` did not request logits.
+        """
+        return self._row(lib.llama_get_logits_ith, i, self._n_vocab, "logits")
+
+    def logits_copy(self, i: int = -1) -> np.ndarray:
+        """Like :meth:`logits`, but an independent copy that stays valid."""
+        return self.logits(i).copy()
+
+    def all_logits(self) -> np.ndarray:
+        """``(n_outputs, n_vocab)`` zero-copy view of every output's logits (valid until
+        the next decode)."""
+        ptr = self._check()
+        raw = lib.llama_get_logits(ptr)
+        if raw == ffi.NULL or self._n_outputs == 0:
+            return np.empty((0, self._n_vocab), dtype=np.float32)
+        n = self._n_outputs
+        return np.frombuffer(ffi.buffer(raw, n * self._n_vocab * 4),
+                             dtype=np.float32).reshape(n, self._n_vocab)
+
+    def embeddings(self, i: int = -1) -> np.ndarray:
+        """Copy of the embedding of batch entry ``i`` (context made with embeddings=True)."""
+        return self._row(lib.llama_get_embeddings_ith, i, self._n_embd, "embeddings").copy()
+
+    def seq_embeddings(self, seq_id: int) -> np.ndarray:
+        """Copy of the pooled embedding of sequence ``seq_id`` (pooling other than none)."""
+        ptr = self._check()
+        self._check_seq(seq_id)
+        row = lib.llama_get_embeddings_seq(ptr, seq_id)
+        if row == ffi.NULL:
+            raise IndexError(f"no pooled embedding for sequence {seq_id} (pooling is "
+                             f"{self.pooling!r}; embeddings={self._embeddings})")
+        return np.frombuffer(ffi.buffer(row, self._n_embd * 4), dtype=np.float32).copy()
+
+    @property
+    def pooling(self) -> str | None:
+        code = lib.llama_pooling_type(self._check())
+        return next((k for k, v in POOLING_TYPES.items() if v == code), None)
+
+    def set_embeddings(self, on: bool) -> None:
+        with self._lock:
+            lib.llama_set_embeddings(self._check(), bool(on))
+            self._embeddings = bool(on)
+
+    def set_causal_attn(self, on: bool) -> None:
+        with self._lock:
+            lib.llama_set_causal_attn(self._check(), bool(on))
+
+    # -- memory (KV cache) ------------------------------------------------------------
+    def _check_seq(self, seq_id: int, allow_all: bool = False) -> int:
+        if allow_all and seq_id == -1:
+            return -1
+        if not 0 <= seq_id < self._n_seq_max:
+            raise ValueError(f"sequence id {seq_id} is outside [0, {self._n_seq_max}) (n_seq_max)")
+        return int(seq_id)
+
+    def _memory(self) -> Any:
+        self._check()
+        return self._mem
+
+    def clear(self, data: bool = True) -> None:
+        """Empty the whole KV cache (``data=True`` also zeroes the buffers)."""
+        with self._lock:
+            lib.llama_memory_clear(self._memory(), data)
+
+    def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
+        """Remove positions ``[p0, p1)`` of ``seq_id`` (-1: all sequences / open ends).
+
+        Returns False when llama.cpp cannot remove a partial range (recurrent models).
+        """
+        with self._lock:
+            return bool(lib.llama_memory_seq_rm(self._memory(), self._check_seq(seq_id, True), p0, p1))
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        """Share positions ``[p0, p1)`` of sequence ``src`` with sequence ``dst``."""
+        with self._lock:
+            lib.llama_memory_seq_cp(self._memory(), self._check_seq(src), self._check_seq(dst), p0, p1)
+
+    def seq_keep(self, seq_id: int) -> None:
+        """Drop every sequence but ``seq_id``."""
+        with self._lock:
+            lib.llama_memory_seq_keep(self._memory(), self._check_seq(seq_id))
+
+    def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
+        """Shift positions ``[p0, p1)`` of ``seq_id`` by ``delta`` (needs :attr:`can_shift`)."""
+        with self._lock:
+            if not lib.llama_memory_can_shift(self._memory()):
+                raise LlamaError("this context's memory cannot shift positions")
+            lib.llama_memory_seq_add(self._memory(), self._check_seq(seq_id, True), p0, p1, delta)
+
+    def seq_div(self, seq_id: int, p0: int, p1: int, d: int) -> None:
+        """Integer-divide positions ``[p0, p1)`` of ``seq_id`` by ``d`` (> 1)."""
+        if d < 1:
+            raise ValueError(f"divisor must be >= 1, got {d}")
+        with self._lock:
+            if not lib.llama_memory_can_shift(self._memory()):
+                raise LlamaError("this context's memory cannot shift positions")
+            lib.llama_memory_seq_div(self._memory(), self._check_seq(seq_id, True), p0, p1, d)
+
+    def seq_pos_min(self, seq_id: int) -> int:
+        """Smallest position of ``seq_id`` in the cache, -1 when it is empty."""
+        with self._lock:
+            return int(lib.llama_memory_seq_pos_min(self._memory(), self._check_seq(seq_id)))
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        """Largest position of ``seq_id`` in the cache, -1 when it is empty."""
+        with self._lock:
+            return int(lib.llama_memory_seq_pos_max(self._memory(), self._check_seq(seq_id)))
+
+    @property
+    def can_shift(self) -> bool:
+        return bool(lib.llama_memory_can_shift(self._memory()))
+
+    # -- state ---------------------------------------------------------------------
+    def state_bytes(self, seq_id: int | None = None) -> bytes:
+        """The whole state (or one sequence's) as bytes."""
+        with self._lock:
+            ptr = self._check()
+            if seq_id is None:
+                size = lib.llama_state_get_size(ptr)
+                buf = ffi.new("uint8_t[]", size)
+                n = lib.llama_state_get_data(ptr, buf, size)
+            else:
+                sid = self._check_seq(seq_id)
+                size = lib.llama_state_seq_get_size(ptr, sid)
+                buf = ffi.new("uint8_t[]", size)
+                n = lib.llama_state_seq_get_data(ptr, buf, size, sid)
+            if n == 0 and size != 0:
+                raise StateError(_why("llama.cpp could not serialize the state"))
+            return ffi.buffer(buf, n)[:]
+
+    def load_state_bytes(self, data: bytes, seq_id: int | None = None) -> None:
+        """Restore state saved by :meth:`state_bytes` (into ``seq_id`` when given).
+
+        Raises :class:`StateError` when llama.cpp rejects the data.
+        """
+        src = ffi.from_buffer("uint8_t[]", data)
+        with self._lock:
+            ptr = self._check()
+            _lib.take_log_problems()
+            if seq_id is None:
+                n = lib.llama_state_set_data(ptr, src, len(data))
+            else:
+                n = lib.llama_state_seq_set_data(ptr, src, len(data), self._check_seq(seq_id))
+            if n == 0:
+                raise StateError(_why(f"llama.cpp rejected {len(data)} bytes of state"))
+
+    def save_state(self, path: PathLike, tokens: Sequence[int] | np.ndarray = (),
+                   seq_id: int | None = None) -> None:
+        """Save the state (or one sequence's) and ``tokens`` to a file."""
+        toks = np.ascontiguousarray(tokens, dtype=np.int32)
+        raw = os.fsencode(os.fspath(path))
+        with self._lock:
+            ptr = self._check()
+            _lib.take_log_problems()
+            ids = ffi.from_buffer("llama_token[]", toks)
+            if seq_id is None:
+                ok = lib.llama_state_save_file(ptr, raw, ids, toks.size)
+            else:
+                ok = lib.llama_state_seq_save_file(ptr, raw, self._check_seq(seq_id), ids, toks.size) != 0
+            if not ok:
+                raise StateError(_why(f"could not save state to {os.fspath(path)}"))
+
+    def load_state(self, path: PathLike, seq_id: int | None = None,
+                   max_tokens: int | None = None) -> np.ndarray:
+        """Load a state file saved by :meth:`save_state`; returns its tokens.
+
+        Raises ``FileNotFoundError`` for a missing file and :class:`StateError`
+        when llama.cpp rejects it.
+        """
+        p = Path(os.fspath(path))
+        if not p.is_file():
+            raise FileNotFoundError(f"state file not found: {p}")
+        cap = int(max_tokens if max_tokens is not None else self._n_ctx)
+        out = np.zeros(cap, dtype=np.int32)
+        count = ffi.new("size_t *")
+        with self._lock:
+            ptr = self._check()
+            _lib.take_log_problems()
+            ids = ffi.from_buffer("llama_token[]", out)
+            if seq_id is None:
+                ok = lib.llama_state_load_file(ptr, os.fsencode(str(p)), ids, cap, count)
+            else:
+                ok = lib.llama_state_seq_load_file(ptr, os.fsencode(str(p)), self._check_seq(seq_id),
+                                                   ids, cap, count) != 0
+            if not ok:
+                raise StateError(_why(f"could not load state from {p}"))
+        return out[: count[0]].copy()
+
+    # -- LoRA --------------------------------------------------------------------------
+    def set_loras(self, adapters: Mapping[LoraAdapter, float]) -> None:
+        """Apply exactly these LoRA adapters with their scales ({} removes all)."""
+        items = list(adapters.items())
+        for adapter, _ in items:
+            adapter._check()
+            if adapter.model is not self.model:
+                raise ValueError(f"LoRA adapter {adapter.path} belongs to another model")
+        arr = ffi.new("struct llama_adapter_lora *[]", max(1, len(items)))
+        scales = ffi.new("float[]", max(1, len(items)))
+        for i, (adapter, scale) in enumerate(items):
+            arr[i] = adapter._ptr
+            scales[i] = float(scale)
+        with self._lock:
+            rc = lib.llama_set_adapters_lora(self._check(), arr, len(items), scales)
+        if rc != 0:
+            raise LlamaError(f"llama_set_adapters_lora failed (rc {rc})")
+        self._loras = dict(items)
+
+    def add_lora(self, adapter: LoraAdapter, scale: float = 1.0) -> None:
+        self.set_loras({**self._loras, adapter: scale})
+
+    def remove_lora(self, adapter: LoraAdapter) -> None:
+        self.set_loras({a: s for a, s in self._loras.items() if a is not adapter})
+
+    # -- perf --------------------------------------------------------------------------
+    def perf(self) -> dict[str, float]:
+        """llama.cpp's timing counters (ms) and token counts."""
+        d = lib.llama_perf_context(self._check())
+        return {"t_start_ms": d.t_start_ms, "t_load_ms": d.t_load_ms,
+                "t_p_eval_ms": d.t_p_eval_ms, "t_eval_ms": d.t_eval_ms,
+                "n_p_eval": d.n_p_eval, "n_eval": d.n_eval, "n_reused": d.n_reused}
+
+    def perf_reset(self) -> None:
+        lib.llama_perf_context_reset(self._check())
+
+
+class LoraAdapter(Owned):
+    """A LoRA adapter file loaded for a :class:`Model`; apply it with ``Context.add_lora``.
+
+    Raises :class:`ModelLoadError`-style :class:`LlamaError` when the file is
+    missing or does not match the model.
+    """
+
+    _kind = "LoRA adapter"
+
+    def __init__(self, model: Model, path: PathLike) -> None:
+        self.model = model
+        self.path = Path(os.fspath(path))
+        if not self.path.is_file():
+            raise LlamaError(f"LoRA adapter file not found: {self.path}")
+        _lib.take_log_problems()
+        ptr = lib.llama_adapter_lora_init(model._check(), str(self.path).encode())
+        if ptr == ffi.NULL:
+            raise LlamaError(_why(f"could not load LoRA adapter {self.path}"))
+        self._own(ptr, lib.llama_adapter_lora_free)
+        model._adopt(self)

@@ -1,0 +1,210 @@
+"""Make small llama-architecture GGUF models with random weights, for tests and demos.
+
+The models are real GGUF files that llama.cpp loads like any other: llama
+architecture, random weights (deterministic by seed), an SPM vocab with
+``<unk>``, ``<s>``, ``</s>``, ChatML control tokens, the 256 byte-fallback tokens
+and ordinary pieces, and a ChatML chat template. Their output is noise, but every
+code path is real.
+
+Writing needs the ``gguf`` package (``pip install cortex-llama[testmodel]``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import string
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TestModelSpec", "PRESETS", "make_test_model", "CHATML_TEMPLATE"]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# token types of the GGUF SPM vocab (llama.cpp's llama_token_type)
+_NORMAL, _UNKNOWN, _CONTROL, _BYTE = 1, 2, 3, 6
+_SPACE = "\u2581"  # SentencePiece's word-boundary marker
+_SPECIAL = [("<unk>", _UNKNOWN), ("<s>", _CONTROL), ("</s>", _CONTROL),
+            ("<|im_start|>", _CONTROL), ("<|im_end|>", _CONTROL)]
+
+
+@dataclass(frozen=True)
+class TestModelSpec:
+    """The shape of a generated model."""
+
+    __test__ = False  # not a pytest test class
+
+    n_vocab: int = 512
+    n_embd: int = 64
+    n_ff: int = 128
+    n_layer: int = 2
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ctx: int = 2048
+    dtype: str = "f32"  # weights of the 2-D tensors: "f32" or "f16"
+    seed: int = 0
+    name: str = "cortex-llama test model"
+
+    def __post_init__(self) -> None:
+        if self.n_vocab < len(_SPECIAL) + 256 + 1:
+            raise ValueError(f"n_vocab={self.n_vocab} is too small for the special and byte tokens")
+        if self.n_embd % self.n_head or self.n_head % self.n_head_kv:
+            raise ValueError(
+                f"n_embd={self.n_embd} must divide by n_head={self.n_head}, "
+                f"and n_head by n_head_kv={self.n_head_kv}"
+            )
+        if self.dtype not in ("f32", "f16"):
+            raise ValueError(f"dtype must be 'f32' or 'f16', not {self.dtype!r}")
+
+
+PRESETS: dict[str, TestModelSpec] = {
+    "tiny": TestModelSpec(),
+    "small": TestModelSpec(n_vocab=4096, n_embd=256, n_ff=768, n_layer=4, n_head=8, n_head_kv=4),
+    # TinyLlama-1.1B's shape
+    "1b": TestModelSpec(
+        n_vocab=32000, n_embd=2048, n_ff=5632, n_layer=22, n_head=32, n_head_kv=4, dtype="f16",
+    ),
+}
+
+
+def _ordinary_pieces(count: int) -> list[str]:
+    """Deterministic SPM pieces: single characters first, then longer letter runs."""
+    singles = [_SPACE] + [c for c in string.printable if c not in string.whitespace]
+    pieces: list[str] = list(singles) + [_SPACE + c for c in singles[1:]]
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    for n in itertools.count(2):
+        for combo in itertools.product(letters, repeat=n):
+            word = "".join(combo)
+            pieces.append(_SPACE + word)
+            pieces.append(word)
+            if len(pieces) >= count:
+                return pieces[:count]
+    raise AssertionError("unreachable")
+
+
+def build_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
+    """Tokens, scores and token types of an SPM vocab of ``n_vocab`` entries."""
+    special = _SPECIAL
+    tokens = [t for t, _ in special]
+    types = [k for _, k in special]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [_BYTE] * 256
+    ordinary = _ordinary_pieces(n_vocab - len(tokens))
+    tokens += ordinary
+    types += [_NORMAL] * len(ordinary)
+    # SPM merges the adjacent pair whose joined piece scores highest: rank order.
+    scores = [0.0] * (len(special) + 256) + [-float(i) for i in range(len(ordinary))]
+    return tokens, scores, types
+
+
+def _tensors(spec: TestModelSpec) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(spec.seed)
+    wdt = np.float16 if spec.dtype == "f16" else np.float32
+    head_dim = spec.n_embd // spec.n_head
+    n_embd_kv = head_dim * spec.n_head_kv
+
+    def mat(rows: int, cols: int, scale: float) -> np.ndarray:
+        out = rng.standard_normal((rows, cols), dtype=np.float32)
+        out *= scale
+        return out.astype(wdt, copy=False)
+
+    def norm() -> np.ndarray:
+        return (1.0 + 0.1 * rng.standard_normal(spec.n_embd, dtype=np.float32)).astype(np.float32)
+
+    s_in = 1.0 / np.sqrt(spec.n_embd)
+    tensors: dict[str, np.ndarray] = {"token_embd.weight": mat(spec.n_vocab, spec.n_embd, 1.0)}
+    for i in range(spec.n_layer):
+        p = f"blk.{i}."
+        tensors[p + "attn_norm.weight"] = norm()
+        tensors[p + "attn_q.weight"] = mat(spec.n_embd, spec.n_embd, s_in)
+        tensors[p + "attn_k.weight"] = mat(n_embd_kv, spec.n_embd, s_in)
+        tensors[p + "attn_v.weight"] = mat(n_embd_kv, spec.n_embd, s_in)
+        tensors[p + "attn_output.weight"] = mat(spec.n_embd, spec.n_embd, s_in)
+        tensors[p + "ffn_norm.weight"] = norm()
+        tensors[p + "ffn_gate.weight"] = mat(spec.n_ff, spec.n_embd, s_in)
+        tensors[p + "ffn_up.weight"] = mat(spec.n_ff, spec.n_embd, s_in)
+        tensors[p + "ffn_down.weight"] = mat(spec.n_embd, spec.n_ff, 1.0 / np.sqrt(spec.n_ff))
+    tensors["output_norm.weight"] = norm()
+    # A wide output projection spreads the logits, so greedy picks are far from
+    # ties and stay identical across batch shapes and thread counts.
+    tensors["output.weight"] = mat(spec.n_vocab, spec.n_embd, 4.0 * s_in)
+    return tensors
+
+
+def make_test_model(
+    path: str | Path,
+    preset: str | TestModelSpec = "tiny",
+    *,
+    chat_template: str | None = CHATML_TEMPLATE,
+    **overrides: Any,
+) -> Path:
+    """Write a llama-architecture GGUF model with random weights to ``path``.
+
+    ``preset`` is a name from :data:`PRESETS` (``tiny``, ``small``, ``1b``) or a
+    :class:`TestModelSpec`; keyword ``overrides`` replace fields of it (``seed=1``,
+    ``n_layer=4``, ...). Returns the path.
+
+    Raises ``ValueError`` for an unknown preset or an impossible shape, and
+    ``ImportError`` when the ``gguf`` package is missing.
+    """
+    try:
+        import gguf
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "making test models needs the gguf package: pip install 'cortex-llama[testmodel]'"
+        ) from exc
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        spec = PRESETS[preset]
+    else:
+        spec = preset
+    if overrides:
+        spec = replace(spec, **overrides)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(spec.name)
+    writer.add_description("random weights made by cortex_llama.testmodel: " + str(asdict(spec)))
+    writer.add_context_length(spec.n_ctx)
+    writer.add_embedding_length(spec.n_embd)
+    writer.add_block_count(spec.n_layer)
+    writer.add_feed_forward_length(spec.n_ff)
+    writer.add_head_count(spec.n_head)
+    writer.add_head_count_kv(spec.n_head_kv)
+    writer.add_rope_dimension_count(spec.n_embd // spec.n_head)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(spec.n_vocab)
+    writer.add_file_type(
+        gguf.LlamaFileType.MOSTLY_F16 if spec.dtype == "f16" else gguf.LlamaFileType.ALL_F32
+    )
+
+    tokens, scores, types = build_vocab(spec.n_vocab)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
+
+    for name, array in _tensors(spec).items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
