@@ -1,0 +1,90 @@
+"""What this build of llama.cpp can do: version, backends, devices, capabilities."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import __version__, _lib
+from ._cdef import LLAMA_CPP_COMMIT
+from ._lib import ffi, lib
+
+__all__ = ["Device", "devices", "backends", "system_info"]
+
+_DEVICE_TYPES = {
+    lib.GGML_BACKEND_DEVICE_TYPE_CPU: "cpu",
+    lib.GGML_BACKEND_DEVICE_TYPE_GPU: "gpu",
+    lib.GGML_BACKEND_DEVICE_TYPE_IGPU: "igpu",
+    lib.GGML_BACKEND_DEVICE_TYPE_ACCEL: "accel",
+}
+
+
+@dataclass(frozen=True)
+class Device:
+    """A ggml backend device (a CPU, a GPU, an RPC server, ...)."""
+
+    index: int
+    name: str
+    description: str
+    type: str
+    backend: str
+    memory_free: int
+    memory_total: int
+
+
+def _s(raw: Any) -> str:
+    return "" if raw == ffi.NULL else ffi.string(raw).decode("utf-8", errors="replace")
+
+
+def devices() -> list[Device]:
+    """Every device of every registered backend."""
+    _lib.init()
+    out = []
+    free, total = ffi.new("size_t *"), ffi.new("size_t *")
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        lib.ggml_backend_dev_memory(dev, free, total)
+        out.append(Device(
+            index=i,
+            name=_s(lib.ggml_backend_dev_name(dev)),
+            description=_s(lib.ggml_backend_dev_description(dev)),
+            type=_DEVICE_TYPES.get(lib.ggml_backend_dev_type(dev), "other"),
+            backend=_s(lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev))),
+            memory_free=int(free[0]),
+            memory_total=int(total[0]),
+        ))
+    return out
+
+
+def backends() -> list[str]:
+    """Names of the registered ggml backends (CPU, CUDA, Vulkan, RPC, ...)."""
+    _lib.init()
+    return [_s(lib.ggml_backend_reg_name(lib.ggml_backend_reg_get(i)))
+            for i in range(lib.ggml_backend_reg_count())]
+
+
+def system_info() -> dict[str, Any]:
+    """Everything ``cortex-llama info`` prints, as a dict."""
+    _lib.init()
+    try:
+        from . import _build_info
+
+        build_options = list(_build_info.BUILD_OPTIONS)
+    except ImportError:  # libraries from $CORTEX_LLAMA_LIB_DIR, not our build
+        build_options = []
+    return {
+        "cortex_llama": __version__,
+        "llama_cpp_commit": LLAMA_CPP_COMMIT,
+        "library_commit": _lib.library_commit(),
+        "library_dir": str(_lib.lib_dir),
+        "build_options": build_options,
+        "system_info": _s(lib.llama_print_system_info()).strip(),
+        "backends": backends(),
+        "devices": [asdict(d) for d in devices()],
+        "supports": {
+            "gpu_offload": bool(lib.llama_supports_gpu_offload()),
+            "mmap": bool(lib.llama_supports_mmap()),
+            "mlock": bool(lib.llama_supports_mlock()),
+            "rpc": bool(lib.llama_supports_rpc()),
+        },
+    }

@@ -1,0 +1,45 @@
+"""Shared fixtures: real GGUF test models made once per session, no mocks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cortex_llama import Context, Model
+from cortex_llama.testmodel import make_test_model
+
+ROOT = Path(__file__).resolve().parent.parent
+VENDOR = ROOT / "vendor" / "llama.cpp"
+
+
+def have_cc() -> str | None:
+    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_path(models_dir: Path) -> Path:
+    return make_test_model(models_dir / "tiny.gguf", "tiny")
+
+
+@pytest.fixture(scope="session")
+def small_path(models_dir: Path) -> Path:
+    return make_test_model(models_dir / "small.gguf", "small")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_path: Path) -> Model:
+    """A session-wide tiny model. Tests must not close it."""
+    return Model(tiny_path)
+
+
+@pytest.fixture()
+def ctx(tiny: Model):
+    with Context(tiny, n_ctx=512, n_batch=512, n_seq_max=4, n_threads=2) as c:
+        yield c
