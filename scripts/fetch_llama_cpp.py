@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -78,6 +79,9 @@ def download_sdist() -> Path:
         print(f"using cached {target}")
         return target
     print(f"downloading {SDIST_NAME}=={SDIST_VERSION} (sdist) into {cache}")
+    if importlib.util.find_spec("scikit_build_core") is None:
+        # pip prepares the sdist's metadata with it (see --no-build-isolation below)
+        subprocess.run([sys.executable, "-m", "pip", "install", "scikit-build-core>=0.10"], check=True)
     # --no-build-isolation: pip prepares the sdist's metadata with the installed
     # scikit-build-core instead of building its build requirements from source.
     cmd = [
