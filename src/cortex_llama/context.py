@@ -221,7 +221,8 @@ class Context(Owned):
 
     # -- decoding ---------------------------------------------------------------------
     def abort(self) -> None:
-        """Ask a running (or the next) decode to stop; it raises :class:`AbortedError`.
+        """Ask the running decode (or, if none runs, the next one) to stop; it raises
+        :class:`AbortedError`. One request stops one decode.
 
         Safe to call from any thread; costs the decoding thread nothing.
         """
@@ -247,12 +248,12 @@ class Context(Owned):
         interruptible = (n >= INTERRUPT_CHECK_MIN_TOKENS
                          and threading.current_thread() is threading.main_thread())
         with self._lock:
-            self._abort_buf[0] = b"\0"
             if interruptible:
                 lib.llama_set_abort_callback(ptr, self._py_abort, self._abort_buf)
             try:
                 rc = fn(ptr, cbatch)
             finally:
+                self._abort_buf[0] = b"\0"  # an abort request is consumed by one decode
                 if interruptible:
                     lib.llama_set_abort_callback(ptr, _lib.flag_abort_callback, self._abort_buf)
             self._n_outputs = batch.n_outputs if rc == 0 else 0
