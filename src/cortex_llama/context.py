@@ -63,6 +63,10 @@ class Context(Owned):
     one context are serialized rather than corrupting it (decoding releases the
     GIL, so other Python threads keep running meanwhile).
 
+    Embedding contexts with pooling and several sequences default to a unified
+    KV cache (``kv_unified=True``): with per-sequence streams, this llama.cpp
+    returns wrong pooled embeddings for every sequence after the first.
+
     Raises :class:`ContextError` when llama.cpp cannot create the context and
     ``ValueError`` for invalid parameters.
     """
@@ -126,6 +130,11 @@ class Context(Owned):
             p.rope_freq_base = float(rope_freq_base)
         if rope_freq_scale is not None:
             p.rope_freq_scale = float(rope_freq_scale)
+        if kv_unified is None and embeddings and pooling != "none" and (n_seq_max or 1) > 1:
+            # With one KV stream per sequence, this llama.cpp pools every sequence
+            # but the first wrongly (measured: mean-pooled seq 1 off by 0.5); a
+            # unified cache pools them all right.
+            kv_unified = True
         for field, flag in (("offload_kqv", offload_kqv), ("kv_unified", kv_unified),
                             ("swa_full", swa_full)):
             if flag is not None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TestModelSpec", "PRESETS", "make_test_model", "CHATML_TEMPLATE"]
+__all__ = ["TestModelSpec", "PRESETS", "make_test_model", "make_test_lora", "CHATML_TEMPLATE"]
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -203,6 +203,57 @@ def make_test_model(
 
     for name, array in _tensors(spec).items():
         writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def make_test_lora(
+    path: str | Path,
+    preset: str | TestModelSpec = "tiny",
+    *,
+    rank: int = 4,
+    alpha: float = 8.0,
+    targets: tuple[str, ...] = ("attn_q", "attn_v", "ffn_up"),
+    seed: int = 1,
+    scale: float = 0.5,
+) -> Path:
+    """Write a random LoRA adapter GGUF that fits the model of ``preset``.
+
+    Every layer's ``targets`` get a ``lora_a`` (rank x n_in) and ``lora_b``
+    (n_out x rank) pair. Raises ``ValueError`` for an unknown preset or target.
+    """
+    import gguf
+
+    spec = PRESETS[preset] if isinstance(preset, str) else preset
+    head_dim = spec.n_embd // spec.n_head
+    shapes = {  # (n_out, n_in) of each base weight
+        "attn_q": (spec.n_embd, spec.n_embd),
+        "attn_k": (head_dim * spec.n_head_kv, spec.n_embd),
+        "attn_v": (head_dim * spec.n_head_kv, spec.n_embd),
+        "attn_output": (spec.n_embd, spec.n_embd),
+        "ffn_gate": (spec.n_ff, spec.n_embd),
+        "ffn_up": (spec.n_ff, spec.n_embd),
+        "ffn_down": (spec.n_embd, spec.n_ff),
+    }
+    unknown = set(targets) - set(shapes)
+    if unknown:
+        raise ValueError(f"unknown LoRA targets {sorted(unknown)}; choose from {sorted(shapes)}")
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(alpha))
+    for i in range(spec.n_layer):
+        for t in targets:
+            n_out, n_in = shapes[t]
+            a = (rng.standard_normal((rank, n_in), dtype=np.float32) * scale / np.sqrt(n_in))
+            b = (rng.standard_normal((n_out, rank), dtype=np.float32) * scale)
+            writer.add_tensor(f"blk.{i}.{t}.weight.lora_a", a.astype(np.float32))
+            writer.add_tensor(f"blk.{i}.{t}.weight.lora_b", b.astype(np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
