@@ -95,3 +95,22 @@ def test_200_load_free_cycles_keep_rss_bounded(small_path: Path) -> None:
     gc.collect()
     grown = _rss_mib() - base
     assert grown < 40, f"RSS grew by {grown:.1f} MiB over 200 cycles"
+
+
+def test_closing_the_model_closes_chains_holding_its_grammar(tiny_path: Path) -> None:
+    model = Model(tiny_path)
+    chain = SamplerChain([Sampler.grammar(model, "root ::= [0-9]+"), Sampler.greedy()])
+    model.close()
+    assert chain.closed  # the grammar pointed into the freed vocab
+    with pytest.raises(ClosedError):
+        len(chain)
+
+
+def test_python_sampler_teardown_in_any_order(tiny: Model) -> None:
+    from cortex_llama import PySampler
+
+    for _ in range(50):
+        lone = PySampler(lambda c: None)
+        chain = SamplerChain([PySampler(lambda c: setattr(c, "selected", 0), selects=True)])
+        del lone, chain
+    gc.collect()

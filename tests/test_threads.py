@@ -3,57 +3,55 @@
 from __future__ import annotations
 
 import threading
+from typing import Any, Callable
 
 from cortex_llama import Context, Model
 
 from .helpers import greedy_argmax
 
 
-def test_two_contexts_in_two_threads_match_sequential(tiny: Model) -> None:
-    prompts = [tiny.tokenize("first thread prompt"), tiny.tokenize("second, different prompt")]
-    sequential = []
-    for p in prompts:
-        with Context(tiny, n_ctx=256, n_threads=1) as ctx:
-            sequential.append(greedy_argmax(ctx, p, 48))
-
-    results: list[list[int] | None] = [None, None]
+def run_in_threads(fn: Callable[[int], Any], n: int) -> list[Any]:
+    """Run ``fn(0) .. fn(n-1)`` in ``n`` threads at once; return results, re-raise errors."""
+    results: list[Any] = [None] * n
     errors: list[BaseException] = []
 
     def work(i: int) -> None:
         try:
-            with Context(tiny, n_ctx=256, n_threads=1) as ctx:
-                results[i] = greedy_argmax(ctx, prompts[i], 48)
-        except BaseException as exc:  # noqa: BLE001
+            results[i] = fn(i)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors
-    assert results == sequential
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_two_contexts_in_two_threads_match_sequential(tiny: Model) -> None:
+    prompts = [tiny.tokenize("first thread prompt"), tiny.tokenize("second, different prompt")]
+
+    def generate(i: int) -> list[int]:
+        with Context(tiny, n_ctx=256, n_threads=1) as ctx:
+            return greedy_argmax(ctx, prompts[i], 48)
+
+    sequential = [generate(i) for i in range(2)]
+    assert run_in_threads(generate, 2) == sequential
 
 
 def test_shared_context_is_serialized(tiny: Model) -> None:
     """Two threads decoding into one context (different sequences) never corrupt it."""
     with Context(tiny, n_ctx=1024, n_seq_max=2, n_threads=1) as ctx:
-        errors: list[BaseException] = []
 
         def work(seq: int) -> None:
-            try:
-                b = ctx.new_batch(8)
-                for pos in range(64):
-                    b.clear()
-                    b.add(100 + seq, pos, seq, logits=True)
-                    ctx.decode(b)
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
+            b = ctx.new_batch(8)
+            for pos in range(64):
+                b.clear()
+                b.add(100 + seq, pos, seq, logits=True)
+                ctx.decode(b)
 
-        threads = [threading.Thread(target=work, args=(s,)) for s in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors
+        run_in_threads(work, 2)
         assert ctx.seq_pos_max(0) == ctx.seq_pos_max(1) == 63

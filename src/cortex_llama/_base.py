@@ -52,9 +52,9 @@ class Owned:
         ptr = self._ptr
         if ptr is None:
             return
+        self._ptr = None  # first: a child that closes its parent again finds it closed
         for child in list(getattr(self, "_children", ())):
             child.close()
-        self._ptr = None
         self._release(ptr)
 
     def _release(self, ptr: Any) -> None:

@@ -52,10 +52,15 @@ class Sampler(Owned):
     selects = False
 
     def __init__(self, ptr: Any, name: str, *, selects: bool = False,
-                 model: Model | None = None) -> None:
+                 model: Model | None = None, keep_alive: Any = None) -> None:
         if ptr == ffi.NULL:
             raise LlamaError(_why(f"llama.cpp could not create the {name} sampler"))
-        self._own(ptr, lib.llama_sampler_free)
+        if keep_alive is None:
+            self._own(ptr, lib.llama_sampler_free)
+        else:
+            # The destructor holds what C reads while freeing (a Python sampler's
+            # interface and callbacks), so it outlives the free in any teardown order.
+            self._own(ptr, lambda p, _keep=keep_alive: lib.llama_sampler_free(p))
         self.name = name
         self.selects = selects
         self._chain: SamplerChain | None = None
@@ -69,7 +74,10 @@ class Sampler(Owned):
     def _release(self, ptr: Any) -> None:
         if self._chain is None:
             super()._release(ptr)
-        # else: the chain owns and frees the C object
+        else:
+            # The chain owns the C object. Closing a member (e.g. because its model
+            # closed and a grammar would point into a freed vocab) closes the chain.
+            self._chain.close()
 
     # -- constructors ------------------------------------------------------------
     @classmethod
@@ -340,7 +348,8 @@ class PySampler(Sampler):
         iface = ffi.new("struct llama_sampler_i *")
         iface.name, iface.accept, iface.apply, iface.reset = self._callbacks
         self._iface = iface  # C keeps this pointer: it lives as long as we do
-        super().__init__(lib.llama_sampler_init(iface, ffi.NULL), name, selects=selects)
+        super().__init__(lib.llama_sampler_init(iface, ffi.NULL), name, selects=selects,
+                         keep_alive=(iface, self._callbacks))
 
     def clone_py(self) -> PySampler:
         return PySampler(self._apply_fn, accept=self._accept_fn, reset=self._reset_fn,
@@ -351,8 +360,9 @@ class SamplerChain(Sampler):
     """An ordered chain of samplers; the last one usually selects (greedy or dist).
 
     ``SamplerChain([Sampler.top_k(40), Sampler.temp(0.8), Sampler.dist(42)])``.
-    Samplers added to a chain belong to it: they are closed with it and cannot
-    be added elsewhere.
+    Samplers added to a chain belong to it: they are closed with it, cannot be
+    added elsewhere, and closing one of them (or the model a grammar sampler
+    reads) closes the whole chain.
     """
 
     _kind = "sampler chain"
@@ -360,8 +370,10 @@ class SamplerChain(Sampler):
     def __init__(self, samplers: Iterable[Sampler] = (), *, perf: bool = False) -> None:
         params = lib.llama_sampler_chain_default_params()
         params.no_perf = not perf
-        super().__init__(lib.llama_sampler_chain_init(params), "chain")
-        self._members: list[Sampler] = []  # strong: Python samplers must outlive C use
+        # strong references: C frees the members (and reads their interfaces) when
+        # the chain is freed, so the destructor keeps them alive until then
+        self._members: list[Sampler] = []
+        super().__init__(lib.llama_sampler_chain_init(params), "chain", keep_alive=self._members)
         for s in samplers:
             self.add(s)
 
