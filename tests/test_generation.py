@@ -236,3 +236,23 @@ def test_greedy_equals_native_llama_cpp(preset_path: str, request, tmp_path: Pat
     with Model(model_path) as model, Context(model, n_ctx=512, n_batch=512, n_threads=2) as ctx:
         ours = generate(ctx, SamplerChain([Sampler.greedy()]), model.tokenize(prompt), n)
     assert ours == native
+
+
+def test_embedding_batch_decodes(tiny: Model) -> None:
+    from cortex_llama import Batch
+
+    with Context(tiny, n_ctx=128, n_threads=2) as ctx:
+        b = Batch(4, embd=tiny.n_embd)
+        rng = np.random.default_rng(0)
+        for pos in range(3):
+            b.add_embd(rng.standard_normal(tiny.n_embd), pos, 0, logits=pos == 2)
+        ctx.decode(b)
+        assert np.isfinite(ctx.logits()).all()
+        with pytest.raises(ValueError, match="shape"):
+            b.add_embd(np.zeros(3), 3)
+        with pytest.raises(ValueError, match="embedding batch"):
+            b.add(1, 3)
+        wrong = Batch(2, embd=tiny.n_embd + 1)
+        wrong.add_embd(np.zeros(tiny.n_embd + 1), 0)
+        with pytest.raises(ValueError, match="n_embd"):
+            ctx.decode(wrong)
