@@ -170,7 +170,7 @@ class Ours:
             t0 = time.perf_counter()
             for step in range(tg):
                 b.clear()
-                b.add_many(toks[step], pp + step, seqs, logits=True)
+                b.add_many(toks[step], np.full(npl, pp + step), seqs, logits=True)
                 ctx.decode(b)
             return npl * tg / (time.perf_counter() - t0)
 

@@ -173,3 +173,14 @@ def test_abort_a_decode_running_in_another_thread(small_path) -> None:
         assert isinstance(outcome[0], AbortedError)
         ctx.clear()
         prefill(ctx, model.tokenize("usable"))
+
+
+def test_invalid_batch_carries_llama_cpp_reason(ctx: Context) -> None:
+    prefill(ctx, [1, 2, 3])
+    b = ctx.new_batch()
+    b.add(5, 10, 0, logits=True)  # leaves a gap after position 2
+    with pytest.raises(InvalidBatchError) as info:
+        ctx.decode(b)
+    assert "consecutive" in str(info.value)
+    ctx.clear()
+    prefill(ctx, [1, 2, 3])

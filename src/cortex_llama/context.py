@@ -268,7 +268,7 @@ class Context(Owned):
             self._n_outputs = batch.n_outputs if rc == 0 else 0
         self._errors.reraise()  # e.g. a KeyboardInterrupt caught by the abort check
         if rc != 0:
-            raise_for_decode(rc, what, n, self._n_ctx)
+            raise_for_decode(rc, what, n, self._n_ctx, _lib.take_log_problems())
 
     def decode(self, batch: Batch) -> None:
         """Run the model over ``batch`` (``llama_decode``).

@@ -103,11 +103,15 @@ _DECODE_CODES: dict[int, tuple[type[DecodeError], str]] = {
 }
 
 
-def raise_for_decode(rc: int, what: str, n_tokens: int, n_ctx: int) -> NoReturn:
+def raise_for_decode(rc: int, what: str, n_tokens: int, n_ctx: int,
+                     details: list[str] | None = None) -> NoReturn:
     """Raise the exception class that the C return code ``rc`` of ``what``
-    (``"llama_decode"`` or ``"llama_encode"``) maps to."""
+    (``"llama_decode"`` or ``"llama_encode"``) maps to; ``details`` are the lines
+    llama.cpp logged about it."""
     cls, template = _DECODE_CODES.get(rc, (FatalDecodeError, "fatal error"))
     if rc not in _DECODE_CODES and rc > 0:
         cls, template = DecodeError, "warning code"
     message = template.format(n=n_tokens, n_ctx=n_ctx)
+    if details:
+        message += " (llama.cpp: " + " | ".join(details[-3:]) + ")"
     raise cls(f"{what} returned {rc}: {message}", rc)
