@@ -104,7 +104,7 @@ def native_bench(bindir: Path, model: Path, threads: int, n_prompt: int, n_gen: 
 def native_batched(bindir: Path, model: Path, threads: int, npl: int, pp: int, tg: int) -> float:
     """Generation tokens/s of llama-batched-bench for ``npl`` parallel sequences."""
     out = subprocess.run([str(bindir / "llama-batched-bench"), "-m", str(model), "-t", str(threads),
-                          "-c", str(npl * (pp + tg) + 16), "-b", "2048", "-ub", "512", "-fa", "off",
+                          "-c", str(npl * (pp + tg) + 512), "-b", "2048", "-ub", "512", "-fa", "off",
                           "-kvu", "-npp", str(pp), "-ntg", str(tg), "-npl", str(npl),
                           "--output-format", "jsonl"],
                          capture_output=True, text=True, check=True).stdout
@@ -160,7 +160,7 @@ class Ours:
 
     def batched(self, npl: int, pp: int, tg: int) -> float:
         """Generation tokens/s for ``npl`` sequences, one decode per step."""
-        with self._ctx(npl * (pp + tg) + 16, n_seq=npl) as ctx:
+        with self._ctx(npl * (pp + tg) + 512, n_seq=npl) as ctx:
             b = ctx.new_batch(max(npl * pp, npl))
             for s in range(npl):
                 b.add_many(self.rng.integers(0, self.model.n_vocab, pp, dtype=np.int32), 0, s)

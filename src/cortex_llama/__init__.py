@@ -5,6 +5,8 @@ Layers, each using only the one below it:
 * ``cortex_llama._lib``: the raw ``ffi``/``lib`` (llama.h's C names);
 * owned objects: :class:`Model`, :class:`Vocab`, :class:`Context`, :class:`Batch`,
   :class:`Sampler`, :class:`SamplerChain`, :class:`PySampler`, :class:`LoraAdapter`;
+* the high level: :class:`LLM` with :class:`ModelConfig`, :class:`GenerationParams`
+  and :class:`Completion`;
 * the ``cortex-llama`` command line.
 """
 
@@ -31,12 +33,14 @@ from .errors import (
 )
 from .model import Detokenizer, Model, Vocab, quantize
 from .sampling import Candidates, PySampler, Sampler, SamplerChain
+from .llm import LLM, Completion, GenerationParams, ModelConfig
 
 __all__ = [
     "__version__",
     "Model", "Vocab", "Detokenizer", "quantize",
     "Context", "LoraAdapter", "Batch",
     "Sampler", "SamplerChain", "PySampler", "Candidates",
+    "LLM", "ModelConfig", "GenerationParams", "Completion",
     "LlamaError", "ModelLoadError", "ContextError", "ClosedError", "DecodeError",
     "KVCacheFullError", "AbortedError", "InvalidBatchError", "FatalDecodeError",
     "TokenizeError", "GrammarError", "StateError", "TemplateError",
