@@ -23,7 +23,9 @@ __all__ = ["schema_to_gbnf"]
 
 _PRIMITIVES = {
     "ws": '[ ]?',
-    "char": r'[^"\\\x00-\x1f] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})',
+    # any character but the quote, the backslash and controls; surrogates and values
+    # past U+10FFFF are excluded because llama.cpp's grammar decodes such invalid UTF-8
+    "char": r'[^"\\\x00-\x1f\uD800-\uDFFF\U00110000-\U003FFFFF] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})',
     "string": r'"\"" char* "\""',
     "integer": r'"-"? ([0-9] | [1-9] [0-9]{1,15})',
     "number": r'integer ("." [0-9]{1,15})? ([eE] [-+]? [0-9]{1,3})?',
