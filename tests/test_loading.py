@@ -101,7 +101,3 @@ def test_build_info_module() -> None:
     assert isinstance(_build_info.BUILD_OPTIONS, list)
 
 
-def test_demo_command() -> None:
-    out = subprocess.run(["cortex-llama", "demo"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "tokens/s" in out.stdout

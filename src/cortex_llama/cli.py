@@ -1,4 +1,7 @@
-"""The ``cortex-llama`` command line: info, make-test-model, generate, demo."""
+"""The ``cortex-llama`` command line.
+
+Commands: info, make-test-model, run, chat, embed, tokenize, demo.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +11,49 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)  # pragma: no cover
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _progress() -> Callable[[float], None] | None:
+    """A load progress bar on stderr, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(fraction: float) -> None:
+        width = 30
+        done = int(fraction * width)
+        sys.stderr.write(f"\rloading [{'#' * done}{'.' * (width - done)}] {fraction * 100:5.1f}%")
+        if fraction >= 1.0:
+            sys.stderr.write("\r" + " " * (width + 20) + "\r")
+        sys.stderr.flush()
+
+    return show
+
+
+def _llm(args: argparse.Namespace) -> Any:
+    from .llm import LLM
+
+    return LLM(args.model, context_size=args.ctx_size, threads=args.threads, gpu_layers=args.gpu_layers,
+               batch_size=args.batch_size, seed=args.seed, chat_template=args.chat_template,
+               progress=_progress())
+
+
+def _params(args: argparse.Namespace) -> Any:
+    from .llm import GenerationParams
+
+    grammar = Path(args.grammar_file).read_text() if args.grammar_file else None
+    schema = json.loads(Path(args.json_schema).read_text()) if args.json_schema else None
+    return GenerationParams(max_tokens=args.n_predict, temperature=args.temp, top_k=args.top_k,
+                            top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+                            stop=args.stop or (), seed=args.seed, grammar=grammar, json_schema=schema)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -51,78 +88,186 @@ def cmd_make_test_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _greedy(model_path: Path, prompt: str, n_predict: int, threads: int) -> tuple[str, float]:
-    """Greedy generation with the object layer; returns (text, tokens/s)."""
-    from . import Context, Model, SamplerChain, Sampler
-
-    with Model(model_path) as model:
-        with Context(model, n_ctx=max(256, n_predict + 64), n_threads=threads) as ctx:
-            tokens = model.tokenize(prompt)
-            batch = ctx.new_batch()
-            batch.add_many(tokens, 0)
-            ctx.decode(batch)
-            chain = SamplerChain([Sampler.greedy()])
-            detok = model.vocab.detokenizer()
-            out = []
-            pos = len(tokens)
-            t0 = time.perf_counter()
-            for _ in range(n_predict):
-                tok = chain.sample(ctx)
-                if model.vocab.is_eog(tok):
-                    break
-                out.append(detok.feed(tok))
-                batch.clear()
-                batch.add(tok, pos, 0, logits=True)
-                pos += 1
-                ctx.decode(batch)
-            dt = time.perf_counter() - t0
-            out.append(detok.flush())
-            return "".join(out), (len(out) - 1) / dt if dt > 0 else 0.0
+def cmd_run(args: argparse.Namespace) -> int:
+    with _llm(args) as llm:
+        params = _params(args)
+        if args.json:
+            c = llm.complete(args.prompt, params)
+            print(json.dumps({"text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason,
+                              "usage": {"prompt_tokens": c.usage.prompt_tokens,
+                                        "completion_tokens": c.usage.completion_tokens},
+                              "tokens_per_second": c.tokens_per_second}))
+            return 0
+        t0 = time.perf_counter()
+        n = 0
+        for delta in llm.stream(args.prompt, params):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+            n += 1
+        sys.stdout.write("\n")
+        print(f"[{time.perf_counter() - t0:.2f} s]", file=sys.stderr)
+    return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    text, tps = _greedy(Path(args.model), args.prompt, args.n_predict, args.threads)
-    print(text)
-    print(f"[{tps:.1f} tokens/s]", file=sys.stderr)
+def cmd_chat(args: argparse.Namespace) -> int:
+    """A REPL: each line is a user message; ``/exit`` (or EOF) quits, ``/reset`` forgets."""
+    with _llm(args) as llm:
+        params = _params(args)
+        history: list[dict[str, str]] = []
+        if args.system:
+            history.append({"role": "system", "content": args.system})
+        interactive = sys.stdin.isatty()
+        while True:
+            if interactive:
+                sys.stdout.write("> ")
+                sys.stdout.flush()
+            line = sys.stdin.readline()
+            if not line:
+                break
+            text = line.rstrip("\n")
+            if text.strip() == "/exit":
+                break
+            if text.strip() == "/reset":
+                history = history[:1] if args.system else []
+                continue
+            if not text.strip():
+                continue
+            history.append({"role": "user", "content": text})
+            parts = []
+            for delta in llm.stream_chat(history, params):
+                parts.append(delta)
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            history.append({"role": "assistant", "content": "".join(parts)})
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    with _llm(args) as llm:
+        vecs = llm.embed(texts, pooling=args.pooling, normalize=not args.no_normalize)
+        name = llm.name
+    print(json.dumps({"model": name, "dim": int(vecs.shape[1]),
+                      "data": [{"text": t, "embedding": [round(float(x), 6) for x in v]}
+                               for t, v in zip(texts, vecs)]}))
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from .model import Model
+
+    with Model(args.model, vocab_only=True) as model:
+        toks = model.tokenize(args.text, add_special=not args.no_special, parse_special=args.parse_special)
+        if args.json:
+            pieces = [model.vocab.token_to_piece(int(t)) for t in toks]
+            print(json.dumps([{"id": int(t), "piece": p.decode("utf-8", "replace"), "bytes": p.hex()}
+                              for t, p in zip(toks, pieces)]))
+        else:
+            for t in toks:
+                print(f"{int(t):>7} {model.vocab.token_to_piece(int(t))!r}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .llm import LLM, GenerationParams
     from .testmodel import make_test_model
 
     with tempfile.TemporaryDirectory(prefix="cortex-llama-demo-") as tmp:
-        path = make_test_model(Path(tmp) / "tiny.gguf", args.preset)
-        print(f"made a random-weight test model: {path.name} (preset {args.preset})\n")
+        path = make_test_model(Path(tmp) / f"{args.preset}.gguf", args.preset)
+        print(f"made a random-weight test model: {path.name} (preset {args.preset}); "
+              "its text is noise, every code path is real\n")
         cmd_info(argparse.Namespace(json=False))
-        print("\ngreedy generation (random weights: the text is noise, the code path is real):")
-        text, tps = _greedy(path, "Hello, world", 32, args.threads)
-        print(repr(text))
-        print(f"{tps:.0f} tokens/s")
+        with LLM(path, context_size=1024, threads=args.threads, n_seq_max=4) as llm:
+            greedy = GenerationParams(temperature=0, max_tokens=32)
+            print("\n== streaming completion")
+            t0 = time.perf_counter()
+            for delta in llm.stream("Hello, world", greedy):
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+            print(f"\n   [{time.perf_counter() - t0:.3f} s]")
+            print("\n== chat (the model's chat template)")
+            msgs = [{"role": "user", "content": "What is cortex-llama?"}]
+            print("prompt:", repr(llm.chat_prompt(msgs)))
+            print("reply: ", repr(llm.chat(msgs, greedy).text))
+            print("\n== batched generation: 4 prompts, one decode per step")
+            prompts = ["Once upon a time", "The capital of", "def main():", "In 2026,"]
+            t0 = time.perf_counter()
+            for p, c in zip(prompts, llm.generate(prompts, greedy)):
+                print(f"   {p!r:20} -> {c.text[:40]!r} ({c.finish_reason})")
+            print(f"   [{time.perf_counter() - t0:.3f} s]")
+            print("\n== structured output (JSON schema -> GBNF)")
+            schema = {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                                       "color": {"enum": ["red", "green"]}},
+                      "required": ["ok", "color"]}
+            print("  ", llm.complete("JSON:", max_tokens=40, seed=1, json_schema=schema).text)
+            print("\n== embeddings")
+            vecs = llm.embed(["first text", "second text", "third"])
+            print(f"   shape {vecs.shape}, cosine(first, second) = {float(vecs[0] @ vecs[1]):.3f}")
     return 0
 
 
+def _model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
+    p.add_argument("model", help="path to a GGUF model")
+    p.add_argument("-c", "--ctx-size", type=int, default=4096)
+    p.add_argument("-t", "--threads", type=int, default=4)
+    p.add_argument("-b", "--batch-size", type=int, default=512)
+    p.add_argument("-ngl", "--gpu-layers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--chat-template", default=None, help="a built-in template name or a Jinja template")
+    if generation:
+        p.add_argument("-n", "--n-predict", type=int, default=256, help="max tokens")
+        p.add_argument("--temp", type=float, default=0.8)
+        p.add_argument("--top-k", type=int, default=40)
+        p.add_argument("--top-p", type=float, default=0.95)
+        p.add_argument("--min-p", type=float, default=0.05)
+        p.add_argument("--repeat-penalty", type=float, default=1.0)
+        p.add_argument("--stop", action="append", help="a stop string (repeatable)")
+        p.add_argument("--grammar-file", help="a GBNF grammar file")
+        p.add_argument("--json-schema", help="a JSON schema file")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cortex-llama", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cortex-llama", description="llama.cpp through cffi")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="version, llama.cpp commit, backends and devices")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("make-test-model", help="write a random-weight llama GGUF model")
-    p.add_argument("out", help="output .gguf path")
+    p.add_argument("out")
     p.add_argument("--preset", default="tiny", choices=["tiny", "small", "1b"])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_test_model)
 
-    p = sub.add_parser("generate", help="greedy generation from a prompt (object layer)")
-    p.add_argument("model")
+    p = sub.add_parser("run", help="stream a completion to stdout")
+    _model_args(p)
     p.add_argument("prompt")
-    p.add_argument("-n", "--n-predict", type=int, default=64)
-    p.add_argument("-t", "--threads", type=int, default=2)
-    p.set_defaults(func=cmd_generate)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="make a test model, print info, generate")
+    p = sub.add_parser("chat", help="interactive chat (/exit quits, /reset forgets)")
+    _model_args(p)
+    p.add_argument("--system", default=None, help="a system message")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("embed", help="print embeddings as JSON (texts from arguments or stdin)")
+    _model_args(p, generation=False)
+    p.add_argument("text", nargs="*")
+    p.add_argument("--pooling", default=None, choices=["mean", "cls", "last"])
+    p.add_argument("--no-normalize", action="store_true")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("tokenize", help="show the tokens of a text")
+    p.add_argument("model")
+    p.add_argument("text")
+    p.add_argument("--no-special", action="store_true", help="do not add BOS/EOS")
+    p.add_argument("--parse-special", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("demo", help="make a test model and show streaming, chat, batching, embeddings")
     p.add_argument("--preset", default="tiny", choices=["tiny", "small"])
     p.add_argument("-t", "--threads", type=int, default=2)
     p.set_defaults(func=cmd_demo)
@@ -135,8 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except LlamaError as exc:
+    except (LlamaError, ValueError, OSError) as exc:
         print(f"cortex-llama: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print(file=sys.stderr)
         return 130
