@@ -107,7 +107,8 @@ def native_batched(bindir: Path, model: Path, threads: int, npl: int, pp: int, t
                           "-c", str(npl * (pp + tg) + 512), "-b", "2048", "-ub", "512", "-fa", "off",
                           "-kvu", "-npp", str(pp), "-ntg", str(tg), "-npl", str(npl),
                           "--output-format", "jsonl"],
-                         capture_output=True, text=True, check=True).stdout
+                         # its log system writes the JSON line to whichever stream is shared
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=True).stdout
     row = [json.loads(line) for line in out.splitlines() if line.startswith("{")][-1]
     return float(row["speed_tg"])
 
@@ -178,6 +179,58 @@ class Ours:
         self.model.close()
 
 
+class High:
+    """The high-level LLM API on the same model and settings."""
+
+    def __init__(self, model_path: Path, threads: int, n_seq: int = 32) -> None:
+        from cortex_llama import LLM
+
+        t0 = time.perf_counter()
+        self.llm = LLM(model_path, context_size=8192 + 512, batch_size=2048, ubatch_size=512,
+                       threads=threads, n_seq_max=n_seq, flash_attn=False)
+        self.load_s = time.perf_counter() - t0
+        self.n_vocab = self.llm.model.n_vocab
+        eos = self.llm.model.vocab.eos
+        self.no_eos = {eos: float("-inf")} if eos is not None else None
+        self.rng = np.random.default_rng(1)
+
+    def _prompt(self, n: int) -> list[int]:
+        # random ids above the special tokens: never a prefix of the cached prompt
+        return self.rng.integers(300, self.n_vocab, n).tolist()
+
+    def pp(self, n: int) -> float:
+        c = self.llm.complete(self._prompt(n), temperature=0, max_tokens=0)
+        return n / (c.timings.prompt_ms / 1000)
+
+    def tg_stream(self, n: int) -> float:
+        t0 = time.perf_counter()
+        count = sum(1 for _ in self.llm.stream(self._prompt(1), temperature=0, max_tokens=n,
+                                               logit_bias=self.no_eos))
+        del count
+        return n / (time.perf_counter() - t0)
+
+    def tg_complete(self, n: int) -> float:
+        c = self.llm.complete(self._prompt(1), temperature=0, max_tokens=n, logit_bias=self.no_eos)
+        assert len(c.tokens) == n
+        return n / (c.timings.generation_ms / 1000)
+
+    def generate(self, npl: int, pp: int, tg: int) -> float:
+        res = self.llm.generate([self._prompt(pp) for _ in range(npl)], temperature=0, max_tokens=tg,
+                                logit_bias=self.no_eos)
+        return npl * tg / (res[0].timings.generation_ms / 1000)
+
+    def embed_tps(self, n_texts: int = 64) -> float:
+        words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+        texts = [" ".join(words[(i + k) % 8] for k in range(12)) for i in range(n_texts)]
+        self.llm.embed(texts[:4])
+        t0 = time.perf_counter()
+        self.llm.embed(texts)
+        return n_texts / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.llm.unload()
+
+
 def interleaved(reps: int, native, ours) -> tuple[float, float]:
     n, o = [], []
     for _ in range(reps):
@@ -208,47 +261,110 @@ def main() -> int:
 
     bindir = build_native(args.threads)
     paths = make_models(args.models)
-    rows = []
+    rows: list[dict] = []
+    extras: dict[str, dict] = {}
+
+    def record(name: str, test: str, layer: str, n: float, o: float) -> None:
+        rows.append({"model": name, "test": test, "layer": layer, "native_tps": n, "ours_tps": o,
+                     "ratio": o / n,
+                     "overhead_us_per_token": (1 / o - 1 / n) * 1e6 if test.startswith("tg") else None})
+        print(f"{name:6} {test:14} {layer:14} native {n:10.1f} t/s   ours {o:10.1f} t/s   "
+              f"ratio {o / n:.3f}", flush=True)
+
     for name, path in paths.items():
-        ours = Ours(path, args.threads)
         t = args.threads
-        for test, nat, our in [
-            ("pp512", lambda: native_bench(bindir, path, t, 512, 0), lambda: ours.pp(512)),
-            ("tg128", lambda: native_bench(bindir, path, t, 0, 128), lambda: ours.tg(128)),
-            ("tg128+greedy", lambda: native_bench(bindir, path, t, 0, 128),
-             lambda: ours.tg(128, sample=True)),
+        ours, high = Ours(path, t), High(path, t, n_seq=max(args.batched + [1]))
+        nat_pp = lambda: native_bench(bindir, path, t, 512, 0)  # noqa: E731
+        nat_tg = lambda: native_bench(bindir, path, t, 0, 128)  # noqa: E731
+        for test, layer, nat, our in [
+            ("pp512", "objects", nat_pp, lambda: ours.pp(512)),
+            ("pp512", "LLM.complete", nat_pp, lambda: high.pp(512)),
+            ("tg128", "objects", nat_tg, lambda: ours.tg(128)),
+            ("tg128", "objects+greedy", nat_tg, lambda: ours.tg(128, sample=True)),
+            ("tg128", "LLM.complete", nat_tg, lambda: high.tg_complete(128)),
+            ("tg128", "LLM.stream", nat_tg, lambda: high.tg_stream(128)),
         ]:
-            n, o = interleaved(args.reps, nat, our)
-            rows.append({"model": name, "test": test, "native_tps": n, "ours_tps": o, "ratio": o / n,
-                         "overhead_us_per_token": (1 / o - 1 / n) * 1e6 if test.startswith("tg") else None})
-            print(f"{name:6} {test:13} native {n:10.1f} t/s   ours {o:10.1f} t/s   ratio {o / n:.3f}",
-                  flush=True)
+            record(name, test, layer, *interleaved(args.reps, nat, our))
         for npl in args.batched:
             pp, tg = 128, 32 if name == "1b" else 128
-            n, o = interleaved(max(3, args.reps // 2), lambda: native_batched(bindir, path, t, npl, pp, tg),
-                               lambda: ours.batched(npl, pp, tg))
-            rows.append({"model": name, "test": f"batched-tg x{npl}", "native_tps": n, "ours_tps": o,
-                         "ratio": o / n, "overhead_us_per_token": None})
-            print(f"{name:6} batched x{npl:<4} native {n:10.1f} t/s   ours {o:10.1f} t/s   "
-                  f"ratio {o / n:.3f}", flush=True)
+            nat = lambda: native_batched(bindir, path, t, npl, pp, tg)  # noqa: E731
+            reps = max(3, args.reps // 2)
+            record(name, f"batched x{npl}", "objects", *interleaved(reps, nat, lambda: ours.batched(npl, pp, tg)))
+            record(name, f"batched x{npl}", "LLM.generate",
+                   *interleaved(reps, nat, lambda: high.generate(npl, pp, tg)))
+        extras[name] = {"load_s": high.load_s, "embed_texts_per_s": high.embed_tps(),
+                        "file_mib": path.stat().st_size / 2**20, "n_params": ours.model.n_params}
+        print(f"{name:6} load {high.load_s * 1000:.1f} ms, embeddings {extras[name]['embed_texts_per_s']:.1f} "
+              "texts/s", flush=True)
         ours.close()
+        high.close()
 
     RESULTS.mkdir(exist_ok=True)
     meta = {"machine": machine(), "threads": args.threads, "reps": args.reps,
             "commit": (ROOT / "LLAMA_CPP_COMMIT").read_text().strip(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    (RESULTS / "latest.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"Machine: {meta['machine']}; threads {args.threads}; median of {args.reps}; "
-             f"llama.cpp {meta['commit'][:10]}; {meta['date']}", "",
-             "| model | test | native t/s | cortex-llama t/s | ratio | Python overhead µs/token |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    (RESULTS / "latest.json").write_text(json.dumps({"meta": meta, "rows": rows, "models": extras},
+                                                    indent=2))
+    lines = [f"Machine: {meta['machine']}; {args.threads} threads; median of {args.reps} interleaved "
+             f"runs; llama.cpp {meta['commit'][:10]}; {meta['date']}", "",
+             "| model | test | cortex-llama layer | native t/s | cortex-llama t/s | ratio | "
+             "overhead µs/token |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         ov = "" if r["overhead_us_per_token"] is None else f"{r['overhead_us_per_token']:.1f}"
-        lines.append(f"| {r['model']} | {r['test']} | {r['native_tps']:.1f} | {r['ours_tps']:.1f} | "
-                     f"{r['ratio']:.3f} | {ov} |")
+        lines.append(f"| {r['model']} | {r['test']} | {r['layer']} | {r['native_tps']:.1f} | "
+                     f"{r['ours_tps']:.1f} | {r['ratio']:.3f} | {ov} |")
+    lines += ["", "| model | file MiB | parameters | load (LLM) ms | embeddings texts/s |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for name, e in extras.items():
+        lines.append(f"| {name} | {e['file_mib']:.1f} | {e['n_params']:,} | {e['load_s'] * 1000:.1f} | "
+                     f"{e['embed_texts_per_s']:.1f} |")
     (RESULTS / "latest.md").write_text("\n".join(lines) + "\n")
+    plot(rows, extras)
     print("\n".join(lines))
     return 0
+
+
+def plot(rows: list[dict], extras: dict[str, dict]) -> None:
+    """tokens/s against model size and against batch size (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install matplotlib)")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    for test, layer in [("pp512", "objects"), ("tg128", "objects"), ("tg128", "LLM.stream")]:
+        pts = [(extras[r["model"]]["n_params"], r["native_tps"], r["ours_tps"]) for r in rows
+               if r["test"] == test and r["layer"] == layer and r["model"] in extras]
+        if not pts:
+            continue
+        xs, nat, our = zip(*sorted(pts))
+        if layer == "objects":
+            ax.plot(xs, nat, "o--", label=f"{test} native")
+        ax.plot(xs, our, "s-", label=f"{test} cortex-llama ({layer})")
+    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="tokens/s", title="speed vs model size")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    for model in extras:
+        pts = sorted((int(r["test"].split("x")[1]), r["native_tps"], r["ours_tps"]) for r in rows
+                     if r["model"] == model and r["test"].startswith("batched") and r["layer"] == "objects")
+        tg1 = [r for r in rows if r["model"] == model and r["test"] == "tg128" and r["layer"] == "objects"]
+        if tg1:
+            pts = [(1, tg1[0]["native_tps"], tg1[0]["ours_tps"])] + pts
+        if pts:
+            xs, nat, our = zip(*pts)
+            ax.plot(xs, nat, "o--", label=f"{model} native")
+            ax.plot(xs, our, "s-", label=f"{model} cortex-llama")
+    ax.set(xscale="log", yscale="log", xlabel="parallel sequences", ylabel="generated tokens/s",
+           title="generation speed vs batch size")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "speed.png", dpi=120)
+    print(f"wrote {RESULTS / 'speed.png'}")
 
 
 if __name__ == "__main__":

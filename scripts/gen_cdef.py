@@ -40,6 +40,7 @@ GGML_FUNCTIONS = {
     "ggml_blck_size", "ggml_is_quantized", "ggml_log_set", "ggml_log_get",
     "ggml_cpu_has_avx", "ggml_cpu_has_avx2", "ggml_cpu_has_avx512", "ggml_cpu_has_neon",
     "ggml_cpu_has_arm_fma", "ggml_cpu_has_fma", "ggml_cpu_has_f16c",
+    "ggml_threadpool_params_default",
 }
 
 DEFINES = [

@@ -256,3 +256,18 @@ def test_embedding_batch_decodes(tiny: Model) -> None:
         wrong.add_embd(np.zeros(tiny.n_embd + 1), 0)
         with pytest.raises(ValueError, match="n_embd"):
             ctx.decode(wrong)
+
+
+def test_threadpool_and_openmp_paths_agree(tiny: Model) -> None:
+    """Contexts with their own polling threadpool (default) and without give the same tokens."""
+    prompt = tiny.tokenize(PROMPTS[2] + " and more")
+    outs = []
+    for poll in (50, 0, None):
+        with Context(tiny, n_ctx=256, n_threads=2, poll=poll) as ctx:
+            outs.append(greedy_argmax(ctx, prompt, 24))
+            ctx.set_n_threads(1, 2)  # rebuilds the pools
+            ctx.clear()
+            outs.append(greedy_argmax(ctx, prompt, 24))
+    assert all(o == outs[0] for o in outs)
+    with pytest.raises(ValueError, match="poll"):
+        Context(tiny, poll=101)

@@ -414,6 +414,8 @@ struct ggml_threadpool;
 
 typedef struct ggml_threadpool * ggml_threadpool_t;
 
+extern struct ggml_threadpool_params ggml_threadpool_params_default(int n_threads);
+
 typedef struct ggml_backend_buffer_type * ggml_backend_buffer_type_t;
 
 typedef struct ggml_backend_buffer * ggml_backend_buffer_t;

@@ -193,3 +193,23 @@ def init() -> None:
 
 
 init()
+
+
+# ---------------------------------------------------------------------------
+# CPU backend extras, looked up through the registry (works with GGML_BACKEND_DL)
+# ---------------------------------------------------------------------------
+_cpu_procs: dict[str, Any] = {}
+
+
+def cpu_proc(name: str, ctype: str) -> Any:
+    """A function the CPU backend exports by name (e.g. ``ggml_threadpool_new``), cast
+    to ``ctype``; None when there is no CPU backend or it lacks the function."""
+    key = name + ctype
+    if key not in _cpu_procs:
+        init()
+        fn = ffi.NULL
+        dev = lib.ggml_backend_dev_by_type(lib.GGML_BACKEND_DEVICE_TYPE_CPU)
+        if dev != ffi.NULL:
+            fn = lib.ggml_backend_reg_get_proc_address(lib.ggml_backend_dev_backend_reg(dev), name.encode())
+        _cpu_procs[key] = None if fn == ffi.NULL else ffi.cast(ctype, fn)
+    return _cpu_procs[key]

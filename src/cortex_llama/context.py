@@ -97,6 +97,7 @@ class Context(Owned):
         rope_freq_scale: float | None = None,
         yarn_orig_ctx: int | None = None,
         no_perf: bool = False,
+        poll: int | None = 50,
     ) -> None:
         mptr = model._check()
         self.model = model
@@ -145,12 +146,24 @@ class Context(Owned):
         p.abort_callback = _lib.flag_abort_callback
         p.abort_callback_data = self._abort_buf
 
+        if poll is not None and not 0 <= int(poll) <= 100:
+            raise ValueError(f"poll must be in [0, 100] or None, got {poll}")
         _lib.take_log_problems()
         ptr = lib.llama_init_from_model(mptr, p)
         if ptr == ffi.NULL:
             raise ContextError(_why(f"llama.cpp could not create a context for {model.path.name} "
                                     f"(n_ctx={p.n_ctx}, n_batch={p.n_batch})"))
-        self._own(ptr, lib.llama_free)
+        # CPU threadpools owned by this context, freed right after it (see _attach_pools)
+        self._pools: list[Any] = []
+        pools = self._pools
+
+        def free_context(cptr: Any) -> None:
+            lib.llama_free(cptr)
+            _free_pools(pools)
+
+        self._own(ptr, free_context)
+        self._poll = None if poll is None else int(poll)
+        self._attach_pools(p.n_threads, p.n_threads_batch)
         model._adopt(self)
         self._lock = threading.RLock()
         self._mem = lib.llama_get_memory(ptr)
@@ -219,9 +232,38 @@ class Context(Owned):
         """Change the thread counts for generation and for batch (prompt) processing."""
         if n_threads < 1 or (n_threads_batch is not None and n_threads_batch < 1):
             raise ValueError("thread counts must be >= 1")
+        nb = n_threads if n_threads_batch is None else n_threads_batch
         with self._lock:
-            lib.llama_set_n_threads(self._check(), n_threads,
-                                    n_threads if n_threads_batch is None else n_threads_batch)
+            ptr = self._check()
+            lib.llama_set_n_threads(ptr, n_threads, nb)
+            self._attach_pools(n_threads, nb)
+
+    def _attach_pools(self, n_threads: int, n_threads_batch: int) -> None:
+        """Give the context its own CPU threadpools, as llama.cpp's tools do.
+
+        With ``poll`` > 0 the workers spin briefly between graph nodes and between
+        decodes instead of sleeping, which is what makes per-token latency match
+        llama-bench. ``poll=None`` leaves scheduling to ggml (OpenMP).
+        """
+        if self._poll is None:
+            return
+        new = _lib.cpu_proc("ggml_threadpool_new",
+                            "struct ggml_threadpool *(*)(struct ggml_threadpool_params *)")
+        if new is None:
+            return
+        ptr = self._check()
+        pools = []
+        for n in dict.fromkeys((n_threads, n_threads_batch)):
+            tpp = ffi.new("struct ggml_threadpool_params *", lib.ggml_threadpool_params_default(n))
+            tpp.poll = self._poll
+            tp = new(tpp)
+            if tp == ffi.NULL:
+                _free_pools(pools)
+                raise ContextError(f"could not create a CPU threadpool of {n} threads")
+            pools.append(tp)
+        lib.llama_attach_threadpool(ptr, pools[0], pools[-1])
+        _free_pools(self._pools)  # the old ones, now detached
+        self._pools[:] = pools
 
     def new_batch(self, capacity: int | None = None, n_seq_max: int | None = None) -> Batch:
         """A token :class:`Batch` sized for this context (defaults: n_batch, n_seq_max)."""
@@ -524,6 +566,13 @@ class Context(Owned):
 
     def perf_reset(self) -> None:
         lib.llama_perf_context_reset(self._check())
+
+
+def _free_pools(pools: list[Any]) -> None:
+    free = _lib.cpu_proc("ggml_threadpool_free", "void(*)(struct ggml_threadpool *)")
+    for tp in pools:
+        free(tp)
+    pools.clear()
 
 
 class LoraAdapter(Owned):

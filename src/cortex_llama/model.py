@@ -304,6 +304,7 @@ class Vocab:
 
     def __init__(self, model: Model) -> None:
         self.model = model
+        self._n_tokens = int(lib.llama_vocab_n_tokens(model._vocab_ptr))  # fixed per model
 
     def _v(self) -> Any:
         self.model._check()
@@ -311,7 +312,8 @@ class Vocab:
 
     @property
     def n_tokens(self) -> int:
-        return int(lib.llama_vocab_n_tokens(self._v()))
+        self._v()
+        return self._n_tokens
 
     @property
     def type(self) -> str:
@@ -321,7 +323,7 @@ class Vocab:
         return kinds.get(lib.llama_vocab_type(self._v()), "other")
 
     def check_token(self, token: int) -> int:
-        n = self.n_tokens
+        n = self._n_tokens
         if not 0 <= token < n:
             raise ValueError(f"token id {token} is outside the vocabulary [0, {n})")
         return int(token)
