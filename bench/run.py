@@ -92,9 +92,13 @@ def make_models(names: list[str]) -> dict[str, Path]:
 # ---------------------------------------------------------------------------
 # one measurement each, native and ours
 # ---------------------------------------------------------------------------
+NGL = 0  # layers offloaded to the GPU (--gpu-layers), the same on every side
+
+
 def native_bench(bindir: Path, model: Path, threads: int, n_prompt: int, n_gen: int) -> float:
     """tokens/s of one llama-bench repetition."""
     out = subprocess.run([str(bindir / "llama-bench"), "-m", str(model), "-t", str(threads),
+                          *(["-ngl", str(NGL)] if NGL else []),
                           "-p", str(n_prompt), "-n", str(n_gen), "-r", "1", "-b", "2048",
                           "-ub", "512", "-fa", "0", "-o", "json"],
                          capture_output=True, text=True, check=True).stdout
@@ -103,14 +107,19 @@ def native_bench(bindir: Path, model: Path, threads: int, n_prompt: int, n_gen: 
 
 def native_batched(bindir: Path, model: Path, threads: int, npl: int, pp: int, tg: int) -> float:
     """Generation tokens/s of llama-batched-bench for ``npl`` parallel sequences."""
-    out = subprocess.run([str(bindir / "llama-batched-bench"), "-m", str(model), "-t", str(threads),
-                          "-c", str(npl * (pp + tg) + 512), "-b", "2048", "-ub", "512", "-fa", "off",
-                          "-kvu", "-npp", str(pp), "-ntg", str(tg), "-npl", str(npl),
-                          "--output-format", "jsonl"],
-                         # its log system writes the JSON line to whichever stream is shared
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=True).stdout
-    row = [json.loads(line) for line in out.splitlines() if line.startswith("{")][-1]
-    return float(row["speed_tg"])
+    cmd = [str(bindir / "llama-batched-bench"), "-m", str(model), "-t", str(threads),
+           *(["-ngl", str(NGL)] if NGL else []),
+           "-c", str(npl * (pp + tg) + 512), "-b", "2048", "-ub", "512", "-fa", "off",
+           "-kvu", "-npp", str(pp), "-ntg", str(tg), "-npl", str(npl), "--output-format", "jsonl"]
+    # Its asynchronous log sometimes exits before printing the result line, to
+    # whichever stream it shares: merge them, and run again when the line is missing.
+    for _ in range(8):
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             check=True).stdout
+        rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        if rows:
+            return float(rows[-1]["speed_tg"])
+    raise RuntimeError(f"llama-batched-bench printed no result: {' '.join(cmd)}")
 
 
 class Ours:
@@ -119,7 +128,7 @@ class Ours:
     def __init__(self, model_path: Path, threads: int) -> None:
         from cortex_llama import Model
 
-        self.model = Model(model_path)
+        self.model = Model(model_path, n_gpu_layers=NGL)
         self.threads = threads
         self.rng = np.random.default_rng(0)
 
@@ -187,11 +196,12 @@ class High:
 
         t0 = time.perf_counter()
         self.llm = LLM(model_path, context_size=8192 + 512, batch_size=2048, ubatch_size=512,
-                       threads=threads, n_seq_max=n_seq, flash_attn=False)
+                       threads=threads, n_seq_max=n_seq, flash_attn=False, gpu_layers=NGL)
         self.load_s = time.perf_counter() - t0
         self.n_vocab = self.llm.model.n_vocab
-        eos = self.llm.model.vocab.eos
-        self.no_eos = {eos: float("-inf")} if eos is not None else None
+        vocab = self.llm.model.vocab
+        # ban every end-of-generation token, so each run generates exactly n tokens
+        self.no_eos = {t: float("-inf") for t in range(self.n_vocab) if vocab.is_eog(t)} or None
         self.rng = np.random.default_rng(1)
 
     def _prompt(self, n: int) -> list[int]:
@@ -257,7 +267,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batched", nargs="*", type=int, default=[8, 32])
+    ap.add_argument("--gpu-layers", type=int, default=0,
+                    help="offload this many layers on every side (-1: all); build with "
+                         "CMAKE_ARGS=-DGGML_CUDA=on for the GPU variant")
+    ap.add_argument("--out", default="latest", help="name of the result files in bench/results/")
     args = ap.parse_args()
+    global NGL
+    NGL = args.gpu_layers
 
     bindir = build_native(args.threads)
     paths = make_models(args.models)
@@ -300,10 +316,10 @@ def main() -> int:
         high.close()
 
     RESULTS.mkdir(exist_ok=True)
-    meta = {"machine": machine(), "threads": args.threads, "reps": args.reps,
+    meta = {"machine": machine(), "threads": args.threads, "reps": args.reps, "gpu_layers": NGL,
             "commit": (ROOT / "LLAMA_CPP_COMMIT").read_text().strip(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    (RESULTS / "latest.json").write_text(json.dumps({"meta": meta, "rows": rows, "models": extras},
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"meta": meta, "rows": rows, "models": extras},
                                                     indent=2))
     lines = [f"Machine: {meta['machine']}; {args.threads} threads; median of {args.reps} interleaved "
              f"runs; llama.cpp {meta['commit'][:10]}; {meta['date']}", "",
@@ -319,13 +335,13 @@ def main() -> int:
     for name, e in extras.items():
         lines.append(f"| {name} | {e['file_mib']:.1f} | {e['n_params']:,} | {e['load_s'] * 1000:.1f} | "
                      f"{e['embed_texts_per_s']:.1f} |")
-    (RESULTS / "latest.md").write_text("\n".join(lines) + "\n")
-    plot(rows, extras)
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    plot(rows, extras, RESULTS / f"{args.out}.png")
     print("\n".join(lines))
     return 0
 
 
-def plot(rows: list[dict], extras: dict[str, dict]) -> None:
+def plot(rows: list[dict], extras: dict[str, dict], out: Path) -> None:
     """tokens/s against model size and against batch size (needs matplotlib)."""
     try:
         import matplotlib
@@ -363,8 +379,8 @@ def plot(rows: list[dict], extras: dict[str, dict]) -> None:
            title="generation speed vs batch size")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "speed.png", dpi=120)
-    print(f"wrote {RESULTS / 'speed.png'}")
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -390,3 +390,21 @@ def test_calls_from_threads_are_serialized(llm: LLM) -> None:
     for t in threads:
         t.join()
     assert results == expected
+
+
+def test_reentrant_call_inside_a_stream_is_refused(llm: LLM) -> None:
+    from cortex_llama import LlamaError
+
+    stream = llm.stream("outer", GenerationParams(temperature=0, max_tokens=50))
+    next(stream)
+    with pytest.raises(LlamaError, match="unfinished stream"):
+        llm.complete("inner", GREEDY)
+    stream.close()
+    assert llm.complete("inner", GREEDY).tokens
+
+
+def test_chat_template_writing_bos_is_not_doubled(tiny_path: Path) -> None:
+    tmpl = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with LLM(tiny_path, context_size=256, threads=2, chat_template=tmpl) as m:
+        toks = m.chat_tokens([{"role": "user", "content": "hi"}])
+        assert toks[0] == m.model.vocab.bos and toks[1] != m.model.vocab.bos

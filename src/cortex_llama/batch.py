@@ -71,6 +71,7 @@ class Batch:
         # limits in O(1)
         self._max_tok = -1
         self._max_seq = -1
+        self._n_out = 0  # entries with logits requested (kept by add/add_many/set_logits)
 
     # -- state ------------------------------------------------------------------
     def _check(self) -> None:
@@ -105,7 +106,9 @@ class Batch:
     @property
     def n_outputs(self) -> int:
         """How many entries request logits/embeddings."""
-        return int(np.count_nonzero(self._logits[: self._n]))
+        if self._unchecked:
+            return int(np.count_nonzero(self._logits[: self._n]))
+        return self._n_out
 
     def clear(self) -> None:
         """Empty the batch (capacity is kept)."""
@@ -113,6 +116,7 @@ class Batch:
         self._n = 0
         self._unchecked = False
         self._max_tok = self._max_seq = -1
+        self._n_out = 0
 
     def _free(self, n: int) -> None:
         self._check()
@@ -163,20 +167,31 @@ class Batch:
         pos = int(pos)
         if pos < 0:
             raise ValueError(f"position {pos} is negative")
-        ids = (int(seq_ids),) if isinstance(seq_ids, (int, np.integer)) else tuple(map(int, seq_ids))
-        self._check_seq(ids)
         i = self._n
+        if isinstance(seq_ids, (int, np.integer)):  # the common case, kept cheap
+            top = int(seq_ids)
+            if not 0 <= top < self.n_seq_max:
+                raise ValueError(f"sequence id {top} is outside [0, {self.n_seq_max}) (n_seq_max)")
+            self._n_seq_id[i] = 1
+            self._seq_ids[i, 0] = top
+        else:
+            ids = tuple(map(int, seq_ids))
+            self._check_seq(ids)
+            top = max(ids)
+            self._n_seq_id[i] = len(ids)
+            self._seq_ids[i, : len(ids)] = ids
         if token is not None:
             self._token[i] = token
             if token > self._max_tok:
                 self._max_tok = token
-        top = max(ids)
         if top > self._max_seq:
             self._max_seq = top
         self._pos[i] = pos
-        self._n_seq_id[i] = len(ids)
-        self._seq_ids[i, : len(ids)] = ids
-        self._logits[i] = 1 if logits else 0
+        if logits:
+            self._logits[i] = 1
+            self._n_out += 1
+        else:
+            self._logits[i] = 0
         self._n = i + 1
         return i
 
@@ -227,13 +242,16 @@ class Batch:
                 raise ValueError(f"logits must be a bool, 'last' or an array, not {logits!r}")
             self._logits[a:b] = 0
             self._logits[b - 1] = 1
+            self._n_out += 1
         elif np.ndim(logits) == 0:
             self._logits[a:b] = 1 if logits else 0
+            self._n_out += n if logits else 0
         else:
             flags = np.asarray(logits, dtype=bool).ravel()
             if flags.size != n:
                 raise ValueError(f"got {flags.size} logits flags for {n} tokens")
             self._logits[a:b] = flags
+            self._n_out += int(np.count_nonzero(flags))
         self._n = b
         return slice(a, b)
 
@@ -242,6 +260,7 @@ class Batch:
         self._check()
         if not -self._n <= index < self._n:
             raise IndexError(f"batch index {index} out of range for {self._n} entries")
+        self._n_out += (1 if value else 0) - int(self._logits[index] != 0)
         self._logits[index] = 1 if value else 0
 
     # -- raw views: writing through them marks the batch for a full check ----------
@@ -309,6 +328,7 @@ class Batch:
             raise ValueError(f"sequence id {bad} is outside [0, {n_seq_max}) (the context's n_seq_max)")
         self._max_tok = int(self._token[:n].max()) if self._embd is None else -1
         self._max_seq = int(used.max())
+        self._n_out = int(np.count_nonzero(self._logits[:n]))
         self._unchecked = False
 
     def _as_c(self) -> Any:

@@ -15,6 +15,7 @@ decode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import threading
@@ -247,6 +248,7 @@ class _Sequence:
         self.seq_id = seq_id
         self.chain = llm._sampler(params)
         self.vocab = llm.model.vocab
+        self.eog = llm._eog_cache  # token -> is end-of-generation, shared per model
         self.detok = self.vocab.detokenizer()
         self.stop = _StopMatcher(params.stop)
         self.tokens: list[int] = []
@@ -272,7 +274,10 @@ class _Sequence:
         """Sample the next token from row ``self.row``; returns the new text."""
         logits = ctx.logits(self.row) if self.logprobs is not None else None
         tok = self.chain.sample(ctx, self.row)
-        if self.vocab.is_eog(tok):
+        eog = self.eog.get(tok)
+        if eog is None:
+            eog = self.eog[tok] = self.vocab.is_eog(tok)
+        if eog:
             self.finish = FINISH_EOG
             out = self._tail()
         else:
@@ -320,12 +325,14 @@ class LLM:
                 raise TypeError(f"unknown ModelConfig fields: {sorted(unknown)}")
             config = replace(config, **overrides)
         self.config = config
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        self._owner: int | None = None  # thread id inside a call (see _exclusive)
         self._model: Model | None = None
         self._ctx: Context | None = None
         self._embed_ctx: Context | None = None
         self._batch: Batch | None = None
         self._cache: list[int] = []  # tokens in the KV cache of sequence 0
+        self._eog_cache: dict[int, bool] = {}
         self.stats = {"prompt_tokens_evaluated": 0, "prompt_tokens_reused": 0}
         self._progress = progress
         if load:
@@ -359,7 +366,7 @@ class LLM:
 
         Raises :class:`ModelLoadError` / :class:`ContextError`.
         """
-        with self._lock:
+        with self._exclusive():
             if self._model is not None:
                 return self
             c = self.config
@@ -379,7 +386,7 @@ class LLM:
 
     def unload(self) -> None:
         """Free the model and its contexts. Idempotent."""
-        with self._lock:
+        with self._exclusive():
             if self._model is not None:
                 self._model.close()  # closes the contexts too
             self._model = self._ctx = self._embed_ctx = self._batch = None
@@ -395,6 +402,22 @@ class LLM:
 
     def __repr__(self) -> str:
         return f"<LLM {self.name!r} {'loaded' if self.is_loaded else 'unloaded'}>"
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the LLM for one call. Other threads wait; the same thread calling
+        again from inside an open stream gets an error instead of corrupting the
+        cache it is streaming from."""
+        me = threading.get_ident()
+        if self._owner == me:
+            raise LlamaError("this LLM is busy with an unfinished stream in this thread: "
+                             "finish or close() the stream first")
+        with self._lock:
+            self._owner = me
+            try:
+                yield
+            finally:
+                self._owner = None
 
     def _require(self) -> Model:
         if self._model is None:
@@ -497,7 +520,7 @@ class LLM:
 
     def _run_one(self, prompt: str | Sequence[int], p: GenerationParams) -> Iterator[tuple[str, _Sequence]]:
         """Generate for one prompt in sequence 0, yielding (text delta, state)."""
-        with self._lock:
+        with self._exclusive():
             ctx, batch = self.context, self._batch
             assert batch is not None
             toks = self._prompt_tokens(prompt, p)
@@ -588,13 +611,22 @@ class LLM:
                 if _have_jinja() else chat_templates.apply_builtin("chatml", msgs, add_generation_prompt)
         return chat_templates.render(tmpl, msgs, add_generation_prompt, bos, eos, tools)
 
+    def chat_tokens(self, messages: Messages, tools: Sequence[Any] | None = None) -> list[int]:
+        """The tokens of :meth:`chat_prompt`; BOS is added only when the template
+        did not write it already."""
+        model = self._require()
+        text = self.chat_prompt(messages, tools=tools)
+        bos = model.vocab.bos
+        has_bos = bos is not None and text.startswith(model.vocab.text(bos))
+        return model.tokenize(text, add_special=not has_bos, parse_special=True).tolist()
+
     def chat(self, messages: Messages, params: GenerationParams | None = None, **overrides: Any) -> Completion:
         """Answer a conversation; returns the assistant's :class:`Completion`."""
-        return self.complete(self.chat_prompt(messages), params, **overrides)
+        return self.complete(self.chat_tokens(messages), params, **overrides)
 
     def stream_chat(self, messages: Messages, params: GenerationParams | None = None,
                     **overrides: Any) -> Iterator[str]:
-        return self.stream(self.chat_prompt(messages), params, **overrides)
+        return self.stream(self.chat_tokens(messages), params, **overrides)
 
     def generate(self, prompts: Sequence[str | Sequence[int]], params: GenerationParams | None = None,
                  **overrides: Any) -> list[Completion]:
@@ -614,7 +646,7 @@ class LLM:
         return out
 
     def _generate_wave(self, prompts: list[Any], p: GenerationParams, offset: int) -> list[Completion]:
-        with self._lock:
+        with self._exclusive():
             ctx, batch = self.context, self._batch
             assert batch is not None
             toks = [self._prompt_tokens(pr, p) for pr in prompts]
@@ -683,7 +715,7 @@ class LLM:
         items = [texts] if single else list(texts)
         if not items:
             raise ValueError("no texts to embed")
-        with self._lock:
+        with self._exclusive():
             model = self._require()
             pooling = pooling or self.config.pooling or "mean"
             ctx = self._embedding_context(pooling)
@@ -783,7 +815,7 @@ class LLM:
 
     async def astream_chat(self, messages: Messages, params: GenerationParams | None = None,
                            **overrides: Any) -> AsyncIterator[str]:
-        async for delta in self.astream(self.chat_prompt(messages), params, **overrides):
+        async for delta in self.astream(self.chat_tokens(messages), params, **overrides):
             yield delta
 
 

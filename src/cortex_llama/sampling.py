@@ -373,6 +373,7 @@ class SamplerChain(Sampler):
         # strong references: C frees the members (and reads their interfaces) when
         # the chain is freed, so the destructor keeps them alive until then
         self._members: list[Sampler] = []
+        self._py_members: list[PySampler] = []  # whose stored errors sample() re-raises
         super().__init__(lib.llama_sampler_chain_init(params), "chain", keep_alive=self._members)
         for s in samplers:
             self.add(s)
@@ -390,6 +391,8 @@ class SamplerChain(Sampler):
         sampler._chain = self
         self._adopt(sampler)
         self._members.append(sampler)
+        if isinstance(sampler, PySampler):
+            self._py_members.append(sampler)
         if sampler.selects:
             self.selects = True
         return self
@@ -403,9 +406,8 @@ class SamplerChain(Sampler):
         return list(self._members)
 
     def _reraise(self) -> None:
-        for s in self._members:
-            if isinstance(s, PySampler):
-                s.errors.reraise()
+        for s in self._py_members:
+            s.errors.reraise()
 
     def sample(self, ctx: Context, idx: int = -1) -> int:
         """Sample a token from output ``idx`` of ``ctx``'s last decode, and accept it.
