@@ -171,8 +171,11 @@ class Ours:
     def batched(self, npl: int, pp: int, tg: int) -> float:
         """Generation tokens/s for ``npl`` sequences, one decode per step."""
         with self._ctx(npl * (pp + tg) + 512, n_seq=npl) as ctx:
-            b = ctx.new_batch(max(npl * pp, npl))
-            for s in range(npl):
+            b = ctx.new_batch(2048)
+            for s in range(npl):  # prompts in batches of n_batch, as llama-batched-bench does
+                if b.n_tokens + pp > b.capacity:
+                    ctx.decode(b)
+                    b.clear()
                 b.add_many(self.rng.integers(0, self.model.n_vocab, pp, dtype=np.int32), 0, s)
             ctx.decode(b)
             toks = self.rng.integers(0, self.model.n_vocab, (tg, npl), dtype=np.int32)

@@ -188,6 +188,9 @@ def test_named_and_builtin_templates(tiny_path: Path) -> None:
     with LLM(tiny_path, context_size=256, threads=2, chat_template="no-such-template {{") as m:
         with pytest.raises(TemplateError):
             m.chat_prompt(MESSAGES)
+    with LLM(tiny_path, context_size=256, threads=2, chat_template="llama99") as m:
+        with pytest.raises(TemplateError, match="unknown chat template name 'llama99'"):
+            m.chat(MESSAGES)
 
 
 def test_chatml_only_without_a_template(tmp_path: Path) -> None:
@@ -408,3 +411,19 @@ def test_chat_template_writing_bos_is_not_doubled(tiny_path: Path) -> None:
     with LLM(tiny_path, context_size=256, threads=2, chat_template=tmpl) as m:
         toks = m.chat_tokens([{"role": "user", "content": "hi"}])
         assert toks[0] == m.model.vocab.bos and toks[1] != m.model.vocab.bos
+
+
+def test_ctrl_c_during_a_long_prompt_leaves_llm_usable(small_path: Path) -> None:
+    import signal
+
+    with LLM(small_path, context_size=2048, batch_size=2048, threads=2) as m:
+        prompt = "x " * 1500
+        timer = threading.Timer(0.05, lambda: signal.pthread_kill(threading.main_thread().ident,
+                                                                  signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            m.complete(prompt, temperature=0, max_tokens=4)
+        timer.join()
+        after = m.complete("after the interrupt", GREEDY)
+    with LLM(small_path, context_size=2048, batch_size=2048, threads=2) as fresh:
+        assert fresh.complete("after the interrupt", GREEDY).tokens == after.tokens

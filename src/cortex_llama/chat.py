@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from ._lib import ffi, lib
+from ._templates import CHATML as _CHATML
 from .errors import TemplateError
 
 __all__ = ["Message", "builtin_templates", "apply_builtin", "render_jinja", "check_messages",
@@ -21,12 +22,7 @@ __all__ = ["Message", "builtin_templates", "apply_builtin", "render_jinja", "che
 
 Message = Mapping[str, Any]
 
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+CHATML = _CHATML
 
 
 def check_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
@@ -116,8 +112,12 @@ def render(template: str, messages: Sequence[Message], add_generation_prompt: bo
            bos_token: str = "", eos_token: str = "", tools: Sequence[Any] | None = None) -> str:
     """Render ``template``: a built-in name natively, else Jinja, else llama.cpp's
     built-in detection of the same template string."""
-    if template in builtin_templates():
+    names = builtin_templates()
+    if template in names:
         return apply_builtin(template, messages, add_generation_prompt)
+    if "{" not in template:
+        raise TemplateError(f"unknown chat template name {template!r}; built-in names: "
+                            f"{', '.join(names)} (or give a Jinja template)")
     try:
         return render_jinja(template, messages, add_generation_prompt, bos_token, eos_token, tools)
     except (ImportError, TemplateError) as jinja_error:

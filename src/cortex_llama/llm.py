@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -318,13 +318,7 @@ class LLM:
                  progress: Callable[[float], bool | None] | None = None, **overrides: Any) -> None:
         if not isinstance(config, ModelConfig):
             config = ModelConfig(model_path=config)
-        if overrides:
-            known = {f.name for f in fields(ModelConfig)}
-            unknown = set(overrides) - known
-            if unknown:
-                raise TypeError(f"unknown ModelConfig fields: {sorted(unknown)}")
-            config = replace(config, **overrides)
-        self.config = config
+        self.config = _with_overrides(config, overrides)
         self._lock = threading.Lock()
         self._owner: int | None = None  # thread id inside a call (see _exclusive)
         self._model: Model | None = None
@@ -447,14 +441,7 @@ class LLM:
 
     # -- generation internals ------------------------------------------------------
     def _params(self, params: GenerationParams | None, overrides: Mapping[str, Any]) -> GenerationParams:
-        p = params or GenerationParams()
-        if overrides:
-            known = {f.name for f in fields(GenerationParams)}
-            unknown = set(overrides) - known
-            if unknown:
-                raise TypeError(f"unknown GenerationParams fields: {sorted(unknown)}")
-            p = replace(p, **overrides)
-        return p
+        return _with_overrides(params or GenerationParams(), overrides)
 
     def _sampler(self, p: GenerationParams) -> SamplerChain:
         grammar = p.grammar
@@ -817,6 +804,22 @@ class LLM:
                            **overrides: Any) -> AsyncIterator[str]:
         async for delta in self.astream(self.chat_tokens(messages), params, **overrides):
             yield delta
+
+
+_Config = TypeVar("_Config", ModelConfig, GenerationParams)
+
+
+def _with_overrides(obj: _Config, overrides: Mapping[str, Any]) -> _Config:
+    """A copy of a config dataclass with some fields replaced (and validated again).
+
+    Raises ``TypeError`` naming unknown fields.
+    """
+    if not overrides:
+        return obj
+    unknown = set(overrides) - {f.name for f in fields(obj)}
+    if unknown:
+        raise TypeError(f"unknown {type(obj).__name__} fields: {sorted(unknown)}")
+    return replace(obj, **overrides)
 
 
 def _have_jinja() -> bool:

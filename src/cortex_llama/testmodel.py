@@ -19,14 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from ._templates import CHATML
+
 __all__ = ["TestModelSpec", "PRESETS", "make_test_model", "make_test_lora", "CHATML_TEMPLATE"]
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+CHATML_TEMPLATE = CHATML
 
 # token types of the GGUF SPM vocab (llama.cpp's llama_token_type)
 _NORMAL, _UNKNOWN, _CONTROL, _BYTE = 1, 2, 3, 6
