@@ -162,9 +162,7 @@ class Ours:
             tok = 1
             t0 = time.perf_counter()
             for pos in range(n):
-                b.clear()
-                b.add(tok, pos, 0, logits=True)
-                ctx.decode(b)
+                ctx.decode_one(tok, pos)
                 tok = chain.sample(ctx) if sample else toks[pos]
             return n / (time.perf_counter() - t0)
 

@@ -271,3 +271,21 @@ def test_threadpool_and_openmp_paths_agree(tiny: Model) -> None:
     assert all(o == outs[0] for o in outs)
     with pytest.raises(ValueError, match="poll"):
         Context(tiny, poll=101)
+
+
+def test_decode_one_matches_batches(tiny: Model) -> None:
+    prompt = tiny.tokenize(PROMPTS[1])
+    with Context(tiny, n_ctx=256, n_threads=2) as ctx:
+        expected = greedy_argmax(ctx, prompt, 16)
+    with Context(tiny, n_ctx=256, n_seq_max=2, n_threads=2) as ctx:
+        prefill(ctx, prompt, seq_id=1)
+        out, pos = [], len(prompt)
+        for _ in range(16):
+            tok = int(np.argmax(ctx.logits()))
+            out.append(tok)
+            ctx.decode_one(tok, pos, 1)
+            pos += 1
+        assert out == expected
+        for bad in [(512, 0, 0), (-1, 0, 0), (5, -1, 0), (5, 0, 2)]:
+            with pytest.raises(ValueError):
+                ctx.decode_one(*bad)

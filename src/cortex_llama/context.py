@@ -186,6 +186,12 @@ class Context(Owned):
         self._py_abort = ffi.callback("ggml_abort_callback", abort_check, error=True,
                                       onerror=self._errors.onerror)
         self._loras: dict[LoraAdapter, float] = {}
+        # a one-token batch for decode_one(): one output, one sequence
+        self._one = Batch(1, 1)
+        self._one._n = 1
+        self._one._n_out = 1
+        self._one._logits[0] = 1
+        self._one_c = self._one._as_c()
 
     def __repr__(self) -> str:
         if self.closed:
@@ -323,6 +329,34 @@ class Context(Owned):
         :class:`FatalDecodeError` for other failures.
         """
         self._run(lib.llama_decode, batch, "llama_decode")
+
+    def decode_one(self, token: int, pos: int, seq_id: int = 0) -> None:
+        """Decode one token at ``pos`` of ``seq_id`` with its logits requested: the
+        fast path of a generation loop (read them with ``logits(0)`` or ``-1``).
+
+        Raises like :meth:`decode`: ``ValueError`` for a token outside the
+        vocabulary, a negative position or a bad sequence id, and the
+        :class:`DecodeError` classes for llama.cpp's return codes.
+        """
+        ptr = self._check()
+        if not 0 <= token < self._n_vocab:
+            raise ValueError(f"token id {token} is outside the vocabulary [0, {self._n_vocab})")
+        if pos < 0:
+            raise ValueError(f"position {pos} is negative")
+        if not 0 <= seq_id < self._n_seq_max:
+            raise ValueError(f"sequence id {seq_id} is outside [0, {self._n_seq_max}) (n_seq_max)")
+        one = self._one
+        one._token[0] = token
+        one._pos[0] = pos
+        one._seq_ids[0, 0] = seq_id
+        with self._lock:
+            try:
+                rc = lib.llama_decode(ptr, self._one_c)
+            finally:
+                self._abort_buf[0] = b"\0"
+            self._n_outputs = 1 if rc == 0 else 0
+        if rc != 0:
+            raise_for_decode(rc, "llama_decode", 1, self._n_ctx, _lib.take_log_problems())
 
     def encode(self, batch: Batch) -> None:
         """Run the encoder over ``batch`` (``llama_encode``); raises like :meth:`decode`."""

@@ -528,9 +528,7 @@ class LLM:
                         yield delta, seq
                     if seq.finish is not None:
                         break
-                    batch.clear()
-                    batch.add(seq.tokens[-1], seq.pos, 0, logits=True)
-                    ctx.decode(batch)
+                    ctx.decode_one(seq.tokens[-1], seq.pos, 0)
                     self._cache.append(seq.tokens[-1])  # the KV cache holds exactly _cache
                     seq.pos += 1
                     seq.row = 0
