@@ -63,6 +63,10 @@ class Context(Owned):
     one context are serialized rather than corrupting it (decoding releases the
     GIL, so other Python threads keep running meanwhile).
 
+    ``poll`` (0-100, default 50) gives the context its own CPU threadpools whose
+    workers spin briefly for work, as llama.cpp's tools do; ``poll=None`` leaves
+    threading to ggml's OpenMP path.
+
     Embedding contexts with pooling and several sequences default to a unified
     KV cache (``kv_unified=True``): with per-sequence streams, this llama.cpp
     returns wrong pooled embeddings for every sequence after the first.
