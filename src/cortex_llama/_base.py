@@ -8,9 +8,21 @@ from typing import Any, Callable, TypeVar
 from ._lib import ffi
 from .errors import ClosedError
 
-__all__ = ["Owned", "CallbackErrors"]
+__all__ = ["Owned", "CallbackErrors", "check_ids"]
 
 T = TypeVar("T", bound="Owned")
+
+
+def check_ids(ids: Any, limit: int | None, message: str) -> None:
+    """Raise ``ValueError(message.format(bad))`` for the first out-of-range value
+    of the non-empty numpy array ``ids``: negative, or ``>= limit`` when given."""
+    lo = int(ids.min())
+    if lo < 0:
+        raise ValueError(message.format(lo))
+    if limit is not None:
+        hi = int(ids.max())
+        if hi >= limit:
+            raise ValueError(message.format(hi))
 
 
 class Owned:

@@ -6,6 +6,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
+from ._base import check_ids
 from ._lib import ffi
 from .errors import ClosedError
 
@@ -212,24 +213,19 @@ class Batch:
         self._free(n)
         if n == 0:
             return slice(self._n, self._n)
-        if toks.min() < 0 or (self.n_vocab is not None and toks.max() >= self.n_vocab):
-            bad = int(toks.min()) if toks.min() < 0 else int(toks.max())
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.n_vocab})")
+        check_ids(toks, self.n_vocab, f"token id {{}} is outside the vocabulary [0, {self.n_vocab})")
         if np.ndim(pos) == 0:
             positions = np.arange(int(pos), int(pos) + n, dtype=np.int64)  # type: ignore[arg-type]
         else:
             positions = np.asarray(pos, dtype=np.int64).ravel()
             if positions.size != n:
                 raise ValueError(f"got {positions.size} positions for {n} tokens")
-        if positions.min() < 0:
-            raise ValueError(f"position {int(positions.min())} is negative")
+        check_ids(positions, None, "position {} is negative")
         seqs = np.broadcast_to(np.asarray(seq_id, dtype=np.int64), (n,)) if np.ndim(seq_id) == 0 \
             else np.asarray(seq_id, dtype=np.int64).ravel()
         if seqs.size != n:
             raise ValueError(f"got {seqs.size} sequence ids for {n} tokens")
-        if seqs.min() < 0 or seqs.max() >= self.n_seq_max:
-            bad = int(seqs.min()) if seqs.min() < 0 else int(seqs.max())
-            raise ValueError(f"sequence id {bad} is outside [0, {self.n_seq_max}) (n_seq_max)")
+        check_ids(seqs, self.n_seq_max, f"sequence id {{}} is outside [0, {self.n_seq_max}) (n_seq_max)")
         a, b = self._n, self._n + n
         self._max_tok = max(self._max_tok, int(toks.max()))
         self._max_seq = max(self._max_seq, int(seqs.max()))
@@ -312,20 +308,14 @@ class Batch:
         if n == 0:
             return
         if self._embd is None:
-            toks = self._token[:n]
-            if toks.min() < 0 or (n_vocab is not None and toks.max() >= n_vocab):
-                bad = int(toks.min()) if toks.min() < 0 else int(toks.max())
-                raise ValueError(f"token id {bad} is outside the vocabulary [0, {n_vocab})")
-        if self._pos[:n].min() < 0:
-            raise ValueError(f"position {int(self._pos[:n].min())} is negative")
+            check_ids(self._token[:n], n_vocab, f"token id {{}} is outside the vocabulary [0, {n_vocab})")
+        check_ids(self._pos[:n], None, "position {} is negative")
         counts = self._n_seq_id[:n]
         if counts.min() < 1 or counts.max() > self.n_seq_max:
             raise ValueError(f"each entry needs 1..{self.n_seq_max} sequence ids")
         mask = np.arange(self.n_seq_max)[None, :] < counts[:, None]
         used = self._seq_ids[:n][mask]
-        if used.min() < 0 or used.max() >= n_seq_max:
-            bad = int(used.min()) if used.min() < 0 else int(used.max())
-            raise ValueError(f"sequence id {bad} is outside [0, {n_seq_max}) (the context's n_seq_max)")
+        check_ids(used, n_seq_max, f"sequence id {{}} is outside [0, {n_seq_max}) (the context's n_seq_max)")
         self._max_tok = int(self._token[:n].max()) if self._embd is None else -1
         self._max_seq = int(used.max())
         self._n_out = int(np.count_nonzero(self._logits[:n]))

@@ -305,9 +305,13 @@ class Context(Owned):
                              "(the context's n_seq_max)")
         if batch.embd and batch.embd != self._n_embd:
             raise ValueError(f"embedding batch width {batch.embd} != model n_embd {self._n_embd}")
-        cbatch = batch._as_c()
         interruptible = (n >= INTERRUPT_CHECK_MIN_TOKENS
                          and threading.current_thread() is threading.main_thread())
+        self._call(fn, ptr, batch._as_c(), n, batch.n_outputs, what, interruptible)
+
+    def _call(self, fn: Any, ptr: Any, cbatch: Any, n: int, n_outputs: int, what: str,
+              interruptible: bool = False) -> None:
+        """Run ``fn(ptr, cbatch)`` under the lock and raise for its return code."""
         with self._lock:
             if interruptible:
                 lib.llama_set_abort_callback(ptr, self._py_abort, self._abort_buf)
@@ -317,8 +321,9 @@ class Context(Owned):
                 self._abort_buf[0] = b"\0"  # an abort request is consumed by one decode
                 if interruptible:
                     lib.llama_set_abort_callback(ptr, _lib.flag_abort_callback, self._abort_buf)
-            self._n_outputs = batch.n_outputs if rc == 0 else 0
-        self._errors.reraise()  # e.g. a KeyboardInterrupt caught by the abort check
+            self._n_outputs = n_outputs if rc == 0 else 0
+        if interruptible:
+            self._errors.reraise()  # e.g. a KeyboardInterrupt caught by the abort check
         if rc != 0:
             raise_for_decode(rc, what, n, self._n_ctx, _lib.take_log_problems())
 
@@ -353,14 +358,7 @@ class Context(Owned):
         one._token[0] = token
         one._pos[0] = pos
         one._seq_ids[0, 0] = seq_id
-        with self._lock:
-            try:
-                rc = lib.llama_decode(ptr, self._one_c)
-            finally:
-                self._abort_buf[0] = b"\0"
-            self._n_outputs = 1 if rc == 0 else 0
-        if rc != 0:
-            raise_for_decode(rc, "llama_decode", 1, self._n_ctx, _lib.take_log_problems())
+        self._call(lib.llama_decode, ptr, self._one_c, 1, 1, "llama_decode")
 
     def encode(self, batch: Batch) -> None:
         """Run the encoder over ``batch`` (``llama_encode``); raises like :meth:`decode`."""

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 import numpy as np
 
 from . import _lib
-from ._base import CallbackErrors, Owned
+from ._base import CallbackErrors, Owned, check_ids
 from ._cdef import LLAMA_TOKEN_NULL
 from ._lib import ffi, lib
 from .errors import LlamaError, ModelLoadError, TokenizeError
@@ -334,11 +334,8 @@ class Vocab:
         if arr.ndim != 1:
             raise ValueError(f"tokens must be one-dimensional, got shape {arr.shape}")
         if arr.size:
-            lo, hi = int(arr.min()), int(arr.max())
             n = self.n_tokens
-            if lo < 0 or hi >= n:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"token id {bad} is outside the vocabulary [0, {n})")
+            check_ids(arr, n, f"token id {{}} is outside the vocabulary [0, {n})")
         return arr
 
     # special tokens: None where the model has none
