@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, VENDOR
 
 CMAKE = shutil.which("cmake")
 
@@ -50,3 +50,23 @@ def test_fetch_script_is_idempotent() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_llama_cpp.py")],
                          capture_output=True, text=True, check=True)
     assert "already holds llama.cpp" in out.stdout
+
+
+@pytest.mark.skipif(CMAKE is None, reason="no cmake")
+@pytest.mark.skipif(not (VENDOR / "CMakeLists.txt").exists(), reason="vendor/llama.cpp not filled")
+def test_requested_backend_that_cannot_be_built_fails_the_configure(tmp_path: Path) -> None:
+    # With the Vulkan SDK hidden from CMake, -DGGML_VULKAN=ON must stop the configure
+    # (ggml's own find_package at this pin, or CMakeLists.txt's check that every
+    # requested backend target exists), never fall back to a CPU-only build.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("CMakeLists.txt", "LLAMA_CPP_COMMIT"):
+        shutil.copy(ROOT / name, src)
+    shutil.copytree(ROOT / "cmake", src / "cmake")
+    (src / "vendor").mkdir()
+    (src / "vendor" / "llama.cpp").symlink_to(VENDOR)
+    out = subprocess.run([CMAKE, "-S", str(src), "-B", str(tmp_path / "build"), "-DGGML_VULKAN=ON",
+                          "-DCMAKE_DISABLE_FIND_PACKAGE_Vulkan=ON"], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "Vulkan" in out.stderr
+    assert not (tmp_path / "build" / "Makefile").exists() and not (tmp_path / "build" / "build.ninja").exists()

@@ -222,7 +222,7 @@ int main(int argc, char ** argv) {
 def test_greedy_equals_native_llama_cpp(preset_path: str, request, tmp_path: Path) -> None:
     """A C program linked against the same libllama gives the same greedy tokens."""
     model_path = request.getfixturevalue(preset_path)
-    libdir = Path(cortex_llama.__file__).parent / "lib"
+    libdir = cortex_llama._lib.lib_dir
     src = tmp_path / "greedy.c"
     src.write_text(NATIVE_GREEDY_C)
     exe = tmp_path / "greedy"

@@ -27,6 +27,7 @@ from .errors import (
     KVCacheFullError,
     LlamaError,
     ModelLoadError,
+    RPCError,
     StateError,
     TemplateError,
     TokenizeError,
@@ -43,5 +44,5 @@ __all__ = [
     "LLM", "ModelConfig", "GenerationParams", "Completion",
     "LlamaError", "ModelLoadError", "ContextError", "ClosedError", "DecodeError",
     "KVCacheFullError", "AbortedError", "InvalidBatchError", "FatalDecodeError",
-    "TokenizeError", "GrammarError", "StateError", "TemplateError",
+    "TokenizeError", "GrammarError", "StateError", "TemplateError", "RPCError",
 ]

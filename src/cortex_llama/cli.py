@@ -1,6 +1,6 @@
 """The ``cortex-llama`` command line.
 
-Commands: info, make-test-model, run, chat, embed, tokenize, demo.
+Commands: info, make-test-model, run, chat, embed, tokenize, demo, rpc-server.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def _progress() -> Callable[[float], None] | None:
 def _llm(args: argparse.Namespace) -> Any:
     from .llm import LLM
 
+    rpc_servers = [s for s in args.rpc.split(",") if s] if args.rpc else None
     return LLM(args.model, context_size=args.ctx_size, threads=args.threads, gpu_layers=args.gpu_layers,
                batch_size=args.batch_size, seed=args.seed, chat_template=args.chat_template,
-               progress=_progress())
+               progress=_progress(), rpc_servers=rpc_servers)
 
 
 def _params(args: argparse.Namespace) -> Any:
@@ -207,6 +208,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rpc_server(args: argparse.Namespace) -> int:
+    from . import rpc
+
+    if not rpc.is_loopback(args.host):
+        print(f"cortex-llama: WARNING: listening on {args.host}, not loopback. The RPC protocol "
+              "has no authentication or encryption: anyone who reaches this port can use this "
+              "machine's devices and memory. Expose it on trusted networks only.", file=sys.stderr)
+    devices = [d for d in args.device.split(",") if d] if args.device else None
+    rpc.serve(args.host, args.port, devices=devices, threads=args.threads, cache_dir=args.cache_dir)
+    return 0
+
+
 def _model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
     p.add_argument("model", help="path to a GGUF model")
     p.add_argument("-c", "--ctx-size", type=int, default=4096)
@@ -215,6 +228,8 @@ def _model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
     p.add_argument("-ngl", "--gpu-layers", type=int, default=0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--chat-template", default=None, help="a built-in template name or a Jinja template")
+    p.add_argument("--rpc", default=None, metavar="HOST:PORT,...",
+                   help="offload to these llama.cpp RPC servers (with -ngl)")
     if generation:
         p.add_argument("-n", "--n-predict", type=int, default=256, help="max tokens")
         p.add_argument("--temp", type=float, default=0.8)
@@ -271,6 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", choices=["tiny", "small"])
     p.add_argument("-t", "--threads", type=int, default=2)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("rpc-server", help="serve this machine's devices to llama.cpp RPC clients "
+                                          "(no authentication: trusted networks only)")
+    p.add_argument("-H", "--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    p.add_argument("-p", "--port", type=int, default=50052)
+    p.add_argument("-d", "--device", default=None, help="comma-separated device names "
+                   "(default: the GPUs, else the CPU)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: half the cores)")
+    p.add_argument("--cache-dir", default=None, help="cache large tensors here by hash")
+    p.set_defaults(func=cmd_rpc_server)
     return parser
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "GrammarError",
     "StateError",
     "TemplateError",
+    "RPCError",
     "raise_for_decode",
 ]
 
@@ -91,6 +92,15 @@ class StateError(LlamaError):
 
 class TemplateError(LlamaError, ValueError):
     """A chat template is unknown or failed to render."""
+
+
+class RPCError(LlamaError):
+    """An RPC server could not be reached, spoke another protocol version, or could
+    not be started. ``endpoint`` is the ``host:port`` concerned."""
+
+    def __init__(self, message: str, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
 
 
 # ---------------------------------------------------------------------------

@@ -67,6 +67,8 @@ class ModelConfig:
     type_v: str | None = None
     kv_overrides: Mapping[str, Any] | None = None
     chat_template: str | None = None  # a built-in name or a Jinja template
+    devices: Sequence[str] | None = None  # offload device names (None: every local GPU)
+    rpc_servers: Sequence[str] | None = None  # "host:port" of llama.cpp RPC servers
 
     def __post_init__(self) -> None:
         for name in ("context_size", "threads", "batch_size", "n_seq_max"):
@@ -365,7 +367,8 @@ class LLM:
                 return self
             c = self.config
             model = Model(c.model_path, n_gpu_layers=c.gpu_layers, use_mmap=c.use_mmap,
-                          use_mlock=c.use_mlock, kv_overrides=c.kv_overrides, progress=self._progress)
+                          use_mlock=c.use_mlock, kv_overrides=c.kv_overrides, progress=self._progress,
+                          devices=c.devices, rpc_servers=c.rpc_servers)
             try:
                 ctx = Context(model, n_ctx=c.context_size, n_batch=c.batch_size, n_ubatch=c.ubatch_size,
                               n_seq_max=c.n_seq_max, n_threads=c.threads, n_threads_batch=c.threads_batch,

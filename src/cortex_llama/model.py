@@ -9,11 +9,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
-from . import _lib
+from . import _lib, rpc, system
 from ._base import CallbackErrors, Owned, check_ids
 from ._cdef import LLAMA_TOKEN_NULL
 from ._lib import ffi, lib
 from .errors import LlamaError, ModelLoadError, TokenizeError
+from .system import Device
 
 __all__ = ["Model", "Vocab", "Detokenizer", "quantize", "SPLIT_MODES", "FTYPES"]
 
@@ -57,6 +58,43 @@ def _check_model_file(path: Path) -> None:
 def _why(default: str) -> str:
     problems = _lib.take_log_problems()
     return default + (": " + " | ".join(problems[-4:]) if problems else "")
+
+
+def _offload_devices(devices: Sequence[str | Device] | None,
+                     rpc_servers: Sequence[str] | None) -> list[Device] | None:
+    """The explicit offload device list for ``llama_model_params.devices``: the
+    devices of ``rpc_servers`` (connected first), then ``devices`` (names or
+    :class:`Device` objects), or the local GPUs when only servers are given.
+    None means llama.cpp's own pick (every local GPU)."""
+    if devices is None and not rpc_servers:
+        return None
+    if isinstance(devices, (str, Device)) or isinstance(rpc_servers, str):
+        raise TypeError("devices and rpc_servers are lists (of names/Devices, of 'host:port')")
+    picked: list[Device] = []
+    for endpoint in rpc_servers or ():
+        picked.extend(rpc.add_server(endpoint))
+    local = system.devices()
+    if devices is None:
+        gpus = [d for d in local if d.type == "gpu"] or [d for d in local if d.type == "igpu"]
+        picked.extend(gpus)
+    else:
+        known = {d.name: d for d in local + rpc.server_devices()}
+        for dev in devices:
+            if isinstance(dev, str):
+                if dev not in known:
+                    raise ValueError(f"no device named {dev!r}; known devices: {', '.join(known)}")
+                dev = known[dev]
+            elif not isinstance(dev, Device) or dev.handle is None:
+                raise TypeError(f"a device is a name or a Device from system.devices() or "
+                                f"rpc.add_server(), not {dev!r}")
+            if dev.type == "cpu":
+                raise ValueError(f"{dev.name} is a CPU device: the CPU always runs the layers that "
+                                 "are not offloaded; list offload devices only")
+            picked.append(dev)
+    names = [d.name for d in picked]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a device is listed twice: {names}")
+    return picked
 
 
 def _read_str(call: Callable[[Any, int], int], initial: int = 256) -> str | None:
@@ -105,10 +143,18 @@ class Model(Owned):
     closes every context and vocab-bound sampler made from it first. Works as a
     context manager.
 
+    ``n_gpu_layers`` layers (-1: all) go to the offload devices: by default every
+    local GPU (llama.cpp's pick); ``devices`` names them explicitly (names from
+    ``cortex-llama info`` or :class:`Device` objects); ``rpc_servers``
+    (``["host:port", ...]``) adds the devices of llama.cpp RPC servers, in that
+    order, ahead of the local GPUs (see :mod:`cortex_llama.rpc`). Layers that are
+    not offloaded run on the local CPU.
+
     Raises :class:`ModelLoadError` (naming the path) when the file is missing, a
     directory, not GGUF, truncated or unsupported, or the progress callback
-    cancelled the load; ``ValueError``/``TypeError`` for bad arguments. An
-    exception raised by ``progress`` cancels the load and is re-raised.
+    cancelled the load; :class:`RPCError` when an RPC server cannot be used;
+    ``ValueError``/``TypeError`` for bad arguments. An exception raised by
+    ``progress`` cancels the load and is re-raised.
     """
 
     _kind = "model"
@@ -127,6 +173,8 @@ class Model(Owned):
         check_tensors: bool = False,
         kv_overrides: Mapping[str, bool | int | float | str] | None = None,
         progress: Callable[[float], bool | None] | None = None,
+        devices: Sequence[str | Device] | None = None,
+        rpc_servers: Sequence[str] | None = None,
     ) -> None:
         _lib.init()
         self.path = Path(os.fspath(path))
@@ -139,6 +187,10 @@ class Model(Owned):
         params.main_gpu = int(main_gpu)
         params.vocab_only = bool(vocab_only)
         params.check_tensors = bool(check_tensors)
+        offload = _offload_devices(devices, rpc_servers)
+        if rpc_servers and params.n_gpu_layers == 0:
+            raise ValueError("rpc_servers were given but n_gpu_layers=0 would keep every layer "
+                             "local: pass n_gpu_layers=-1 (all) or a layer count")
         if use_mmap and use_mlock:
             params.load_mode = lib.LLAMA_LOAD_MODE_MMAP_MLOCK
         elif use_mmap:
@@ -148,6 +200,10 @@ class Model(Owned):
         else:
             params.load_mode = lib.LLAMA_LOAD_MODE_NONE
         keep: list[Any] = []  # every ffi.new the C call reads, alive until it returns
+        if offload is not None:
+            dev_array = ffi.new("ggml_backend_dev_t[]", [d.handle for d in offload] + [ffi.NULL])
+            params.devices = dev_array
+            keep.append(dev_array)
         if tensor_split is not None:
             n_max = lib.llama_max_devices()
             if len(tensor_split) > n_max:
@@ -191,6 +247,8 @@ class Model(Owned):
         self._own(ptr, lib.llama_model_free, size=int(size))
         self._vocab_ptr = lib.llama_model_get_vocab(ptr)
         self.vocab = Vocab(self)
+        #: the offload devices this model was given (None: llama.cpp's default pick)
+        self.devices: list[Device] | None = offload
 
     # -- metadata ---------------------------------------------------------------
     def __repr__(self) -> str:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__, _lib
 from ._cdef import LLAMA_CPP_COMMIT
 from ._lib import ffi, lib
 
-__all__ = ["Device", "devices", "backends", "system_info"]
+__all__ = ["Device", "devices", "device_info", "backends", "system_info"]
 
 _DEVICE_TYPES = {
     lib.GGML_BACKEND_DEVICE_TYPE_CPU: "cpu",
@@ -30,30 +30,39 @@ class Device:
     backend: str
     memory_free: int
     memory_total: int
+    #: the ``ggml_backend_dev_t`` (static for the life of the process)
+    handle: Any = field(default=None, repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The device's fields without its handle (JSON-ready)."""
+        return {k: v for k, v in self.__dict__.items() if k != "handle"}
 
 
 def _s(raw: Any) -> str:
     return "" if raw == ffi.NULL else ffi.string(raw).decode("utf-8", errors="replace")
 
 
-def devices() -> list[Device]:
-    """Every device of every registered backend."""
-    _lib.init()
-    out = []
+def device_info(dev: Any, index: int = -1) -> Device:
+    """A :class:`Device` describing the ``ggml_backend_dev_t`` ``dev``."""
     free, total = ffi.new("size_t *"), ffi.new("size_t *")
-    for i in range(lib.ggml_backend_dev_count()):
-        dev = lib.ggml_backend_dev_get(i)
-        lib.ggml_backend_dev_memory(dev, free, total)
-        out.append(Device(
-            index=i,
-            name=_s(lib.ggml_backend_dev_name(dev)),
-            description=_s(lib.ggml_backend_dev_description(dev)),
-            type=_DEVICE_TYPES.get(lib.ggml_backend_dev_type(dev), "other"),
-            backend=_s(lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev))),
-            memory_free=int(free[0]),
-            memory_total=int(total[0]),
-        ))
-    return out
+    lib.ggml_backend_dev_memory(dev, free, total)
+    return Device(
+        index=index,
+        name=_s(lib.ggml_backend_dev_name(dev)),
+        description=_s(lib.ggml_backend_dev_description(dev)),
+        type=_DEVICE_TYPES.get(lib.ggml_backend_dev_type(dev), "other"),
+        backend=_s(lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev))),
+        memory_free=int(free[0]),
+        memory_total=int(total[0]),
+        handle=dev,
+    )
+
+
+def devices() -> list[Device]:
+    """Every device of every registered backend on this machine (RPC servers are
+    not registered: see :mod:`cortex_llama.rpc`)."""
+    _lib.init()
+    return [device_info(lib.ggml_backend_dev_get(i), i) for i in range(lib.ggml_backend_dev_count())]
 
 
 def backends() -> list[str]:
@@ -80,7 +89,7 @@ def system_info() -> dict[str, Any]:
         "build_options": build_options,
         "system_info": _s(lib.llama_print_system_info()).strip(),
         "backends": backends(),
-        "devices": [asdict(d) for d in devices()],
+        "devices": [d.as_dict() for d in devices()],
         "supports": {
             "gpu_offload": bool(lib.llama_supports_gpu_offload()),
             "mmap": bool(lib.llama_supports_mmap()),
