@@ -184,3 +184,19 @@ def test_sample_needs_logits(tiny: Model) -> None:
         ctx.decode(batch)
         with pytest.raises(IndexError, match="logits"):
             SamplerChain([Sampler.greedy()]).sample(ctx, 0)
+
+
+def test_greedy_fast_path_equals_llama_cpp_greedy(small_path) -> None:
+    # a chain of just [greedy] takes numpy's argmax; with perf counters on it goes
+    # through llama_sampler_sample: both must pick the same tokens every step
+    with Model(small_path) as m, Context(m, n_ctx=256, n_threads=2) as ctx:
+        prompt = m.tokenize("fast path")
+        fast = SamplerChain([Sampler.greedy()])
+        slow = SamplerChain([Sampler.greedy()], perf=True)
+        assert fast._argmax_only and not slow._argmax_only
+        a = generate(ctx, fast, prompt, 48)
+        ctx.clear()
+        b = generate(ctx, slow, prompt, 48)
+        assert a == b
+        with pytest.raises(IndexError, match="no logits for output 3"):
+            fast.sample(ctx, 3)

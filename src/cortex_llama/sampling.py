@@ -374,6 +374,8 @@ class SamplerChain(Sampler):
         # the chain is freed, so the destructor keeps them alive until then
         self._members: list[Sampler] = []
         self._py_members: list[PySampler] = []  # whose stored errors sample() re-raises
+        self._perf = perf
+        self._argmax_only = False  # the chain is [greedy]: sample() takes numpy's argmax
         super().__init__(lib.llama_sampler_chain_init(params), "chain", keep_alive=self._members)
         for s in samplers:
             self.add(s)
@@ -395,6 +397,8 @@ class SamplerChain(Sampler):
             self._py_members.append(sampler)
         if sampler.selects:
             self.selects = True
+        self._argmax_only = (not self._perf and len(self._members) == 1
+                             and self._members[0].name == "greedy")
         return self
 
     def __len__(self) -> int:
@@ -421,9 +425,16 @@ class SamplerChain(Sampler):
             raise ValueError("this sampler chain has no selecting sampler (add greedy or dist)")
         with ctx._lock:
             cptr = ctx._check()
-            if lib.llama_get_logits_ith(cptr, idx) == ffi.NULL:
+            row = lib.llama_get_logits_ith(cptr, idx)
+            if row == ffi.NULL:
                 _lib.take_log_problems()
                 raise IndexError(f"no logits for output {idx}: request them with logits=True")
+            if self._argmax_only:
+                # llama.cpp's greedy sampler is the first maximum of the raw logits,
+                # as np.argmax is; skipping its n_vocab candidate array saves
+                # microseconds per token on large vocabularies.
+                n_vocab = ctx._n_vocab
+                return int(np.frombuffer(ffi.buffer(row, n_vocab * 4), dtype=np.float32).argmax())
             token = int(lib.llama_sampler_sample(chain, cptr, idx))
         self._reraise()
         return token
