@@ -24,10 +24,30 @@ if ((${#missing[@]})); then
     fi
 fi
 
+# This llama.cpp uses VK_EXT_layer_settings (Vulkan headers 1.3.272+); Debian 12 ships
+# 1.3.239. Then take the newer headers (header-only) from Debian 13's libvulkan-dev,
+# unpacked into the build folder; the system's loader, glslc and lavapipe stay.
+vk_args=()
+if ! grep -q "define VK_EXT_layer_settings 1" /usr/include/vulkan/vulkan_core.h; then
+    headers=$build/vulkan-headers
+    if [[ ! -f $headers/usr/include/vulkan/vulkan.hpp ]]; then
+        echo "system Vulkan headers lack VK_EXT_layer_settings: unpacking Debian 13's libvulkan-dev"
+        apt_dir=$build/apt
+        mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$headers"
+        echo "deb http://deb.debian.org/debian trixie main" > "$apt_dir/sources.list"
+        apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+                  -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
+        apt-get "${apt_opts[@]}" update -qq
+        (cd "$apt_dir" && apt-get "${apt_opts[@]}" download libvulkan-dev 2>/dev/null)
+        dpkg -x "$apt_dir"/libvulkan-dev_*.deb "$headers"
+    fi
+    vk_args=(-DVulkan_INCLUDE_DIR="$headers/usr/include")
+fi
+
 python3 scripts/fetch_llama_cpp.py
 start=$(date +%s)
 gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
-cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DGGML_VULKAN=ON
+cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DGGML_VULKAN=ON "${vk_args[@]}"
 cmake --build "$build" -j "$(nproc)"
 cmake --install "$build" --prefix "$prefix" >/dev/null
 echo "Vulkan build took $(( $(date +%s) - start )) s"

@@ -9,6 +9,7 @@ Vulkan device such as lavapipe).
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -35,14 +36,18 @@ def test_info_lists_the_vulkan_device() -> None:
 
 
 @pytest.mark.parametrize("preset_path", ["tiny_path", "small_path"])
-def test_all_layers_on_vulkan_equal_cpu_greedy(preset_path: str, request: pytest.FixtureRequest) -> None:
+def test_all_layers_on_vulkan_equal_cpu_greedy(preset_path: str, request: pytest.FixtureRequest,
+                                              caplog: pytest.LogCaptureFixture) -> None:
     path: Path = request.getfixturevalue(preset_path)
     outs = []
     for ngl in (0, -1):
-        with Model(path, n_gpu_layers=ngl, devices=[VULKAN[0].name] if ngl else None) as m, \
-                Context(m, n_ctx=256, n_threads=2) as ctx:
-            outs.append(greedy_argmax(ctx, m.tokenize("vulkan check"), 32))
+        with caplog.at_level(logging.INFO, logger="cortex_llama"):
+            with Model(path, n_gpu_layers=ngl, devices=[VULKAN[0].name] if ngl else None) as m, \
+                    Context(m, n_ctx=256, n_threads=2) as ctx:
+                outs.append(greedy_argmax(ctx, m.tokenize("vulkan check"), 32))
     assert outs[0] == outs[1]
+    # the weights really went to the Vulkan device
+    assert any(f"{VULKAN[0].name} model buffer size" in r.getMessage() for r in caplog.records)
 
 
 def test_high_level_api_on_vulkan(small_path: Path) -> None:

@@ -75,12 +75,10 @@ def backends() -> list[str]:
 def system_info() -> dict[str, Any]:
     """Everything ``cortex-llama info`` prints, as a dict."""
     _lib.init()
-    try:
-        from . import _build_info
-
-        build_options = list(_build_info.BUILD_OPTIONS)
-    except ImportError:  # libraries from $CORTEX_LLAMA_LIB_DIR, not our build
-        build_options = []
+    # written by the build beside the libraries, so it describes the libraries that
+    # were loaded (also those of $CORTEX_LLAMA_LIB_DIR)
+    options_file = _lib.lib_dir / "build_options.txt"
+    build_options = options_file.read_text().split() if options_file.is_file() else []
     return {
         "cortex_llama": __version__,
         "llama_cpp_commit": LLAMA_CPP_COMMIT,
