@@ -427,3 +427,21 @@ def test_ctrl_c_during_a_long_prompt_leaves_llm_usable(small_path: Path) -> None
         after = m.complete("after the interrupt", GREEDY)
     with LLM(small_path, context_size=2048, batch_size=2048, threads=2) as fresh:
         assert fresh.complete("after the interrupt", GREEDY).tokens == after.tokens
+
+
+def test_penalties_see_the_prompt(llm: LLM) -> None:
+    # Greedy on a random model loops; cut the loop just before it repeats a token of
+    # its own prompt. Unpenalized, that token comes next; with a presence penalty
+    # that sees the prompt (as in llama-server), no token of the prompt can.
+    base = llm.model.tokenize("penalty check").tolist()
+    gen = llm.complete(base, max_tokens=40, temperature=0).tokens
+    k = next((i for i in range(1, len(gen)) if gen[i] in base + gen[:i]), None)
+    assert k is not None, "greedy never repeated a token in 40 steps"
+    prompt = base + gen[:k]
+    assert llm.complete(prompt, max_tokens=1, temperature=0).tokens == [gen[k]]
+    penalized = llm.complete(prompt, max_tokens=1, temperature=0, presence_penalty=1e3,
+                             penalty_last_n=-1).tokens
+    assert penalized[0] not in prompt
+    # a window of 0 tokens disables the penalty: the plain greedy pick is back
+    assert llm.complete(prompt, max_tokens=1, temperature=0, presence_penalty=1e3,
+                        penalty_last_n=0).tokens == [gen[k]]

@@ -200,3 +200,13 @@ def test_greedy_fast_path_equals_llama_cpp_greedy(small_path) -> None:
         assert a == b
         with pytest.raises(IndexError, match="no logits for output 3"):
             fast.sample(ctx, 3)
+
+
+def test_penalty_window_minus_one_is_not_silently_off(tiny: Model) -> None:
+    # llama.cpp clamps last_n=-1 to 0, which disables the penalties: refuse it
+    with pytest.raises(ValueError, match="last_n must be >= 0"):
+        Sampler.penalties(tiny.n_vocab, -1, repeat=1.3)
+    with pytest.raises(ValueError, match="needs n_ctx"):
+        SamplerChain.from_params(tiny, repeat_penalty=1.3, penalty_last_n=-1)
+    chain = SamplerChain.from_params(tiny, temperature=0, repeat_penalty=1.3, penalty_last_n=-1, n_ctx=256)
+    assert [s.name for s in chain.samplers] == ["penalties", "greedy"]

@@ -105,7 +105,7 @@ class GenerationParams:
     repeat_penalty: float = 1.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
-    penalty_last_n: int = 64
+    penalty_last_n: int = 64  # tokens the penalties look back over (0: off, -1: the whole context)
     stop: Sequence[str] = ()
     seed: int | None = None
     grammar: str | None = None
@@ -245,10 +245,15 @@ class _StopMatcher:
 class _Sequence:
     """Generation state of one sequence (one prompt)."""
 
-    def __init__(self, llm: LLM, params: GenerationParams, seq_id: int, n_prompt: int) -> None:
+    def __init__(self, llm: LLM, params: GenerationParams, seq_id: int, prompt: list[int]) -> None:
         self.params = params
         self.seq_id = seq_id
         self.chain = llm._sampler(params)
+        if params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
+            # penalties see the prompt too (as in llama-server); the window is what counts
+            window = min(len(prompt), params.penalty_last_n if params.penalty_last_n >= 0
+                         else len(prompt))
+            self.chain.accept_history(prompt[len(prompt) - window:] if window else ())
         self.vocab = llm.model.vocab
         self.eog = llm._eog_cache  # token -> is end-of-generation, shared per model
         self.detok = self.vocab.detokenizer()
@@ -257,9 +262,9 @@ class _Sequence:
         self.text_parts: list[str] = []
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.finish: str | None = FINISH_LENGTH if params.max_tokens == 0 else None
-        self.pos = n_prompt  # position of the next token
+        self.pos = len(prompt)  # position of the next token
         self.row = -1  # batch row holding this sequence's latest logits
-        self.n_prompt = n_prompt
+        self.n_prompt = len(prompt)
         self.cached = 0
         self.t_prompt = 0.0
         self.t_gen = 0.0
@@ -455,7 +460,7 @@ class LLM:
             self._require(), temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
             repeat_penalty=p.repeat_penalty, frequency_penalty=p.frequency_penalty,
             presence_penalty=p.presence_penalty, penalty_last_n=p.penalty_last_n, seed=seed,
-            logit_bias=p.logit_bias, grammar=grammar)
+            logit_bias=p.logit_bias, grammar=grammar, n_ctx=self.context.n_ctx)
 
     def _prompt_tokens(self, prompt: str | Sequence[int], p: GenerationParams) -> list[int]:
         model = self._require()
@@ -514,7 +519,7 @@ class LLM:
             ctx, batch = self.context, self._batch
             assert batch is not None
             toks = self._prompt_tokens(prompt, p)
-            seq = _Sequence(self, p, 0, len(toks))
+            seq = _Sequence(self, p, 0, toks)
             t0 = time.perf_counter()
             reused = self.stats["prompt_tokens_reused"]
             seq.row = self._prefill(0, toks, reuse=True)
@@ -639,7 +644,7 @@ class LLM:
             assert batch is not None
             toks = [self._prompt_tokens(pr, p) for pr in prompts]
             seqs = [_Sequence(self, p if p.seed is None else replace(p, seed=(p.seed + offset + i) % 2**32),
-                              i, len(t)) for i, t in enumerate(toks)]
+                              i, t) for i, t in enumerate(toks)]
             t0 = time.perf_counter()
             ctx.clear()
             self._cache = []

@@ -150,9 +150,15 @@ class Sampler(Owned):
     @classmethod
     def penalties(cls, n_vocab: int, last_n: int = 64, repeat: float = 1.0, frequency: float = 0.0,
                   presence: float = 0.0) -> Sampler:
-        """Repeat/frequency/presence penalties over the last ``last_n`` tokens (-1: context)."""
-        if int(last_n) < -1:
-            raise ValueError(f"penalty last_n must be >= -1, got {last_n}")
+        """Repeat/frequency/presence penalties over the last ``last_n`` tokens (0: off).
+
+        llama.cpp's sampler has no "whole context" window (it turns -1 into 0,
+        silently disabling the penalties), so pass the context size for that;
+        negative ``last_n`` raises ``ValueError``.
+        """
+        if int(last_n) < 0:
+            raise ValueError(f"penalty last_n must be >= 0 (0: off; for the whole context pass "
+                             f"its size, e.g. ctx.n_ctx), got {last_n}")
         return cls(lib.llama_sampler_init_penalties(int(n_vocab), int(last_n), float(repeat),
                                                     float(frequency), float(presence)), "penalties")
 
@@ -443,6 +449,20 @@ class SamplerChain(Sampler):
         lib.llama_sampler_accept(self._check(), int(token))
         self._reraise()
 
+    def accept_history(self, tokens: Iterable[int]) -> None:
+        """Show the chain tokens it did not sample (a prompt), as llama-server does:
+        penalties and other stateful samplers count them as recent history, while
+        a grammar is not advanced. Raises ``ValueError`` for ids outside the
+        vocabulary of a vocabulary-bound member, and re-raises a PySampler's error."""
+        self._check()
+        members = [m._check() for m in self._members if not m.name.startswith("grammar")]
+        accept = lib.llama_sampler_accept
+        for tok in tokens:
+            tok = int(tok)
+            for ptr in members:
+                accept(ptr, tok)
+        self._reraise()
+
     def clone(self) -> SamplerChain:
         """An independent copy with the same samplers and state."""
         self._check()
@@ -479,12 +499,18 @@ class SamplerChain(Sampler):
         seed: int | None = None,
         logit_bias: Mapping[int, float] | None = None,
         grammar: str | None = None,
+        n_ctx: int | None = None,
     ) -> SamplerChain:
         """llama.cpp's usual chain: [grammar] [logit bias] [penalties] top-k top-p min-p temp dist.
 
-        ``temperature == 0`` means greedy (the filters are skipped). Raises
+        ``temperature == 0`` means greedy (the filters are skipped).
+        ``penalty_last_n=-1`` means the whole context and needs ``n_ctx``. Raises
         ``ValueError`` for out-of-range values and :class:`GrammarError`.
         """
+        if penalty_last_n == -1:
+            if n_ctx is None:
+                raise ValueError("penalty_last_n=-1 (the whole context) needs n_ctx")
+            penalty_last_n = int(n_ctx)
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         n_vocab = model.n_vocab
