@@ -200,6 +200,16 @@ def test_greedy_fast_path_equals_llama_cpp_greedy(small_path) -> None:
         assert a == b
         with pytest.raises(IndexError, match="no logits for output 3"):
             fast.sample(ctx, 3)
+        # logit biases (bans and boosts) in front of greedy: still the fast path
+        bias = {b[0]: float("-inf"), b[1]: -2.5, int(prompt[-1]): 3.0, 7: 1e-3}
+        fast_b = SamplerChain([Sampler.logit_bias(m.n_vocab, bias), Sampler.greedy()])
+        slow_b = SamplerChain([Sampler.logit_bias(m.n_vocab, bias), Sampler.greedy()], perf=True)
+        assert fast_b._argmax_only and fast_b.clone()._argmax_only
+        ctx.clear()
+        c = generate(ctx, fast_b, prompt, 48)
+        ctx.clear()
+        assert generate(ctx, slow_b, prompt, 48) == c
+        assert b[0] not in c and c != a
 
 
 def test_penalty_window_minus_one_is_not_silently_off(tiny: Model) -> None:

@@ -50,6 +50,7 @@ class Sampler(Owned):
 
     _kind = "sampler"
     selects = False
+    _bias: tuple[np.ndarray, np.ndarray] | None = None  # a logit-bias sampler's (ids, biases)
 
     def __init__(self, ptr: Any, name: str, *, selects: bool = False,
                  model: Model | None = None, keep_alive: Any = None) -> None:
@@ -180,7 +181,12 @@ class Sampler(Owned):
             if not 0 <= int(tok) < n_vocab:
                 raise ValueError(f"logit_bias token {tok} is outside the vocabulary [0, {n_vocab})")
             arr[i].token, arr[i].bias = int(tok), float(b)
-        return cls(lib.llama_sampler_init_logit_bias(int(n_vocab), len(bias), arr), "logit-bias")
+        sampler = cls(lib.llama_sampler_init_logit_bias(int(n_vocab), len(bias), arr), "logit-bias")
+        # the same bias in numpy, for SamplerChain's greedy fast path
+        sampler._bias = (np.fromiter((int(t) for t in bias), dtype=np.int64, count=len(bias)),
+                         np.fromiter((float(b) for b in bias.values()), dtype=np.float32,
+                                     count=len(bias)))
+        return sampler
 
     @classmethod
     def grammar(cls, model: Model, grammar: str, root: str = "root") -> Sampler:
@@ -381,7 +387,10 @@ class SamplerChain(Sampler):
         self._members: list[Sampler] = []
         self._py_members: list[PySampler] = []  # whose stored errors sample() re-raises
         self._perf = perf
-        self._argmax_only = False  # the chain is [greedy]: sample() takes numpy's argmax
+        # the chain is [logit-bias...] greedy: sample() adds the biases and takes
+        # numpy's argmax instead of building llama.cpp's n_vocab candidate array
+        self._argmax_only = False
+        self._biases: list[tuple[np.ndarray, np.ndarray]] = []
         super().__init__(lib.llama_sampler_chain_init(params), "chain", keep_alive=self._members)
         for s in samplers:
             self.add(s)
@@ -403,8 +412,10 @@ class SamplerChain(Sampler):
             self._py_members.append(sampler)
         if sampler.selects:
             self.selects = True
-        self._argmax_only = (not self._perf and len(self._members) == 1
-                             and self._members[0].name == "greedy")
+        *filters, last = self._members
+        self._biases = [m._bias for m in filters if m._bias is not None]
+        self._argmax_only = (not self._perf and last.name == "greedy"
+                             and len(self._biases) == len(filters))
         return self
 
     def __len__(self) -> int:
@@ -436,11 +447,14 @@ class SamplerChain(Sampler):
                 _lib.take_log_problems()
                 raise IndexError(f"no logits for output {idx}: request them with logits=True")
             if self._argmax_only:
-                # llama.cpp's greedy sampler is the first maximum of the raw logits,
-                # as np.argmax is; skipping its n_vocab candidate array saves
-                # microseconds per token on large vocabularies.
-                n_vocab = ctx._n_vocab
-                return int(np.frombuffer(ffi.buffer(row, n_vocab * 4), dtype=np.float32).argmax())
+                # llama.cpp's greedy sampler picks the first maximum, as np.argmax
+                # does, and its logit-bias sampler adds float32 biases in place.
+                logits = np.frombuffer(ffi.buffer(row, ctx._n_vocab * 4), dtype=np.float32)
+                if self._biases:
+                    logits = logits.copy()
+                    for ids, values in self._biases:
+                        logits[ids] += values
+                return int(logits.argmax())
             token = int(lib.llama_sampler_sample(chain, cptr, idx))
         self._reraise()
         return token
@@ -471,8 +485,10 @@ class SamplerChain(Sampler):
             if isinstance(s, PySampler):
                 copies.append(s.clone_py())
             else:
-                copies.append(Sampler(lib.llama_sampler_clone(s._ptr), s.name, selects=s.selects,
-                                      model=s.model))
+                copy = Sampler(lib.llama_sampler_clone(s._ptr), s.name, selects=s.selects,
+                               model=s.model)
+                copy._bias = s._bias
+                copies.append(copy)
         return SamplerChain(copies, perf=False)
 
     def perf(self) -> dict[str, float]:
