@@ -191,6 +191,7 @@ int main(int argc, char ** argv) {
     const char * prompt = argv[2];
     int n_predict = atoi(argv[3]), n_threads = atoi(argv[4]);
     llama_log_set(quiet, NULL);
+    if (ggml_backend_reg_count() == 0) ggml_backend_load_all_from_path(argv[5]);  /* GGML_BACKEND_DL */
     llama_backend_init();
     struct llama_model * model = llama_model_load_from_file(argv[1], llama_model_default_params());
     if (!model) return 2;
@@ -230,7 +231,7 @@ def test_greedy_equals_native_llama_cpp(preset_path: str, request, tmp_path: Pat
                     str(VENDOR / "ggml" / "include"), str(src), "-o", str(exe), f"-L{libdir}",
                     "-lllama", "-lggml", "-lggml-base", f"-Wl,-rpath,{libdir}"], check=True)
     prompt, n = "Native and Python agree", 40
-    out = subprocess.run([str(exe), str(model_path), prompt, str(n), "2"], capture_output=True,
+    out = subprocess.run([str(exe), str(model_path), prompt, str(n), "2", str(libdir)], capture_output=True,
                          text=True, check=True).stdout
     native = [int(x) for x in out.split()]
     with Model(model_path) as model, Context(model, n_ctx=512, n_batch=512, n_threads=2) as ctx:

@@ -35,22 +35,33 @@ def test_missing_library_lists_every_path_tried(tmp_path: Path) -> None:
     assert "CORTEX_LLAMA_LIB_DIR" in out.stderr
 
 
-def test_library_of_another_commit_is_refused(tmp_path: Path) -> None:
+def _mirror_lib_dir(tmp_path: Path, skip: str = "") -> Path:
+    """A new lib folder of symlinks to the package's libraries. An auditwheel-repaired
+    wheel finds its vendored libraries (libgomp) through ``$ORIGIN/../../<pkg>.libs``,
+    so that sibling folder is mirrored as well."""
+    lib_dir = tmp_path / "cortex_llama" / "lib"
+    lib_dir.mkdir(parents=True)
     for item in _lib.lib_dir.iterdir():
-        if item.name != "llama_cpp_commit.txt":
-            (tmp_path / item.name).symlink_to(item)
-    (tmp_path / "llama_cpp_commit.txt").write_text("deadbeefdeadbeef\n")
-    out = _run("import cortex_llama", CORTEX_LLAMA_LIB_DIR=str(tmp_path))
+        if item.name != skip:
+            (lib_dir / item.name).symlink_to(item)
+    for libs in _lib.lib_dir.parent.parent.glob("*.libs"):
+        (tmp_path / libs.name).symlink_to(libs)
+    return lib_dir
+
+
+def test_library_of_another_commit_is_refused(tmp_path: Path) -> None:
+    lib_dir = _mirror_lib_dir(tmp_path, skip="llama_cpp_commit.txt")
+    (lib_dir / "llama_cpp_commit.txt").write_text("deadbeefdeadbeef\n")
+    out = _run("import cortex_llama", CORTEX_LLAMA_LIB_DIR=str(lib_dir))
     assert out.returncode != 0
     assert "deadbeefdeadbeef" in out.stderr and LLAMA_CPP_COMMIT in out.stderr
 
 
 def test_override_directory_is_used(tmp_path: Path) -> None:
-    for item in _lib.lib_dir.iterdir():
-        (tmp_path / item.name).symlink_to(item)
-    out = _run("from cortex_llama import _lib; print(_lib.lib_dir)", CORTEX_LLAMA_LIB_DIR=str(tmp_path))
+    lib_dir = _mirror_lib_dir(tmp_path)
+    out = _run("from cortex_llama import _lib; print(_lib.lib_dir)", CORTEX_LLAMA_LIB_DIR=str(lib_dir))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str(tmp_path)
+    assert out.stdout.strip() == str(lib_dir)
 
 
 def test_init_is_idempotent_and_thread_safe() -> None:
