@@ -41,26 +41,31 @@ TOOLS = ("llama-bench", "llama-batched-bench")
 # ---------------------------------------------------------------------------
 # native tools
 # ---------------------------------------------------------------------------
-def build_native(jobs: int) -> Path:
+def build_native(jobs: int, build: Path = BUILD, cmake_args: tuple[str, ...] = (),
+                 tools: tuple[str, ...] = TOOLS) -> Path:
+    """Build the native tools into ``build`` (cached: rebuilt only when the pinned
+    commit or the CMake arguments change); returns the folder of the binaries."""
+    cmake_args = (*cmake_args, *os.environ.get("CMAKE_ARGS", "").split())
     commit = (ROOT / "LLAMA_CPP_COMMIT").read_text().strip()
-    bindir = BUILD / "bin"
-    stamp = BUILD / "commit.txt"
-    if stamp.is_file() and stamp.read_text().strip() == commit and all(
-            (bindir / t).exists() for t in TOOLS):
+    key = " ".join((commit, *cmake_args))
+    bindir = build / "bin"
+    stamp = build / "commit.txt"
+    if stamp.is_file() and stamp.read_text().strip() == key and all(
+            (bindir / t).exists() for t in tools):
         return bindir
     launcher = []
     if shutil.which("ccache"):
         launcher = ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
     subprocess.run([
-        "cmake", "-S", str(VENDOR), "-B", str(BUILD), "-DCMAKE_BUILD_TYPE=Release",
+        "cmake", "-S", str(VENDOR), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
         "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_COMMON=ON",
         "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
         "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
-        *launcher, *os.environ.get("CMAKE_ARGS", "").split(),
+        *launcher, *cmake_args,
     ], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(BUILD), "-j", str(jobs), "--target", *TOOLS],
+    subprocess.run(["cmake", "--build", str(build), "-j", str(jobs), "--target", *tools],
                    check=True, stdout=subprocess.DEVNULL)
-    stamp.write_text(commit + "\n")
+    stamp.write_text(key + "\n")
     return bindir
 
 

@@ -187,10 +187,10 @@ class Model(Owned):
         params.main_gpu = int(main_gpu)
         params.vocab_only = bool(vocab_only)
         params.check_tensors = bool(check_tensors)
-        offload = _offload_devices(devices, rpc_servers)
         if rpc_servers and params.n_gpu_layers == 0:
             raise ValueError("rpc_servers were given but n_gpu_layers=0 would keep every layer "
                              "local: pass n_gpu_layers=-1 (all) or a layer count")
+        offload = _offload_devices(devices, rpc_servers)
         if use_mmap and use_mlock:
             params.load_mode = lib.LLAMA_LOAD_MODE_MMAP_MLOCK
         elif use_mmap:

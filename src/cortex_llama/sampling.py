@@ -415,6 +415,7 @@ class SamplerChain(Sampler):
         *filters, last = self._members
         self._biases = [m._bias for m in filters if m._bias is not None]
         self._argmax_only = (not self._perf and last.name == "greedy"
+                             and not isinstance(last, PySampler)
                              and len(self._biases) == len(filters))
         return self
 
