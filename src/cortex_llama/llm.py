@@ -526,9 +526,10 @@ class LLM:
             seq.cached = self.stats["prompt_tokens_reused"] - reused
             t1 = time.perf_counter()
             seq.t_prompt = t1 - t0
+            n_ctx = ctx.n_ctx
             try:
                 while seq.finish is None:
-                    if seq.pos >= ctx.n_ctx:
+                    if seq.pos >= n_ctx:
                         seq.finish = FINISH_LENGTH
                         break
                     delta = seq.step(ctx)
