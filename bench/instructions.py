@@ -68,6 +68,13 @@ PY_SIDE = textwrap.dedent("""
         else:
             for _ in llm.stream([1], temperature=0, max_tokens=n, logit_bias=no_eos):
                 pass
+    elif layer == "objects-pp":
+        model = Model(path)
+        ctx = Context(model, n_ctx=n, n_batch=2048, n_ubatch=512, n_threads=1, flash_attn=False)
+        batch = ctx.new_batch(n)
+        batch.add_many(np.random.default_rng(0).integers(0, model.n_vocab, n, dtype=np.int32), 0)
+        gc.freeze()
+        ctx.decode(batch)
     else:
         model = Model(path)
         ctx = Context(model, n_ctx=n, n_batch=2048, n_ubatch=512, n_threads=1, flash_attn=False)
@@ -92,9 +99,11 @@ def instructions(cmd: list[str], env: dict[str, str] | None = None) -> int:
     return int(m.group(1))
 
 
-def native_cmd(bindir: Path, model: Path, n: int) -> list[str]:
-    return [str(bindir / "llama-bench"), "-m", str(model), "-t", "1", "-p", "0", "-n", str(n), "-r", "1",
-            "--no-warmup", "-b", "2048", "-ub", "512", "-fa", "0", "-o", "json"]
+def native_cmd(bindir: Path, model: Path, n: int, prompt: bool = False) -> list[str]:
+    """llama-bench generating ``n`` tokens (or, with ``prompt``, one prompt of ``n``)."""
+    p, g = (n, 0) if prompt else (0, n)
+    return [str(bindir / "llama-bench"), "-m", str(model), "-t", "1", "-p", str(p), "-n", str(g),
+            "-r", "1", "--no-warmup", "-b", "2048", "-ub", "512", "-fa", "0", "-o", "json"]
 
 
 def per_token(make_cmd, n1: int, n2: int, env: dict[str, str] | None = None) -> float:
@@ -124,18 +133,26 @@ def main() -> int:
         for layer in LAYERS:
             ours = per_token(lambda n: [sys.executable, "-c", PY_SIDE, str(model), layer, str(n)],
                              args.n1, args.n2, env)
-            rows.append({"model": name, "layer": layer, "native": native, "ours": ours,
+            rows.append({"model": name, "test": "tg", "layer": layer, "native": native, "ours": ours,
                          "ratio": native / ours, "extra_per_token": ours - native})
             print(f"  {layer:<15} {ours:,.0f}  (native/ours {native / ours:.3f})", flush=True)
+        # prompt processing: one batch of 64 against one of 576 tokens (two micro-batches)
+        native = per_token(lambda n: native_cmd(bindir, model, n, prompt=True), 64, 576)
+        ours = per_token(lambda n: [sys.executable, "-c", PY_SIDE, str(model), "objects-pp", str(n)],
+                         64, 576, env)
+        rows.append({"model": name, "test": "pp", "layer": "objects", "native": native, "ours": ours,
+                     "ratio": native / ours, "extra_per_token": ours - native})
+        print(f"  pp objects      {ours:,.0f} vs native {native:,.0f} ({native / ours:.3f})", flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "instructions.json").write_text(json.dumps(rows, indent=1))
-    lines = [f"Instructions per generated token (callgrind, 1 thread, tokens {args.n1}..{args.n2}); "
+    lines = [f"Instructions per token (callgrind, 1 thread; tg: generated tokens {args.n1}..{args.n2}, "
+             "pp: prompt tokens 64..576); "
              "ratio = native / cortex-llama, a proxy for the speed ratio that does not depend "
              "on machine noise.", "",
-             "| model | cortex-llama layer | native instr/token | cortex-llama instr/token | ratio | "
-             "extra instr/token |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+             "| model | test | cortex-llama layer | native instr/token | cortex-llama instr/token | "
+             "ratio | extra instr/token |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['layer']} | {r['native']:,.0f} | {r['ours']:,.0f} | "
+        lines.append(f"| {r['model']} | {r['test']} | {r['layer']} | {r['native']:,.0f} | {r['ours']:,.0f} | "
                      f"{r['ratio']:.3f} | {r['extra_per_token']:,.0f} |")
     (RESULTS / "instructions.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
