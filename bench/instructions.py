@@ -68,23 +68,23 @@ PY_SIDE = textwrap.dedent("""
         else:
             for _ in llm.stream([1], temperature=0, max_tokens=n, logit_bias=no_eos):
                 pass
-    elif layer == "objects-pp":
-        model = Model(path)
-        ctx = Context(model, n_ctx=n, n_batch=2048, n_ubatch=512, n_threads=1, flash_attn=False)
-        batch = ctx.new_batch(n)
-        batch.add_many(np.random.default_rng(0).integers(0, model.n_vocab, n, dtype=np.int32), 0)
-        gc.freeze()
-        ctx.decode(batch)
     else:
         model = Model(path)
         ctx = Context(model, n_ctx=n, n_batch=2048, n_ubatch=512, n_threads=1, flash_attn=False)
-        toks = np.random.default_rng(0).integers(0, model.n_vocab, n).tolist()
-        chain = SamplerChain([Sampler.greedy()])
-        gc.freeze()
-        tok = 1
-        for pos in range(n):
-            ctx.decode_one(tok, pos)
-            tok = chain.sample(ctx) if layer == "objects+greedy" else toks[pos]
+        rng = np.random.default_rng(0)
+        if layer == "objects-pp":
+            batch = ctx.new_batch(n)
+            batch.add_many(rng.integers(0, model.n_vocab, n, dtype=np.int32), 0)
+            gc.freeze()
+            ctx.decode(batch)
+        else:
+            toks = rng.integers(0, model.n_vocab, n).tolist()
+            chain = SamplerChain([Sampler.greedy()])
+            gc.freeze()
+            tok = 1
+            for pos in range(n):
+                ctx.decode_one(tok, pos)
+                tok = chain.sample(ctx) if layer == "objects+greedy" else toks[pos]
 """)
 
 LAYERS = ["objects", "objects+greedy", "LLM.complete", "LLM.stream"]

@@ -251,9 +251,8 @@ class _Sequence:
         self.chain = llm._sampler(params)
         if params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
             # penalties see the prompt too (as in llama-server); the window is what counts
-            window = min(len(prompt), params.penalty_last_n if params.penalty_last_n >= 0
-                         else len(prompt))
-            self.chain.accept_history(prompt[len(prompt) - window:] if window else ())
+            last_n = params.penalty_last_n
+            self.chain.accept_history(prompt if last_n < 0 else prompt[max(0, len(prompt) - last_n):])
         self.vocab = llm.model.vocab
         self.eog = llm._eog_cache  # token -> is end-of-generation, shared per model
         self.detok = self.vocab.detokenizer()

@@ -78,12 +78,10 @@ def _offload_devices(devices: Sequence[str | Device] | None,
         gpus = [d for d in local if d.type == "gpu"] or [d for d in local if d.type == "igpu"]
         picked.extend(gpus)
     else:
-        known = {d.name: d for d in local + rpc.server_devices()}
+        among = local + rpc.server_devices()
         for dev in devices:
             if isinstance(dev, str):
-                if dev not in known:
-                    raise ValueError(f"no device named {dev!r}; known devices: {', '.join(known)}")
-                dev = known[dev]
+                dev = system.devices_named([dev], among)[0]
             elif not isinstance(dev, Device) or dev.handle is None:
                 raise TypeError(f"a device is a name or a Device from system.devices() or "
                                 f"rpc.add_server(), not {dev!r}")

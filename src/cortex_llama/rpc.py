@@ -34,6 +34,7 @@ from . import _lib
 from ._cdef import RPC_PROTO_MAJOR_VERSION, RPC_PROTO_MINOR_VERSION
 from ._lib import ffi, lib
 from .errors import RPCError
+from . import system
 from .system import Device, device_info
 
 __all__ = ["DEFAULT_PORT", "available", "parse_endpoint", "probe", "add_server",
@@ -158,16 +159,9 @@ def server_devices() -> list[Device]:
 
 
 def _pick_local_devices(names: Sequence[str] | None) -> list[Any]:
-    from .system import devices
-
-    local = [d for d in devices() if d.backend != "RPC"]
+    local = system.devices()
     if names:
-        by_name = {d.name: d for d in local}
-        missing = [n for n in names if n not in by_name]
-        if missing:
-            raise ValueError(f"no device named {', '.join(map(repr, missing))}; "
-                             f"this machine has {', '.join(by_name) or 'none'}")
-        return [by_name[n].handle for n in names]
+        return [d.handle for d in system.devices_named(names, local)]
     # like llama.cpp's rpc-server: the accelerators, else the CPU
     accel = [d.handle for d in local if d.type not in ("cpu", "accel")]
     return accel or [d.handle for d in local if d.type == "cpu"][:1]

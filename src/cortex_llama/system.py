@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from . import __version__, _lib
 from ._cdef import LLAMA_CPP_COMMIT
 from ._lib import ffi, lib
 
-__all__ = ["Device", "devices", "device_info", "backends", "system_info"]
+__all__ = ["Device", "devices", "device_info", "devices_named", "backends", "system_info"]
 
 _DEVICE_TYPES = {
     lib.GGML_BACKEND_DEVICE_TYPE_CPU: "cpu",
@@ -63,6 +63,17 @@ def devices() -> list[Device]:
     not registered: see :mod:`cortex_llama.rpc`)."""
     _lib.init()
     return [device_info(lib.ggml_backend_dev_get(i), i) for i in range(lib.ggml_backend_dev_count())]
+
+
+def devices_named(names: Sequence[str], among: Sequence[Device]) -> list[Device]:
+    """The devices of ``among`` called ``names``, in that order; ``ValueError``
+    naming the first unknown name and the known ones."""
+    known = {d.name: d for d in among}
+    for name in names:
+        if name not in known:
+            raise ValueError(f"no device named {name!r}; known devices: "
+                             f"{', '.join(known) or 'none'}")
+    return [known[n] for n in names]
 
 
 def backends() -> list[str]:
