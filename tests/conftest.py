@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,20 @@ def tiny_path(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def small_path(models_dir: Path) -> Path:
     return make_test_model(models_dir / "small.gguf", "small")
+
+
+@pytest.fixture(scope="session")
+def real_model_path() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1) from the model registry's cache, pulled on first
+    use. Skipped when it cannot be fetched, unless CORTEX_LLAMA_REQUIRE_REAL=1 (CI)."""
+    from cortex_llama import RegistryError, registry
+
+    try:
+        return registry.pull("smollm2-135m-instruct")
+    except RegistryError as exc:
+        if os.environ.get("CORTEX_LLAMA_REQUIRE_REAL") == "1":
+            pytest.fail(f"the real model is required (CORTEX_LLAMA_REQUIRE_REAL=1): {exc}")
+        pytest.skip(f"the real model cannot be fetched: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from .errors import (
     LlamaError,
     ModelLoadError,
     RPCError,
+    RegistryError,
     StateError,
     TemplateError,
     TokenizeError,
@@ -44,5 +45,5 @@ __all__ = [
     "LLM", "ModelConfig", "GenerationParams", "Completion",
     "LlamaError", "ModelLoadError", "ContextError", "ClosedError", "DecodeError",
     "KVCacheFullError", "AbortedError", "InvalidBatchError", "FatalDecodeError",
-    "TokenizeError", "GrammarError", "StateError", "TemplateError", "RPCError",
+    "TokenizeError", "GrammarError", "StateError", "TemplateError", "RPCError", "RegistryError",
 ]

@@ -1,6 +1,6 @@
 """The ``cortex-llama`` command line.
 
-Commands: info, make-test-model, run, chat, embed, tokenize, demo, rpc-server.
+Commands: info, make-test-model, run, chat, embed, tokenize, demo, pull, models, rpc-server.
 """
 
 from __future__ import annotations
@@ -216,12 +216,45 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
               "has no authentication or encryption: anyone who reaches this port can use this "
               "machine's devices and memory. Expose it on trusted networks only.", file=sys.stderr)
     devices = [d for d in args.device.split(",") if d] if args.device else None
+def cmd_pull(args: argparse.Namespace) -> int:
+    from . import registry
+
+    for name in args.name:
+        path = registry.pull(name, force=args.force)
+        print(path)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from . import registry
+
+    rows = []
+    for e in registry.MODELS.values():
+        try:
+            path = registry.cached(e.name)
+            state = "cached" if path else "not cached"
+        except registry.RegistryError as exc:
+            path, state = None, f"bad file in the cache ({exc})"
+        rows.append({"name": e.name, "cached": path is not None, "path": str(path or
+                     registry.cache_dir() / e.filename), "size": e.size, "sha256": e.sha256,
+                     "source": e.pip_spec, "license": e.license, "description": e.description,
+                     "state": state})
+    if args.json:
+        print(json.dumps({"cache_dir": str(registry.cache_dir()), "models": rows}, indent=2))
+        return 0
+    print(f"model cache: {registry.cache_dir()} (set CORTEX_LLAMA_MODELS to move it)")
+    for r in rows:
+        print(f"  {r['name']:<24} {_fmt_bytes(r['size']):>9}  {r['state']:<10}  {r['description']} "
+              f"[{r['license']}, from {r['source']}]")
+    return 0
+
+
     rpc.serve(args.host, args.port, devices=devices, threads=args.threads, cache_dir=args.cache_dir)
     return 0
 
 
 def _model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
-    p.add_argument("model", help="path to a GGUF model")
+    p.add_argument("model", help="path to a GGUF model, or a registry name (cortex-llama models)")
     p.add_argument("-c", "--ctx-size", type=int, default=4096)
     p.add_argument("-t", "--threads", type=int, default=4)
     p.add_argument("-b", "--batch-size", type=int, default=512)
@@ -295,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the GPUs, else the CPU)")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: half the cores)")
     p.add_argument("--cache-dir", default=None, help="cache large tensors here by hash")
+    p = sub.add_parser("pull", help="download registry models into the cache (see `models`)")
+    p.add_argument("name", nargs="+", help="a registry name, e.g. smollm2-135m-instruct")
+    p.add_argument("--force", action="store_true", help="download again even when cached")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("models", help="the model registry and what is cached")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
     p.set_defaults(func=cmd_rpc_server)
     return parser
 

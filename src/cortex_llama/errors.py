@@ -23,6 +23,7 @@ __all__ = [
     "StateError",
     "TemplateError",
     "RPCError",
+    "RegistryError",
     "raise_for_decode",
 ]
 
@@ -101,6 +102,12 @@ class RPCError(LlamaError):
     def __init__(self, message: str, endpoint: str | None = None) -> None:
         super().__init__(message)
         self.endpoint = endpoint
+
+
+class RegistryError(LlamaError):
+    """A registry model or a Hugging Face file could not be had: unknown name, no
+    network (the message says how to put the file in the cache by hand), a file
+    that fails its sha256 check, or huggingface_hub not installed."""
 
 
 # ---------------------------------------------------------------------------

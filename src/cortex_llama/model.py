@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
-from . import _lib, rpc, system
+from . import _lib, registry, rpc, system
 from ._base import CallbackErrors, Owned, check_ids
 from ._cdef import LLAMA_TOKEN_NULL
 from ._lib import ffi, lib
@@ -139,7 +139,9 @@ class Model(Owned):
 
     ``Model(path, n_gpu_layers=0, ...)`` loads the file; ``close()`` frees it and
     closes every context and vocab-bound sampler made from it first. Works as a
-    context manager.
+    context manager. ``path`` may also be a registry name such as
+    ``"smollm2-135m-instruct"`` (see :mod:`cortex_llama.registry`): its cached
+    file, downloaded on first use.
 
     ``n_gpu_layers`` layers (-1: all) go to the offload devices: by default every
     local GPU (llama.cpp's pick); ``devices`` names them explicitly (names from
@@ -148,9 +150,18 @@ class Model(Owned):
     order, ahead of the local GPUs (see :mod:`cortex_llama.rpc`). Layers that are
     not offloaded run on the local CPU.
 
+    ``use_extra_bufts`` (default True) lets the CPU backend put weights in its
+    extra buffer types: ``CPU_REPACK`` (weights repacked at load into interleaved
+    layouts that faster kernels read, for Q4_0, Q4_K, IQ4_NL, Q8_0 and others on
+    AVX2/AVX-512/NEON) and ``AMX`` (only in builds with ``-DCORTEX_LLAMA_AMX=ON``);
+    False keeps every weight in the plain CPU buffer, as written in the file.
+    ``no_host`` (default False) stops llama.cpp from using host (pinned) buffers
+    for weights of offloaded models. See :func:`cortex_llama.system.cpu_acceleration`.
+
     Raises :class:`ModelLoadError` (naming the path) when the file is missing, a
     directory, not GGUF, truncated or unsupported, or the progress callback
-    cancelled the load; :class:`RPCError` when an RPC server cannot be used;
+    cancelled the load; :class:`RegistryError` when a registry name's file cannot
+    be fetched; :class:`RPCError` when an RPC server cannot be used;
     ``ValueError``/``TypeError`` for bad arguments. An exception raised by
     ``progress`` cancels the load and is re-raised.
     """
@@ -173,9 +184,11 @@ class Model(Owned):
         progress: Callable[[float], bool | None] | None = None,
         devices: Sequence[str | Device] | None = None,
         rpc_servers: Sequence[str] | None = None,
+        use_extra_bufts: bool = True,
+        no_host: bool = False,
     ) -> None:
         _lib.init()
-        self.path = Path(os.fspath(path))
+        self.path = Path(os.fspath(registry.resolve(path)))  # a registry name: its cached file
         _check_model_file(self.path)
         if split_mode not in SPLIT_MODES:
             raise ValueError(f"split_mode must be one of {sorted(SPLIT_MODES)}, not {split_mode!r}")
@@ -185,6 +198,8 @@ class Model(Owned):
         params.main_gpu = int(main_gpu)
         params.vocab_only = bool(vocab_only)
         params.check_tensors = bool(check_tensors)
+        params.use_extra_bufts = bool(use_extra_bufts)
+        params.no_host = bool(no_host)
         if rpc_servers and params.n_gpu_layers == 0:
             raise ValueError("rpc_servers were given but n_gpu_layers=0 would keep every layer "
                              "local: pass n_gpu_layers=-1 (all) or a layer count")
