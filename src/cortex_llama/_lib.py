@@ -6,6 +6,10 @@ folder; it checks that the library was built from the commit the declarations
 were generated from, initializes the backend once, and routes llama.cpp's log
 output to the :mod:`logging` logger ``cortex_llama`` (silent unless configured).
 
+libmtmd (images and audio in, ``tools/mtmd``) is opened beside libllama when the
+build made it: ``mtmd_lib`` is then its handle, else None and ``mtmd_missing``
+says which paths were tried and why.
+
 Names here are llama.cpp's own C names; the layers above give them Python ones.
 """
 
@@ -21,10 +25,10 @@ from typing import Any
 
 import cffi
 
-from ._cdef import CDEF, LLAMA_CPP_COMMIT
+from ._cdef import CDEF, LLAMA_CPP_COMMIT, MTMD_CDEF
 
 __all__ = ["ffi", "lib", "lib_dir", "LIB_DIR_ENV", "library_commit", "flag_abort_callback",
-           "take_log_problems", "init"]
+           "take_log_problems", "init", "mtmd_lib", "mtmd_missing"]
 
 LIB_DIR_ENV = "CORTEX_LLAMA_LIB_DIR"
 PACKAGE_LIB_DIR = Path(__file__).resolve().parent / "lib"
@@ -37,14 +41,16 @@ ffi.cdef(CDEF)
 # From the C library: strlen serves as an abort callback that costs no Python
 # (see flag_abort_callback below).
 ffi.cdef("size_t strlen(const char *);")
+# libmtmd's declarations: only callable through mtmd_lib (None when not built).
+ffi.cdef(MTMD_CDEF)
 
 
-def _library_names() -> list[str]:
+def _library_names(stem: str = "llama") -> list[str]:
     if sys.platform == "win32":
-        return ["llama.dll", "libllama.dll"]
+        return [f"{stem}.dll", f"lib{stem}.dll"]
     if sys.platform == "darwin":
-        return ["libllama.dylib"]
-    return ["libllama.so"]
+        return [f"lib{stem}.dylib"]
+    return [f"lib{stem}.so"]
 
 
 def _load() -> tuple[Any, Path]:
@@ -76,6 +82,29 @@ def _load() -> tuple[Any, Path]:
 
 
 lib, lib_dir = _load()
+
+
+def _load_mtmd() -> tuple[Any, str | None]:
+    """libmtmd from the folder libllama came from: (handle, None), or (None, why not)."""
+    tried: list[str] = []
+    for name in _library_names("mtmd"):
+        path = lib_dir / name
+        if not path.is_file():
+            tried.append(f"  {path}: no such file")
+            continue
+        try:
+            return ffi.dlopen(str(path)), None
+        except OSError as exc:
+            tried.append(f"  {path}: {exc}")
+    return None, (
+        "this cortex-llama was built without libmtmd (multimodal input). Paths tried:\n"
+        + "\n".join(tried)
+        + "\nFix: rebuild with libmtmd (it is on by default; -DCORTEX_LLAMA_MTMD=OFF leaves it out)"
+    )
+
+
+#: libmtmd's handle (mtmd.h, mtmd-helper.h), or None when the build left it out
+mtmd_lib, mtmd_missing = _load_mtmd()
 
 
 def _load_libc() -> Any:
@@ -132,7 +161,15 @@ _LEVELS = {
     lib.GGML_LOG_LEVEL_WARN: logging.WARNING,
     lib.GGML_LOG_LEVEL_ERROR: logging.ERROR,
 }
-_log_state = {"level": logging.INFO, "buffer": ""}
+class _LogState:
+    """The level of the message being logged (continuations inherit it) and the
+    text of its unfinished last line."""
+
+    level: int = logging.INFO
+    buffer: str = ""
+
+
+_log_state = _LogState()
 _log_lock = threading.Lock()
 # llama.cpp reports why a load or a parse failed only through its log; the last
 # warnings and errors are kept so that exceptions can quote them.
@@ -153,15 +190,15 @@ def _log_callback(level: int, text: Any, _user: Any) -> None:
     try:
         with _log_lock:
             if level != lib.GGML_LOG_LEVEL_CONT:
-                _log_state["level"] = _LEVELS.get(level, logging.INFO)
-            py_level = _log_state["level"]
+                _log_state.level = _LEVELS.get(level, logging.INFO)
+            py_level = _log_state.level
             problem = py_level >= logging.WARNING
             if not problem and not logger.isEnabledFor(py_level):
-                _log_state["buffer"] = ""
+                _log_state.buffer = ""
                 return
-            buffered = _log_state["buffer"] + ffi.string(text).decode("utf-8", errors="replace")
+            buffered = _log_state.buffer + ffi.string(text).decode("utf-8", errors="replace")
             *lines, rest = buffered.split("\n")
-            _log_state["buffer"] = rest
+            _log_state.buffer = rest
             if problem:
                 _recent_problems.extend(line.strip() for line in lines if line.strip())
         for line in lines:
@@ -185,6 +222,8 @@ def init() -> None:
         if _initialized:
             return
         lib.llama_log_set(_log_callback, ffi.NULL)
+        if mtmd_lib is not None:
+            mtmd_lib.mtmd_helper_log_set(_log_callback, ffi.NULL)  # mtmd's and clip's log too
         if lib.ggml_backend_reg_count() == 0:
             # Built with GGML_BACKEND_DL: backends are modules beside libllama.
             lib.ggml_backend_load_all_from_path(str(lib_dir).encode())
