@@ -21,6 +21,10 @@ REQUIRED = [
     "llama_model_quantize_params", "llama_perf_context_data", "llama_logit_bias",
     "llama_perf_sampler_data", "llama_model_kv_override", "llama_sampler_i", "llama_sampler",
     "ggml_backend_dev_props", "ggml_backend_dev_caps",
+    # libmtmd (mtmd.h, mtmd-helper.h)
+    "mtmd_context_params", "mtmd_input_text", "mtmd_input_part", "mtmd_decoder_pos",
+    "mtmd_helper_bitmap_wrapper", "mtmd_helper_init_opt", "mtmd_helper_video_init_params",
+    "mtmd_helper_embd_batch",
 ]
 
 
@@ -58,7 +62,7 @@ def test_commit_of_declarations_is_the_pin() -> None:
 def test_struct_layouts_match_the_compiler(tmp_path) -> None:
     """A C probe prints sizeof/offsetof of every complete struct; cffi must agree."""
     lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "llama.h"',
-             '#include "ggml-backend.h"', "int main(void) {"]
+             '#include "ggml-backend.h"', '#include "mtmd-helper.h"', "int main(void) {"]
     expected: dict[str, int] = {}
     for name in _complete_structs():
         ctype = ffi.typeof(f"struct {name}")
@@ -76,7 +80,8 @@ def test_struct_layouts_match_the_compiler(tmp_path) -> None:
     exe = tmp_path / "probe"
     cc = have_cc()
     subprocess.run([cc, "-std=c11", "-I", str(VENDOR / "include"), "-I",
-                    str(VENDOR / "ggml" / "include"), str(src), "-o", str(exe)], check=True)
+                    str(VENDOR / "ggml" / "include"), "-I", str(VENDOR / "tools" / "mtmd"),
+                    str(src), "-o", str(exe)], check=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
     actual = {k: int(v) for k, v in (line.split() for line in out.splitlines())}
     assert len(actual) == len(expected) > 100

@@ -1815,3 +1815,361 @@ typedef ggml_backend_reg_t(*ggml_backend_rpc_reg_t) (void);
 
 typedef ggml_backend_reg_t(*ggml_backend_rpc_add_server_t) (const char * endpoint);
 """
+
+# libmtmd (tools/mtmd/mtmd.h, mtmd-helper.h): its functions are in libmtmd.
+MTMD_CDEF = r"""
+enum mtmd_input_chunk_type {
+    MTMD_INPUT_CHUNK_TYPE_TEXT,
+    MTMD_INPUT_CHUNK_TYPE_IMAGE,
+    MTMD_INPUT_CHUNK_TYPE_AUDIO,
+    MTMD_INPUT_CHUNK_TYPE_COUNT,
+};
+
+struct mtmd_context;
+
+struct mtmd_bitmap;
+
+struct mtmd_image_tokens;
+
+struct mtmd_input_chunk;
+
+struct mtmd_input_chunks;
+
+struct mtmd_batch;
+
+struct mtmd_input_text {
+    const char * text;
+    size_t text_len;
+    _Bool add_special;
+    _Bool parse_special;
+};
+
+struct mtmd_input_part {
+    const struct mtmd_input_text * text;
+    const struct mtmd_bitmap * bitmap;
+};
+
+typedef struct mtmd_context mtmd_context;
+
+typedef struct mtmd_bitmap mtmd_bitmap;
+
+typedef struct mtmd_image_tokens mtmd_image_tokens;
+
+typedef struct mtmd_input_chunk mtmd_input_chunk;
+
+typedef struct mtmd_input_chunks mtmd_input_chunks;
+
+typedef struct mtmd_input_text mtmd_input_text;
+
+typedef struct mtmd_input_part mtmd_input_part;
+
+typedef struct mtmd_batch mtmd_batch;
+
+typedef _Bool(*mtmd_progress_callback) (float progress, void * user_data);
+
+struct mtmd_context_params {
+    _Bool use_gpu;
+    ggml_backend_dev_t device;
+    _Bool print_timings;
+    int n_threads;
+    const char * image_marker;
+    const char * media_marker;
+    enum llama_flash_attn_type flash_attn_type;
+    _Bool warmup;
+    int image_min_tokens;
+    int image_max_tokens;
+    ggml_backend_sched_eval_callback cb_eval;
+    void * cb_eval_user_data;
+    int32_t batch_max_tokens;
+    mtmd_progress_callback progress_callback;
+    void * progress_callback_user_data;
+};
+
+const char * mtmd_default_marker(void);
+
+struct mtmd_context_params mtmd_context_params_default(void);
+
+mtmd_context * mtmd_init_from_file(const char * mmproj_fname, const struct llama_model * text_model, const struct mtmd_context_params ctx_params);
+
+void mtmd_free(mtmd_context * ctx);
+
+_Bool mtmd_decode_use_non_causal(const mtmd_context * ctx, const mtmd_input_chunk * chunk);
+
+_Bool mtmd_decode_use_mrope(const mtmd_context * ctx);
+
+_Bool mtmd_support_vision(const mtmd_context * ctx);
+
+_Bool mtmd_support_audio(const mtmd_context * ctx);
+
+int mtmd_get_audio_sample_rate(const mtmd_context * ctx);
+
+const char * mtmd_get_marker(const mtmd_context * ctx);
+
+mtmd_bitmap * mtmd_bitmap_init(uint32_t nx, uint32_t ny, const unsigned char * data);
+
+mtmd_bitmap * mtmd_bitmap_init_from_audio(size_t n_samples, const float * data);
+
+uint32_t mtmd_bitmap_get_nx(const mtmd_bitmap * bitmap);
+
+uint32_t mtmd_bitmap_get_ny(const mtmd_bitmap * bitmap);
+
+const unsigned char * mtmd_bitmap_get_data(const mtmd_bitmap * bitmap);
+
+size_t mtmd_bitmap_get_n_bytes(const mtmd_bitmap * bitmap);
+
+_Bool mtmd_bitmap_is_audio(const mtmd_bitmap * bitmap);
+
+void mtmd_bitmap_free(mtmd_bitmap * bitmap);
+
+const char * mtmd_bitmap_get_id(const mtmd_bitmap * bitmap);
+
+void mtmd_bitmap_set_id(mtmd_bitmap * bitmap, const char * id);
+
+void mtmd_bitmap_set_mergeable(mtmd_bitmap * bitmap, _Bool mergeable);
+
+typedef int(* mtmd_bitmap_lazy_callback) (size_t chunk_idx, void * user_data, mtmd_bitmap ** out_bitmap, char ** out_text);
+
+mtmd_bitmap * mtmd_bitmap_init_lazy(const mtmd_context * ctx, const char * id, void * user_data, mtmd_bitmap_lazy_callback callback);
+
+mtmd_input_chunks * mtmd_input_chunks_init(void);
+
+size_t mtmd_input_chunks_size(const mtmd_input_chunks * chunks);
+
+const mtmd_input_chunk * mtmd_input_chunks_get(const mtmd_input_chunks * chunks, size_t idx);
+
+void mtmd_input_chunks_free(mtmd_input_chunks * chunks);
+
+enum mtmd_input_chunk_type mtmd_input_chunk_get_type(const mtmd_input_chunk * chunk);
+
+const llama_token * mtmd_input_chunk_get_tokens_text(const mtmd_input_chunk * chunk, size_t * n_tokens_output);
+
+const mtmd_image_tokens * mtmd_input_chunk_get_tokens_image(const mtmd_input_chunk * chunk);
+
+size_t mtmd_input_chunk_get_n_tokens(const mtmd_input_chunk * chunk);
+
+const char * mtmd_input_chunk_get_id(const mtmd_input_chunk * chunk);
+
+llama_pos mtmd_input_chunk_get_n_pos(const mtmd_input_chunk * chunk);
+
+mtmd_input_chunk * mtmd_input_chunk_copy(const mtmd_input_chunk * chunk);
+
+void mtmd_input_chunk_free(mtmd_input_chunk * chunk);
+
+mtmd_input_chunk * mtmd_input_chunk_get_placeholder(const mtmd_input_chunk * chunk);
+
+int32_t mtmd_input_chunk_save(const mtmd_input_chunk * chunk, char * out_buf, size_t out_len, size_t * expected_out_len);
+
+mtmd_input_chunk * mtmd_input_chunk_load(const char * buf, size_t len);
+
+size_t mtmd_image_tokens_get_n_tokens(const mtmd_image_tokens * image_tokens);
+
+const char * mtmd_image_tokens_get_id(const mtmd_image_tokens * image_tokens);
+
+llama_pos mtmd_image_tokens_get_n_pos(const mtmd_image_tokens * image_tokens);
+
+size_t mtmd_image_tokens_get_nx(const mtmd_image_tokens * image_tokens);
+
+size_t mtmd_image_tokens_get_ny(const mtmd_image_tokens * image_tokens);
+
+struct mtmd_decoder_pos {
+    uint32_t t;
+    uint32_t x;
+    uint32_t y;
+    uint32_t z;
+};
+
+struct mtmd_decoder_pos mtmd_image_tokens_get_decoder_pos(const mtmd_image_tokens * image_tokens, llama_pos pos_0, size_t i);
+
+int32_t mtmd_tokenize(const mtmd_context * ctx, mtmd_input_chunks * output, const mtmd_input_text * text, const mtmd_bitmap * const * bitmaps, size_t n_bitmaps);
+
+int32_t mtmd_tokenize_from_parts(const mtmd_context * ctx, mtmd_input_chunks * output, const mtmd_input_part * const * parts, size_t n_parts, _Bool add_special);
+
+int32_t mtmd_encode(mtmd_context * ctx, const mtmd_image_tokens * image_tokens);
+
+int32_t mtmd_encode_chunk(mtmd_context * ctx, const mtmd_input_chunk * chunk);
+
+float * mtmd_get_output_embd(mtmd_context * ctx);
+
+mtmd_batch * mtmd_batch_init(mtmd_context * ctx);
+
+void mtmd_batch_free(mtmd_batch * batch);
+
+int32_t mtmd_batch_add_chunk(mtmd_batch * batch, const mtmd_input_chunk * chunk);
+
+int32_t mtmd_batch_encode(mtmd_batch * batch);
+
+float * mtmd_batch_get_output_embd(mtmd_batch * batch, const mtmd_input_chunk * chunk);
+
+void mtmd_log_set(ggml_log_callback log_callback, void * user_data);
+
+struct mtmd_caps {
+    _Bool inp_vision;
+    _Bool inp_audio;
+};
+
+struct mtmd_caps mtmd_get_cap_from_file(const char * mmproj_fname);
+
+enum mtmd_gen_audio_type {
+    MTMD_GEN_AUDIO_TYPE_NONE,
+    MTMD_GEN_AUDIO_TYPE_QWEN3TTS,
+    MTMD_GEN_AUDIO_TYPE_POCKETTTS,
+};
+
+struct mtmd_gen_audio_info {
+    enum mtmd_gen_audio_type type;
+    int32_t sample_rate;
+    const char * model_variant;
+};
+
+struct mtmd_gen_audio_info mtmd_gen_audio_get_info(const mtmd_context * ctx);
+
+enum mtmd_gen_process_type {
+    MTMD_GEN_PROCESS_TYPE_GEN_CODE,
+    MTMD_GEN_PROCESS_TYPE_GEN_WAV,
+};
+
+struct mtmd_gen_inp {
+    enum mtmd_gen_process_type type;
+    int32_t code0;
+    float * embd;
+    int32_t top_k;
+    float top_p;
+    uint32_t seed;
+    float temp;
+    int32_t * codes;
+    size_t n_codes;
+    const float * feats;
+    size_t n_feats;
+    const char * state_data;
+    size_t state_size;
+};
+
+struct mtmd_gen_out {
+    const int32_t * codes;
+    size_t n_codes;
+    const float * feats;
+    size_t n_feats;
+    const float * embd;
+    _Bool is_eos;
+    const float * audio;
+    size_t n_samples;
+    const char * state_data;
+    size_t state_size;
+};
+
+struct mtmd_gen_inp mtmd_gen_inp_default(const mtmd_context * ctx);
+
+int32_t mtmd_gen_audio_process(mtmd_context * ctx, const struct mtmd_gen_inp * inp, struct mtmd_gen_out * out);
+
+mtmd_input_chunks * mtmd_test_create_input_chunks(void);
+
+struct mtmd_helper_video;
+
+typedef struct mtmd_helper_video mtmd_helper_video;
+
+struct mtmd_helper_video_init_params {
+    float fps_target;
+    const char * ffmpeg_bin_dir;
+    int64_t timestamp_interval_ms;
+};
+
+struct mtmd_helper_video_init_params mtmd_helper_video_init_params_default(void);
+
+struct mtmd_helper_init_opt {
+    struct mtmd_helper_video_init_params video_params;
+};
+
+typedef struct mtmd_helper_init_opt mtmd_helper_init_opt;
+
+struct mtmd_helper_init_opt mtmd_helper_init_opt_default(void);
+
+void mtmd_helper_log_set(ggml_log_callback log_callback, void * user_data);
+
+_Bool mtmd_helper_support_video(const mtmd_context * ctx);
+
+struct mtmd_helper_bitmap_wrapper {
+    mtmd_bitmap * bitmap;
+    mtmd_helper_video * video_ctx;
+};
+
+struct mtmd_helper_bitmap_wrapper mtmd_helper_bitmap_init_from_file(const mtmd_context * ctx, const char * fname, _Bool placeholder, struct mtmd_helper_init_opt opt);
+
+struct mtmd_helper_bitmap_wrapper mtmd_helper_bitmap_init_from_buf(const mtmd_context * ctx, const unsigned char * buf, size_t len, _Bool placeholder, struct mtmd_helper_init_opt opt);
+
+size_t mtmd_helper_get_n_tokens(const mtmd_input_chunks * chunks);
+
+llama_pos mtmd_helper_get_n_pos(const mtmd_input_chunks * chunks);
+
+void mtmd_helper_image_get_decoder_pos(const mtmd_image_tokens * image, llama_pos pos_0, struct mtmd_decoder_pos * out_pos);
+
+int32_t mtmd_helper_eval_chunks(mtmd_context * ctx, struct llama_context * lctx, const mtmd_input_chunks * chunks, llama_pos n_past, llama_seq_id seq_id, int32_t n_batch, _Bool logits_last, llama_pos * new_n_past);
+
+int32_t mtmd_helper_eval_chunk_single(mtmd_context * ctx, struct llama_context * lctx, const mtmd_input_chunk * chunk, llama_pos n_past, llama_seq_id seq_id, int32_t n_batch, _Bool logits_last, llama_pos * new_n_past);
+
+struct mtmd_helper_embd_batch {
+    int32_t n_tokens;
+    const float * embd;
+    int32_t n_embd;
+    const llama_pos * pos;
+    int32_t n_pos;
+    llama_seq_id seq_id;
+};
+
+typedef int32_t(*mtmd_helper_post_decode_callback) (const struct mtmd_helper_embd_batch * batch, void * user_data);
+
+int32_t mtmd_helper_decode_image_chunk(mtmd_context * ctx, struct llama_context * lctx, const mtmd_input_chunk * chunk, float * encoded_embd, llama_pos n_past, llama_seq_id seq_id, int32_t n_batch, llama_pos * new_n_past, mtmd_helper_post_decode_callback callback, void * user_data);
+
+struct mtmd_helper_video_info {
+    uint32_t width;
+    uint32_t height;
+    float fps;
+    int32_t n_frames;
+};
+
+mtmd_helper_video * mtmd_helper_video_init(const struct mtmd_context * mctx, const char * path, struct mtmd_helper_video_init_params params);
+
+mtmd_helper_video * mtmd_helper_video_init_from_buf(const struct mtmd_context * mctx, const unsigned char * buf, size_t len, struct mtmd_helper_video_init_params params);
+
+void mtmd_helper_video_free(mtmd_helper_video * ctx);
+
+struct mtmd_helper_video_info mtmd_helper_video_get_info(const mtmd_helper_video * ctx);
+
+int32_t mtmd_helper_video_read_next(mtmd_helper_video * ctx, mtmd_bitmap ** out_bitmap, char ** out_text);
+
+_Bool mtmd_helper_model_can_chat(const struct llama_context * lctx, const struct mtmd_context * mctx);
+
+struct mtmd_helper_gen_audio;
+
+typedef struct mtmd_helper_gen_audio mtmd_helper_gen_audio;
+
+enum mtmd_helper_gen_audio_outtype {
+    MTMD_HELPER_GEN_AUDIO_OUTTYPE_PCM,
+    MTMD_HELPER_GEN_AUDIO_OUTTYPE_WAV,
+};
+
+struct mtmd_helper_gen_audio_inp {
+    llama_seq_id seq_id;
+    const char * prompt;
+    size_t prompt_len;
+    mtmd_bitmap * speaker_ref;
+    const char * lang;
+    int32_t top_k;
+    float top_p;
+    uint32_t seed;
+    enum mtmd_helper_gen_audio_outtype out_type;
+};
+
+mtmd_helper_gen_audio * mtmd_helper_gen_audio_init(struct llama_context * lctx, struct mtmd_context * mctx);
+
+void mtmd_helper_gen_audio_free(mtmd_helper_gen_audio * ctx);
+
+void mtmd_helper_gen_audio_reset(mtmd_helper_gen_audio * ctx);
+
+int32_t mtmd_helper_gen_audio_set_input(mtmd_helper_gen_audio * ctx, const struct mtmd_helper_gen_audio_inp * inp);
+
+int32_t mtmd_helper_gen_audio_step_prompt(mtmd_helper_gen_audio * ctx, int32_t n_batch);
+
+int32_t mtmd_helper_gen_audio_step_gen(mtmd_helper_gen_audio * ctx, llama_token sampled, const float * h_state_in, const float ** h_state_out, _Bool * out_stop);
+
+int32_t mtmd_helper_gen_audio_get_output(mtmd_helper_gen_audio * ctx, int32_t * out_sample_rate, const char ** out_data, size_t * out_data_len, int64_t * out_n_samples);
+"""
