@@ -24,6 +24,7 @@ __all__ = [
     "TemplateError",
     "RPCError",
     "RegistryError",
+    "MediaError",
     "raise_for_decode",
 ]
 
@@ -108,6 +109,12 @@ class RegistryError(LlamaError):
     """A registry model or a Hugging Face file could not be had: unknown name, no
     network (the message says how to put the file in the cache by hand), a file
     that fails its sha256 check, or huggingface_hub not installed."""
+
+
+class MediaError(LlamaError, ValueError):
+    """An image or audio input cannot be used: not an image or audio file, audio for a
+    vision-only projector (or an image for an audio-only one), a media part sent to
+    a model without a projector, or media markers that do not match the media given."""
 
 
 # ---------------------------------------------------------------------------

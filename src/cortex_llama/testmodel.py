@@ -21,7 +21,8 @@ import numpy as np
 
 from ._templates import CHATML
 
-__all__ = ["TestModelSpec", "PRESETS", "make_test_model", "make_test_lora", "CHATML_TEMPLATE"]
+__all__ = ["TestModelSpec", "PRESETS", "make_test_model", "make_test_lora", "make_test_projector",
+           "CHATML_TEMPLATE"]
 
 CHATML_TEMPLATE = CHATML
 
@@ -251,6 +252,115 @@ def make_test_lora(
             b = (rng.standard_normal((n_out, rank), dtype=np.float32) * scale)
             writer.add_tensor(f"blk.{i}.{t}.weight.lora_a", a.astype(np.float32))
             writer.add_tensor(f"blk.{i}.{t}.weight.lora_b", b.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def make_test_projector(
+    path: str | Path,
+    preset: str | TestModelSpec = "tiny",
+    *,
+    image_size: int = 32,
+    patch_size: int = 8,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_ff: int = 96,
+    n_layer: int = 2,
+    proj_hidden: int = 128,
+    text_n_embd: int | None = None,
+    dtype: str = "f32",
+    seed: int = 2,
+) -> Path:
+    """Write a random-weight vision projector (mmproj) GGUF for the model of ``preset``.
+
+    The file is what llama.cpp's libmtmd loads for a LLaVA-style model:
+    ``general.architecture=clip``, projector type ``mlp`` (a ViT of ``n_layer``
+    pre-norm blocks over ``patch_size`` patches of an ``image_size`` square image,
+    then a two-layer GELU MLP into the text model's embedding space). Every image
+    becomes ``(image_size // patch_size) ** 2`` embeddings of width
+    ``text_n_embd`` (default: the preset's ``n_embd``; pass another width to make a
+    projector that does not fit the text model). ``dtype`` ("f32" or "f16") is the
+    type of the 2-D weights.
+
+    Raises ``ValueError`` for an impossible shape and ``ImportError`` when the
+    ``gguf`` package is missing.
+    """
+    import gguf
+
+    spec = PRESETS[preset] if isinstance(preset, str) else preset
+    out_dim = spec.n_embd if text_n_embd is None else int(text_n_embd)
+    if image_size % patch_size or image_size <= 0 or patch_size <= 0:
+        raise ValueError(f"image_size={image_size} must be a positive multiple of patch_size={patch_size}")
+    if n_embd % n_head:
+        raise ValueError(f"n_embd={n_embd} must divide by n_head={n_head}")
+    if n_ff == n_embd:
+        raise ValueError("n_ff must differ from n_embd (llama.cpp reads equal sizes as a legacy "
+                         "swapped-FFN file)")
+    if n_layer < 1 or dtype not in ("f32", "f16"):
+        raise ValueError(f"need n_layer >= 1 and dtype 'f32' or 'f16' (got {n_layer}, {dtype!r})")
+    rng = np.random.default_rng(seed)
+    wdt = np.float16 if dtype == "f16" else np.float32
+    n_patches = (image_size // patch_size) ** 2
+
+    def mat(*shape: int, scale: float) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=np.float32) * scale).astype(wdt)
+
+    def vec(n: int, center: float = 0.0, scale: float = 0.1) -> np.ndarray:
+        return (center + scale * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
+
+    s_in = 1.0 / np.sqrt(n_embd)
+    tensors: dict[str, np.ndarray] = {
+        # conv2d kernel: numpy (out, in, kh, kw) is ggml's [kw, kh, in, out]
+        "v.patch_embd.weight": mat(n_embd, 3, patch_size, patch_size,
+                                   scale=1.0 / np.sqrt(3 * patch_size * patch_size)),
+        "v.patch_embd.bias": vec(n_embd),
+        "v.position_embd.weight": mat(n_patches, n_embd, scale=0.5).astype(np.float32),
+        "v.pre_ln.weight": vec(n_embd, 1.0),
+        "v.pre_ln.bias": vec(n_embd),
+    }
+    for i in range(n_layer):
+        p = f"v.blk.{i}."
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            tensors[p + name + ".weight"] = mat(n_embd, n_embd, scale=s_in)
+            tensors[p + name + ".bias"] = vec(n_embd)
+        tensors[p + "ln1.weight"] = vec(n_embd, 1.0)
+        tensors[p + "ln1.bias"] = vec(n_embd)
+        tensors[p + "ln2.weight"] = vec(n_embd, 1.0)
+        tensors[p + "ln2.bias"] = vec(n_embd)
+        tensors[p + "ffn_up.weight"] = mat(n_ff, n_embd, scale=s_in)
+        tensors[p + "ffn_up.bias"] = vec(n_ff)
+        tensors[p + "ffn_down.weight"] = mat(n_embd, n_ff, scale=1.0 / np.sqrt(n_ff))
+        tensors[p + "ffn_down.bias"] = vec(n_embd)
+    tensors["mm.0.weight"] = mat(proj_hidden, n_embd, scale=s_in)
+    tensors["mm.0.bias"] = vec(proj_hidden)
+    tensors["mm.2.weight"] = mat(out_dim, proj_hidden, scale=1.0 / np.sqrt(proj_hidden))
+    tensors["mm.2.bias"] = vec(out_dim)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "clip")
+    writer.add_name("cortex-llama test projector")
+    writer.add_description(f"random-weight LLaVA-style mmproj for a {out_dim}-wide text model")
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.has_audio_encoder", False)
+    writer.add_string("clip.projector_type", "mlp")
+    writer.add_bool("clip.use_gelu", True)
+    writer.add_uint32("clip.vision.image_size", image_size)
+    writer.add_uint32("clip.vision.patch_size", patch_size)
+    writer.add_uint32("clip.vision.embedding_length", n_embd)
+    writer.add_uint32("clip.vision.feed_forward_length", n_ff)
+    writer.add_uint32("clip.vision.block_count", n_layer)
+    writer.add_uint32("clip.vision.attention.head_count", n_head)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-5)
+    writer.add_uint32("clip.vision.projection_dim", out_dim)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    for name, array in tensors.items():
+        writer.add_tensor(name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
