@@ -17,7 +17,7 @@ import pytest
 from cortex_llama import Batch, ClosedError, Context, ModelLoadError, Model
 from cortex_llama.errors import MediaError
 from cortex_llama.multimodal import Bitmap, Projector, available
-from cortex_llama.testmodel import make_test_projector
+from cortex_llama.testmodel import make_test_audio_projector, make_test_projector
 
 from .conftest import ROOT
 
@@ -345,6 +345,29 @@ def test_pil_image(proj: Projector) -> None:
     arr = image(16, 16)
     bm = Bitmap.from_array(np.asarray(Image.fromarray(arr)))
     assert np.array_equal(bm.to_array(), arr)
+
+
+# -- audio -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def audio_proj(f16_model: Model, models_dir: Path) -> Projector:
+    return Projector(f16_model, make_test_audio_projector(models_dir / "tiny-audio.gguf", "tiny"),
+                     n_threads=2)
+
+
+def test_audio_projector(audio_proj: Projector, f16_model: Model) -> None:
+    assert audio_proj.supports_audio and not audio_proj.supports_vision
+    assert audio_proj.audio_sample_rate == 16000
+    tone = (np.sin(np.arange(16000) / 16000 * 2 * np.pi * 440) * 0.3).astype(np.float32)
+    from_wav = audio_proj.load(wav_bytes(tone))
+    assert from_wav.is_audio and from_wav.width == 16000
+    chunks = audio_proj.tokenize(chat_prompt(f"Listen: {audio_proj.marker}"), [Bitmap.from_pcm(tone)])
+    assert [c.type for c in chunks] == ["text", "audio", "text"]
+    assert chunks[1].n_tokens == 375  # 30 s window, 1500 frames stacked by 4
+    with Context(f16_model, n_ctx=1024, n_threads=2) as c:
+        assert audio_proj.eval_chunks(c, chunks) == chunks.n_pos
+        assert np.isfinite(c.logits()).all()
+    with pytest.raises(MediaError, match="image.*audio only"):
+        audio_proj.tokenize(audio_proj.marker, [Bitmap.from_array(image(32, 32))])
 
 
 # -- parity with llama.cpp's own llama-mtmd-cli ----------------------------------------

@@ -22,7 +22,7 @@ import numpy as np
 from ._templates import CHATML
 
 __all__ = ["TestModelSpec", "PRESETS", "make_test_model", "make_test_lora", "make_test_projector",
-           "CHATML_TEMPLATE"]
+           "make_test_audio_projector", "CHATML_TEMPLATE"]
 
 CHATML_TEMPLATE = CHATML
 
@@ -359,6 +359,100 @@ def make_test_projector(
     writer.add_uint32("clip.vision.projection_dim", out_dim)
     writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
     writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    for name, array in tensors.items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def make_test_audio_projector(
+    path: str | Path,
+    preset: str | TestModelSpec = "tiny",
+    *,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_ff: int = 96,
+    n_layer: int = 1,
+    n_mel: int = 80,
+    stack_factor: int = 4,
+    proj_hidden: int = 64,
+    seed: int = 3,
+) -> Path:
+    """Write a random-weight audio projector (mmproj) GGUF for the model of ``preset``:
+    projector type ``ultravox`` (a Whisper-style encoder over ``n_mel`` log-mel bins
+    of 16 kHz audio, then frame stacking and a SwiGLU MLP into the text model's
+    embedding space). Every started 30 s of audio becomes
+    ``1500 / stack_factor`` embeddings (``stack_factor`` must divide 1500: libmtmd
+    checks that count).
+
+    Raises ``ValueError`` for an impossible shape and ``ImportError`` without ``gguf``.
+    """
+    import gguf
+
+    spec = PRESETS[preset] if isinstance(preset, str) else preset
+    if n_embd % n_head or n_ff == n_embd or n_layer < 1 or 1500 % stack_factor:
+        raise ValueError(f"n_embd={n_embd} must divide by n_head={n_head}, n_ff must differ from "
+                         f"n_embd, n_layer must be >= 1 and stack_factor={stack_factor} divide 1500")
+    rng = np.random.default_rng(seed)
+    n_pos = 1500  # Whisper: 3000 mel frames per 30 s, halved by the second convolution
+
+    def mat(*shape: int, scale: float) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=np.float32) * scale).astype(np.float32)
+
+    def vec(n: int, center: float = 0.0, scale: float = 0.1) -> np.ndarray:
+        return (center + scale * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
+
+    s_in = 1.0 / np.sqrt(n_embd)
+    stacked = n_embd * stack_factor
+    tensors: dict[str, np.ndarray] = {
+        # conv1d kernels: numpy (out, in, k) is ggml's [k, in, out]; biases [1, out]
+        "a.conv1d.1.weight": mat(n_embd, n_mel, 3, scale=1.0 / np.sqrt(3 * n_mel)),
+        "a.conv1d.1.bias": vec(n_embd).reshape(n_embd, 1),
+        "a.conv1d.2.weight": mat(n_embd, n_embd, 3, scale=1.0 / np.sqrt(3 * n_embd)),
+        "a.conv1d.2.bias": vec(n_embd).reshape(n_embd, 1),
+        "a.position_embd.weight": mat(n_pos, n_embd, scale=0.5),
+        "a.post_ln.weight": vec(n_embd, 1.0),
+        "a.post_ln.bias": vec(n_embd),
+    }
+    for i in range(n_layer):
+        p = f"a.blk.{i}."
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            tensors[p + name + ".weight"] = mat(n_embd, n_embd, scale=s_in)
+            if name != "attn_k":  # Whisper's key projection has no bias
+                tensors[p + name + ".bias"] = vec(n_embd)
+        tensors[p + "ln1.weight"] = vec(n_embd, 1.0)
+        tensors[p + "ln1.bias"] = vec(n_embd)
+        tensors[p + "ln2.weight"] = vec(n_embd, 1.0)
+        tensors[p + "ln2.bias"] = vec(n_embd)
+        tensors[p + "ffn_up.weight"] = mat(n_ff, n_embd, scale=s_in)
+        tensors[p + "ffn_up.bias"] = vec(n_ff)
+        tensors[p + "ffn_down.weight"] = mat(n_embd, n_ff, scale=1.0 / np.sqrt(n_ff))
+        tensors[p + "ffn_down.bias"] = vec(n_embd)
+    tensors["mm.a.norm_pre.weight"] = vec(stacked, 1.0)
+    tensors["mm.a.mlp.1.weight"] = mat(2 * proj_hidden, stacked, scale=1.0 / np.sqrt(stacked))
+    tensors["mm.a.norm_mid.weight"] = vec(proj_hidden, 1.0)
+    tensors["mm.a.mlp.2.weight"] = mat(spec.n_embd, proj_hidden, scale=1.0 / np.sqrt(proj_hidden))
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "clip")
+    writer.add_name("cortex-llama test audio projector")
+    writer.add_description(f"random-weight ultravox-style mmproj for a {spec.n_embd}-wide text model")
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_bool("clip.has_vision_encoder", False)
+    writer.add_bool("clip.has_audio_encoder", True)
+    writer.add_string("clip.projector_type", "ultravox")
+    writer.add_uint32("clip.audio.embedding_length", n_embd)
+    writer.add_uint32("clip.audio.feed_forward_length", n_ff)
+    writer.add_uint32("clip.audio.block_count", n_layer)
+    writer.add_uint32("clip.audio.attention.head_count", n_head)
+    writer.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+    writer.add_uint32("clip.audio.projection_dim", spec.n_embd)
+    writer.add_uint32("clip.audio.num_mel_bins", n_mel)
+    writer.add_uint32("clip.audio.projector.stack_factor", stack_factor)
     for name, array in tensors.items():
         writer.add_tensor(name, array)
     writer.write_header_to_file()
