@@ -67,8 +67,9 @@ def test_tokenize(tiny_path: Path) -> None:
 
 
 def test_demo_shows_every_feature() -> None:
-    out = cli("demo")
+    out = cli("demo", "--random")  # the real model's demo: tests/test_real_model.py
     assert out.returncode == 0, out.stderr
+    assert "random-weight test model" in out.stdout
     for section in ("streaming completion", "chat", "batched generation", "structured output", "embeddings"):
         assert section in out.stdout
 

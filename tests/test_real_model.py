@@ -342,3 +342,18 @@ def test_json_schema_output_validates_at_temperature(llm: LLM) -> None:
     for i, c in enumerate(outs):
         assert c.finish_reason != "length", (i, c.text)
         jsonschema.validate(json.loads(c.text), SCHEMA)
+
+
+# ---------------------------------------------------------------------------
+# the demo
+# ---------------------------------------------------------------------------
+def test_demo_answers_from_the_real_model(real_model_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "cortex_llama", "demo"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "model: smollm2-135m-instruct" in out.stdout and "random-weight" not in out.stdout
+    for section in ("streaming completion", "chat", "batched generation", "structured output", "embeddings"):
+        assert f"== {section}" in out.stdout
+    assert "The capital of France is Paris" in out.stdout and "def is_even(n):" in out.stdout
+    doc = out.stdout.split("== structured output")[1].split("== embeddings")[0].strip().splitlines()[-1]
+    assert json.loads(doc)["capital"] == "Paris"

@@ -108,6 +108,15 @@ def test_cli_no_network(cache: Path, offline: None) -> None:
     assert out.returncode == 0 and NAME in out.stdout and "not cached" in out.stdout
 
 
+def test_demo_falls_back_to_a_random_model_offline(cache: Path, offline: None) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "-m", "cortex_llama", "demo"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "could not be fetched, so this demo falls back to a random-weight test model" in out.stdout
+    assert "== embeddings" in out.stdout
+
+
 @pytest.mark.real
 def test_a_file_copied_by_hand_is_checked_once(cache: Path, real_model_path: Path) -> None:
     cache.mkdir()

@@ -170,41 +170,106 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .llm import LLM, GenerationParams
+DEMO_MODEL = "smollm2-135m-instruct"
+
+
+def _demo_model(args: argparse.Namespace, tmp: str) -> tuple[Path, bool]:
+    """The real registry model when it can be had (pulled on first use), else a
+    random-weight test model; the flag says which."""
+    from . import registry
+    from .errors import RegistryError
     from .testmodel import make_test_model
 
+    if not args.random:
+        try:
+            path = registry.pull(DEMO_MODEL)
+            entry = registry.entry(DEMO_MODEL)
+            print(f"model: {DEMO_MODEL}: {entry.description} ({entry.license}), {path}\n")
+            return path, True
+        except RegistryError as exc:
+            print(f"the real model {DEMO_MODEL} could not be fetched, so this demo falls back to a "
+                  f"random-weight test model.\n  reason: {exc}\n")
+    path = make_test_model(Path(tmp) / f"{args.preset}.gguf", args.preset)
+    print(f"made a random-weight test model: {path.name} (preset {args.preset}); "
+          "its text is noise, every code path is real\n")
+    return path, False
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .llm import LLM, GenerationParams
+
     with tempfile.TemporaryDirectory(prefix="cortex-llama-demo-") as tmp:
-        path = make_test_model(Path(tmp) / f"{args.preset}.gguf", args.preset)
-        print(f"made a random-weight test model: {path.name} (preset {args.preset}); "
-              "its text is noise, every code path is real\n")
+        path, real = _demo_model(args, tmp)
         cmd_info(argparse.Namespace(json=False))
-        with LLM(path, context_size=1024, threads=args.threads, n_seq_max=4) as llm:
-            greedy = GenerationParams(temperature=0, max_tokens=32)
+        with LLM(path, context_size=2048, threads=args.threads, n_seq_max=4) as llm:
+            greedy = GenerationParams(temperature=0, max_tokens=48 if real else 32)
+
             print("\n== streaming completion")
+            prompt = "The capital of France is" if real else "Hello, world"
+            sys.stdout.write(prompt)
             t0 = time.perf_counter()
-            for delta in llm.stream("Hello, world", greedy):
+            for delta in llm.stream(prompt, greedy, stop=["\n\n"] if real else ()):
                 sys.stdout.write(delta)
                 sys.stdout.flush()
             print(f"\n   [{time.perf_counter() - t0:.3f} s]")
+
             print("\n== chat (the model's chat template)")
-            msgs = [{"role": "user", "content": "What is cortex-llama?"}]
+            question = ("Write a Python function is_even(n) that returns True when n is even."
+                        if real else "What is cortex-llama?")
+            msgs = [{"role": "user", "content": question}]
             print("prompt:", repr(llm.chat_prompt(msgs)))
-            print("reply: ", repr(llm.chat(msgs, greedy).text))
+            if real:
+                print("reply (streamed):")
+                t0 = time.perf_counter()
+                for delta in llm.stream_chat(msgs, greedy, max_tokens=160):
+                    sys.stdout.write(delta)
+                    sys.stdout.flush()
+                print(f"\n   [{time.perf_counter() - t0:.3f} s]")
+            else:
+                print("reply: ", repr(llm.chat(msgs, greedy).text))
+
             print("\n== batched generation: 4 prompts, one decode per step")
-            prompts = ["Once upon a time", "The capital of", "def main():", "In 2026,"]
+            prompts = (["The capital of Italy is", "The largest planet in the solar system is",
+                        "Water boils at a temperature of", "def fibonacci(n):"] if real else
+                       ["Once upon a time", "The capital of", "def main():", "In 2026,"])
             t0 = time.perf_counter()
-            for p, c in zip(prompts, llm.generate(prompts, greedy)):
-                print(f"   {p!r:20} -> {c.text[:40]!r} ({c.finish_reason})")
+            for p, c in zip(prompts, llm.generate(prompts, greedy, max_tokens=24,
+                                                  stop=["\n\n"] if real else ())):
+                print(f"   {p!r:44} -> {c.text[:60]!r} ({c.finish_reason})")
             print(f"   [{time.perf_counter() - t0:.3f} s]")
+
             print("\n== structured output (JSON schema -> GBNF)")
-            schema = {"type": "object", "properties": {"ok": {"type": "boolean"},
-                                                       "color": {"enum": ["red", "green"]}},
-                      "required": ["ok", "color"]}
-            print("  ", llm.complete("JSON:", max_tokens=40, seed=1, json_schema=schema).text)
+            if real:
+                schema: dict[str, Any] = {
+                    "type": "object",
+                    "properties": {
+                        "country": {"type": "string", "maxLength": 30},
+                        "capital": {"type": "string", "maxLength": 30},
+                        "continent": {"enum": ["Africa", "Americas", "Asia", "Europe", "Oceania"]},
+                        "population_millions": {"type": "number"},
+                        "languages": {"type": "array", "items": {"type": "string", "maxLength": 20},
+                                      "minItems": 1, "maxItems": 3},
+                    },
+                    "required": ["country", "capital", "continent", "population_millions", "languages"],
+                }
+                print("   schema:", json.dumps(schema))
+                c = llm.chat([{"role": "user", "content": "Give the facts about France as JSON."}],
+                             greedy, max_tokens=120, json_schema=schema)
+                print("  ", c.text)
+            else:
+                schema = {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                                           "color": {"enum": ["red", "green"]}},
+                          "required": ["ok", "color"]}
+                print("  ", llm.complete("JSON:", max_tokens=40, seed=1, json_schema=schema).text)
+
             print("\n== embeddings")
-            vecs = llm.embed(["first text", "second text", "third"])
-            print(f"   shape {vecs.shape}, cosine(first, second) = {float(vecs[0] @ vecs[1]):.3f}")
+            texts = (["The cat sleeps on the mat.", "A kitten is napping on the rug.",
+                      "Interest rates rose again this quarter."] if real else
+                     ["first text", "second text", "third"])
+            vecs = llm.embed(texts)
+            print(f"   shape {vecs.shape}")
+            for i, j in ((0, 1), (0, 2), (1, 2)):
+                print(f"   cosine({texts[i]!r}, {texts[j]!r}) = {float(vecs[i] @ vecs[j]):.3f}")
     return 0
 
 
@@ -228,7 +293,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from . import registry
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for e in registry.MODELS.values():
         try:
             path = registry.cached(e.name)
@@ -315,8 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tokenize)
 
-    p = sub.add_parser("demo", help="make a test model and show streaming, chat, batching, embeddings")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    p = sub.add_parser("demo", help="show streaming, chat, batching, JSON output and embeddings on "
+                       f"{DEMO_MODEL} (pulled on first use; else on a random-weight test model)")
+    p.add_argument("--random", action="store_true", help="use a random-weight test model")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "small"],
+                   help="the random-weight model's preset")
     p.add_argument("-t", "--threads", type=int, default=2)
     p.set_defaults(func=cmd_demo)
 
