@@ -35,6 +35,14 @@ def small_path(models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_q4_path(models_dir: Path, small_path: Path) -> Path:
+    """The small model quantized to Q4_0."""
+    from cortex_llama import quantize
+
+    return quantize(small_path, models_dir / "small-q4_0.gguf", "Q4_0")
+
+
+@pytest.fixture(scope="session")
 def real_model_path() -> Path:
     """SmolLM2-135M-Instruct (Q4_1) from the model registry's cache, pulled on first
     use. Skipped when it cannot be fetched, unless CORTEX_LLAMA_REQUIRE_REAL=1 (CI)."""

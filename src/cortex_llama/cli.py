@@ -318,6 +318,30 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The OpenAI-compatible HTTP server (needs the ``server`` extra)."""
+    import os
+
+    try:
+        from .server import serve
+    except ImportError as exc:
+        print(f"cortex-llama: error: the server needs FastAPI and uvicorn ({exc}); "
+              "install them with: pip install 'cortex-llama[server]'", file=sys.stderr)
+        return 1
+    from .llm import LLM
+
+    template = Path(args.chat_template_file).read_text() if args.chat_template_file else args.chat_template
+    rpc_servers = [s for s in args.rpc.split(",") if s] if args.rpc else None
+    with LLM(args.model, context_size=args.ctx_size, threads=args.threads, gpu_layers=args.gpu_layers,
+             batch_size=args.batch_size, seed=args.seed, chat_template=template, n_seq_max=args.parallel,
+             embeddings=args.embeddings, max_queue=args.max_queue, rpc_servers=rpc_servers,
+             progress=_progress()) as llm:
+        serve(llm, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("CORTEX_LLAMA_API_KEY"),
+              model_alias=args.model_alias, max_body_bytes=args.max_body, log_level=args.log_level,
+              shutdown_timeout=args.shutdown_timeout)
+    return 0
+
+
 def _model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
     p.add_argument("model", help="path to a GGUF model, or a registry name (cortex-llama models)")
     p.add_argument("-c", "--ctx-size", type=int, default=4096)
@@ -406,6 +430,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p.set_defaults(func=cmd_rpc_server)
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (pip install 'cortex-llama[server]')")
+    _model_args(p, generation=False)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("-np", "--parallel", type=int, default=8, help="parallel sequences (slots)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: $CORTEX_LLAMA_API_KEY)")
+    p.add_argument("--model-alias", default=None, help="the model id clients see and send")
+    p.add_argument("--chat-template-file", default=None, help="a file holding a Jinja chat template")
+    p.add_argument("--embeddings", action="store_true", help="enable /v1/embeddings")
+    p.add_argument("--max-queue", type=int, default=None, help="waiting requests before 503 (default: no limit)")
+    p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="request body limit in bytes")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--shutdown-timeout", type=int, default=30,
+                   help="seconds running requests may take to finish on SIGTERM")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
