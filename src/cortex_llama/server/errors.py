@@ -1,0 +1,90 @@
+"""OpenAI-style error bodies and the mapping from library exceptions to HTTP statuses.
+
+Every error the server answers has the body
+``{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from ..errors import ClosedError, GrammarError, LlamaError, TemplateError
+
+try:  # TEMP until the engine lands
+    from ..errors import QueueFullError
+except ImportError:  # pragma: no cover
+    class QueueFullError(LlamaError):  # type: ignore[no-redef]
+        pass
+
+__all__ = ["APIError", "error_body", "from_exception", "RETRY_AFTER_S"]
+
+RETRY_AFTER_S = 1  # seconds a client is told to wait when the queue is full
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          405: "invalid_request_error", 413: "invalid_request_error", 503: "server_overloaded",
+          500: "server_error"}
+
+
+class APIError(Exception):
+    """An HTTP error answered with an OpenAI-style body.
+
+    ``param`` names the request field at fault (``"messages[0].content"``),
+    ``code`` a short machine-readable reason.
+    """
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type: str | None = None, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+# GenerationParams field named in a ValueError -> the request field it came from
+_PARAM_FIELDS = {"max_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p",
+                 "top_k": "top_k", "min_p": "min_p", "repeat_penalty": "repeat_penalty",
+                 "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
+                 "stop": "stop", "seed": "seed", "logprobs": "logprobs", "logit_bias": "logit_bias",
+                 "grammar": "grammar", "json_schema": "response_format"}
+
+
+def from_exception(exc: BaseException, *, prompt_param: str = "prompt",
+                   grammar_param: str | None = None) -> APIError:
+    """The :class:`APIError` for an exception raised while validating or running
+    a request: bad values are 400 naming the field, a full queue 503 with
+    ``Retry-After``, an unloaded model 503, anything else 500."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, QueueFullError):
+        return APIError(503, f"the server is busy: {exc}", code="queue_full",
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
+    if isinstance(exc, ClosedError):
+        return APIError(503, f"the model is not loaded: {exc}", code="model_not_loaded",
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
+    if isinstance(exc, GrammarError):
+        return APIError(400, str(exc), param=grammar_param or "grammar", code="invalid_grammar")
+    if isinstance(exc, TemplateError):
+        return APIError(400, f"the chat template failed on these messages: {exc}", param="messages",
+                        code="template_error")
+    if isinstance(exc, (ValueError, TypeError)):
+        msg = str(exc)
+        m = re.search(r"GenerationParams\.(\w+)", msg)
+        if m and m.group(1) in _PARAM_FIELDS:
+            return APIError(400, msg, param=_PARAM_FIELDS[m.group(1)], code="invalid_value")
+        if "prompt" in msg or "token" in msg:
+            return APIError(400, msg, param=prompt_param, code="invalid_prompt")
+        return APIError(400, msg, code="invalid_value")
+    if isinstance(exc, LlamaError):
+        return APIError(500, f"{type(exc).__name__}: {exc}", code="engine_error")
+    return APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")

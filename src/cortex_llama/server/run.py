@@ -1,0 +1,55 @@
+"""Running the app with uvicorn: what ``cortex-llama serve`` calls."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import FrameType
+
+from ..llm import LLM
+from ..rpc import is_loopback
+from .app import DEFAULT_MAX_BODY, create_app
+
+__all__ = ["serve"]
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived (uvicorn re-raises it after its graceful shutdown)."""
+
+
+def _on_sigterm(sig: int, frame: FrameType | None) -> None:
+    raise _Terminated()
+
+
+def serve(llm: LLM, *, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
+          model_alias: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY,
+          log_level: str = "info", shutdown_timeout: int = 30) -> None:
+    """Serve ``llm`` on ``host:port`` until SIGINT/SIGTERM.
+
+    Shutdown is graceful: the server stops accepting connections and lets the
+    running requests finish for up to ``shutdown_timeout`` seconds, then
+    cancels the rest; then this function returns (so the caller can close
+    ``llm`` and exit with status 0). Warns on stderr when binding beyond loopback without an
+    API key. The caller closes ``llm`` afterwards. Raises ``OSError`` when the
+    address cannot be bound (uvicorn exits the process in that case).
+    """
+    import uvicorn
+
+    if not is_loopback(host) and not api_key:
+        print(f"cortex-llama: WARNING: serving on {host}, not loopback, without an API key: anyone who "
+              "reaches this port can use the model. Pass --api-key (or set CORTEX_LLAMA_API_KEY).",
+              file=sys.stderr)
+    app = create_app(llm, api_key=api_key, model_alias=model_alias, max_body_bytes=max_body_bytes)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=shutdown_timeout, server_header=False)
+    server = uvicorn.Server(config)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
+    try:
+        server.run()
+    except _Terminated:
+        pass
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
