@@ -172,5 +172,6 @@ def system_info() -> dict[str, Any]:
             "mmap": bool(lib.llama_supports_mmap()),
             "mlock": bool(lib.llama_supports_mlock()),
             "rpc": bool(lib.llama_supports_rpc()),
+            "multimodal": _lib.mtmd_lib is not None,  # libmtmd: images/audio in
         },
     }
