@@ -2,7 +2,7 @@
 
 Reads cases as JSON lines on stdin: ``{"source": path, "mutation": name, "seed": n,
 "tmp": dir}``. For each it writes the mutated copy, announces it on stdout
-(``START``), loads it with :class:`Model` and, where it loads, decodes a few
+(a ``start`` line), loads it with :class:`Model` and, where it loads, decodes a few
 tokens, then prints the outcome as one JSON line. A signal kills only this
 process; the parent knows which case was running from the last ``START``.
 """
@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gguf_mutate import mutate  # noqa: E402
 
 from cortex_llama import Context, LlamaError, Model  # noqa: E402
+
+MARK = "@@fuzz "  # protocol lines; anything else on stdout (a dying ggml's backtrace) is noise
 
 
 def decode_a_few(model: Model) -> list[int]:
@@ -67,10 +69,10 @@ def run_case(case: dict[str, object]) -> dict[str, object]:
 def main() -> None:
     for line in sys.stdin:
         case = json.loads(line)
-        print(json.dumps({"start": case["id"]}), flush=True)
+        print(MARK + json.dumps({"start": case["id"]}), flush=True)
         result = run_case(case)
         result["id"] = case["id"]
-        print(json.dumps(result), flush=True)
+        print(MARK + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from cortex_llama import ModelLoadError, Model, quantize
 from .gguf_mutate import MUTATIONS, mutate, read, write
 
 WORKER = Path(__file__).with_name("fuzz_worker.py")
+MARK = "@@fuzz "  # the worker's protocol lines (see fuzz_worker.py)
 CASE_TIMEOUT_S = 60
 SEEDS = int(os.environ.get("CORTEX_LLAMA_FUZZ_SEEDS", "0"))
 
@@ -44,8 +45,10 @@ def run_cases(cases: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     pending = list(cases)
     while pending:
         with tempfile.TemporaryFile("w+") as err:
+            # GGML_NO_BACKTRACE: an aborting ggml would otherwise run gdb on itself
             proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=err, text=True)
+                                    stdout=subprocess.PIPE, stderr=err, text=True,
+                                    env={**os.environ, "GGML_NO_BACKTRACE": "1"})
             assert proc.stdin is not None and proc.stdout is not None
             lines: queue.Queue[str | None] = queue.Queue()
 
@@ -82,7 +85,9 @@ def run_cases(cases: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
                         why = signal.Signals(-rc).name if rc < 0 else f"exit code {rc}"
                         results[current] = {"outcome": "crash", "signal": why, "stderr": err.read()[-1500:]}
                     break
-                msg = json.loads(line)
+                if not line.startswith(MARK):
+                    continue
+                msg = json.loads(line[len(MARK):])
                 if "start" in msg:
                     current = msg["start"]
                 else:
