@@ -9,6 +9,7 @@ threads and batch settings, and reports medians and ratios to native.
 
     python bench/run.py                 # tiny and small
     python bench/run.py --models tiny small 1b --reps 5
+    python bench/run.py --models smollm2 --reps 3 --out real   # the real model, + llama-cpp-python
 
 Writes ``bench/results/latest.json`` and ``latest.md`` (and PNG plots when
 matplotlib is installed).
@@ -36,6 +37,12 @@ BUILD = HERE / ".build"
 MODELS = HERE / ".models"
 RESULTS = HERE / "results"
 TOOLS = ("llama-bench", "llama-batched-bench")
+#: real models of the registry, by their short name here
+REAL = {"smollm2": "smollm2-135m-instruct"}
+LCP_PYTHON = HERE / ".venv-lcp" / "bin" / "python"
+#: the text prompt of the tg128 rows that compare with llama-cpp-python: greedy
+#: continues it for 128 tokens without an end-of-generation token
+TEXT_PROMPT = "Once upon a time"
 
 
 # ---------------------------------------------------------------------------
@@ -79,7 +86,11 @@ def make_models(names: list[str]) -> dict[str, Path]:
     MODELS.mkdir(parents=True, exist_ok=True)
     out = {}
     for name in names:
-        if name == "1b":
+        if name in REAL:
+            from cortex_llama import registry
+
+            out[name] = registry.pull(REAL[name])
+        elif name == "1b":
             q = MODELS / "1b-q4_0.gguf"
             if not q.exists():
                 f16 = make_test_model(MODELS / "1b-f16.gguf", "1b")
@@ -215,8 +226,28 @@ class High:
         return self.rng.integers(300, self.n_vocab, n).tolist()
 
     def pp(self, n: int) -> float:
-        c = self.llm.complete(self._prompt(n), temperature=0, max_tokens=0)
+        # max_tokens=1: a request for no tokens does not evaluate its prompt
+        c = self.llm.complete(self._prompt(n), temperature=0, max_tokens=1)
         return n / (c.timings.prompt_ms / 1000)
+
+    def pp_wall(self, n: int) -> float:
+        """Wall-clock prompt processing as llama-cpp-python's row measures it: a
+        completion of one token after an ``n``-token prompt."""
+        prompt = self._prompt(n)
+        t0 = time.perf_counter()
+        self.llm.complete(prompt, temperature=0, max_tokens=1)
+        return n / (time.perf_counter() - t0)
+
+    def tg_text(self, n: int, stream: bool) -> float:
+        """Greedy continuation of TEXT_PROMPT, wall clock, as llama-cpp-python's row."""
+        t0 = time.perf_counter()
+        if stream:
+            count = sum(1 for _ in self.llm.stream(TEXT_PROMPT, temperature=0, max_tokens=n))
+            del count
+        else:
+            c = self.llm.complete(TEXT_PROMPT, temperature=0, max_tokens=n)
+            assert len(c.tokens) == n, (len(c.tokens), c.finish_reason)
+        return n / (time.perf_counter() - t0)
 
     def tg_stream(self, n: int) -> float:
         t0 = time.perf_counter()
@@ -247,6 +278,46 @@ class High:
         self.llm.unload()
 
 
+class Lcp:
+    """llama-cpp-python 0.3.36's high-level API in its own venv (bench/lcp_worker.py),
+    loading the package's own libllama through LLAMA_CPP_LIB_PATH."""
+
+    def __init__(self, python: Path, model_path: Path, threads: int) -> None:
+        import cortex_llama
+
+        env = {**os.environ, "LLAMA_CPP_LIB_PATH": str(cortex_llama._lib.lib_dir)}
+        self.proc = subprocess.Popen([str(python), str(HERE / "lcp_worker.py")], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+        info = self._ask(cmd="load", model=str(model_path), threads=threads, n_ctx=1024, gpu_layers=NGL)
+        self.load_s, self.version = info["load_s"], info["version"]
+
+    def _ask(self, **cmd) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"llama-cpp-python worker exited ({self.proc.wait()})")
+        out = json.loads(line)
+        if "error" in out:
+            raise RuntimeError(out["error"])
+        return out
+
+    def pp(self, n: int) -> float:
+        return float(self._ask(cmd="pp", n=n)["tps"])
+
+    def tg(self, n: int, stream: bool) -> float:
+        out = self._ask(cmd="tg", n=n, prompt=TEXT_PROMPT, stream=stream)
+        if not stream:
+            assert out["tokens"] == n, out
+        return float(out["tps"])
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
 def interleaved(reps: int, native, ours) -> tuple[float, float]:
     n, o = [], []
     for _ in range(reps):
@@ -269,7 +340,9 @@ def machine() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["tiny", "small"], choices=["tiny", "small", "1b"])
+    ap.add_argument("--models", nargs="+", default=["tiny", "small"],
+                    choices=["tiny", "small", "1b", *REAL],
+                    help="test models, or smollm2 (SmolLM2-135M-Instruct from the model registry)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batched", nargs="*", type=int, default=[8, 32])
@@ -277,6 +350,9 @@ def main() -> int:
                     help="offload this many layers on every side (-1: all); build with "
                          "CMAKE_ARGS=-DGGML_CUDA=on for the GPU variant")
     ap.add_argument("--out", default="latest", help="name of the result files in bench/results/")
+    ap.add_argument("--lcp-python", default=str(LCP_PYTHON),
+                    help="python of a venv with llama-cpp-python 0.3.36 (see bench/README.md): adds "
+                         "its rows for the real models; 'none' skips them")
     args = ap.parse_args()
     global NGL
     NGL = args.gpu_layers
@@ -307,6 +383,21 @@ def main() -> int:
             ("tg128", "LLM.stream", nat_tg, lambda: high.tg_stream(128)),
         ]:
             record(name, test, layer, *interleaved(args.reps, nat, our))
+        lcp = None
+        if name in REAL and args.lcp_python != "none" and Path(args.lcp_python).exists():
+            lcp = Lcp(Path(args.lcp_python), path, t)
+            extras.setdefault(name, {}).update({"lcp_load_s": lcp.load_s, "lcp_version": lcp.version})
+        if name in REAL:
+            # wall clock through each high-level API, the same prompts on both
+            rows_lcp = [("pp512 wall", "LLM.complete", nat_pp, lambda: high.pp_wall(512)),
+                        ("tg128 text", "LLM.complete", nat_tg, lambda: high.tg_text(128, False)),
+                        ("tg128 text", "LLM.stream", nat_tg, lambda: high.tg_text(128, True))]
+            if lcp is not None:
+                rows_lcp += [("pp512 wall", "llama-cpp-python", nat_pp, lambda: lcp.pp(512)),
+                             ("tg128 text", "llama-cpp-python", nat_tg, lambda: lcp.tg(128, False)),
+                             ("tg128 text", "llama-cpp-python stream", nat_tg, lambda: lcp.tg(128, True))]
+            for test, layer, nat, our in rows_lcp:
+                record(name, test, layer, *interleaved(args.reps, nat, our))
         for npl in args.batched:
             pp, tg = 128, 32 if name == "1b" else 128
             nat = lambda: native_batched(bindir, path, t, npl, pp, tg)  # noqa: E731
@@ -314,12 +405,14 @@ def main() -> int:
             record(name, f"batched x{npl}", "objects", *interleaved(reps, nat, lambda: ours.batched(npl, pp, tg)))
             record(name, f"batched x{npl}", "LLM.generate",
                    *interleaved(reps, nat, lambda: high.generate(npl, pp, tg)))
-        extras[name] = {"load_s": high.load_s, "embed_texts_per_s": high.embed_tps(),
-                        "file_mib": path.stat().st_size / 2**20, "n_params": ours.model.n_params}
+        extras.setdefault(name, {}).update({"load_s": high.load_s, "embed_texts_per_s": high.embed_tps(),
+                        "file_mib": path.stat().st_size / 2**20, "n_params": ours.model.n_params})
         print(f"{name:6} load {high.load_s * 1000:.1f} ms, embeddings {extras[name]['embed_texts_per_s']:.1f} "
               "texts/s", flush=True)
         ours.close()
         high.close()
+        if lcp is not None:
+            lcp.close()
 
     RESULTS.mkdir(exist_ok=True)
     meta = {"machine": machine(), "threads": args.threads, "reps": args.reps, "gpu_layers": NGL,
@@ -341,6 +434,13 @@ def main() -> int:
     for name, e in extras.items():
         lines.append(f"| {name} | {e['file_mib']:.1f} | {e['n_params']:,} | {e['load_s'] * 1000:.1f} | "
                      f"{e['embed_texts_per_s']:.1f} |")
+    for name, e in extras.items():
+        if "lcp_version" in e:
+            lines += ["", f"llama-cpp-python {e['lcp_version']} ({name}): its high-level `Llama` API on the "
+                      f"package's own libllama (LLAMA_CPP_LIB_PATH), load {e['lcp_load_s'] * 1000:.1f} ms. "
+                      "`pp512 wall`: one completion of 1 token after 512 random prompt tokens, wall clock; "
+                      f"`tg128 text`: greedy 128 tokens after {TEXT_PROMPT!r}, wall clock; both against "
+                      "llama-bench's pp512/tg128. It has no batched generation in its high-level API."]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     plot(rows, extras, RESULTS / f"{args.out}.png")
     print("\n".join(lines))
