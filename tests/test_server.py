@@ -247,11 +247,14 @@ def test_completion_variants(server: Server) -> None:
                                      temperature=0, n=2)
     assert [c.index for c in many.choices] == [0, 1, 2, 3]
     assert many.choices[0].text == many.choices[1].text == a.choices[0].text[:len(many.choices[0].text)]
-    seeded = client.completions.create(model="test-model", prompt="Hello", max_tokens=8, n=3, seed=7,
-                                       temperature=1.0)
-    again = client.completions.create(model="test-model", prompt="Hello", max_tokens=8, n=3, seed=7,
-                                      temperature=1.0)
+    # choice i samples with seed + i: reproducible, and the choices differ (a batch of
+    # another shape may still flip a draw that lands on a boundary, hence one token)
+    seeded = client.completions.create(model="test-model", prompt="Hello", max_tokens=1, n=3, seed=7,
+                                       temperature=1.0, top_p=1.0, extra_body={"top_k": 0, "min_p": 0.0})
+    again = client.completions.create(model="test-model", prompt="Hello", max_tokens=1, n=3, seed=7,
+                                      temperature=1.0, top_p=1.0, extra_body={"top_k": 0, "min_p": 0.0})
     assert [c.text for c in seeded.choices] == [c.text for c in again.choices]
+    assert len({c.text for c in seeded.choices}) > 1
     lp = client.completions.create(model="test-model", prompt="Hello", max_tokens=4, temperature=0, logprobs=3,
                                    echo=True)
     c = lp.choices[0]
@@ -387,10 +390,11 @@ def test_32_concurrent_streams_equal_solo(server: Server) -> None:
             await aclient.close()
 
     together = asyncio.run(all_())
-    # A batch of another size sums in another order, so a near-tie may flip. With F32
-    # weights the difference is ~1e-5; Q4_0's batched (repacked) kernels round
-    # differently from the one-row path, ~0.2 nats on a random-weight model.
-    tie = 0.25 if server.quantized else 1e-3
+    # A batch of another size sums in another order (and the F16 KV cache rounds the
+    # result), so a near-tie may flip: ~1e-3 nats with F32 weights; Q4_0's batched
+    # (repacked) kernels differ from the one-row path by up to ~0.3 nats on this
+    # random-weight model (the same happens in LLM.generate, without the server).
+    tie = 0.5 if server.quantized else 0.01
     same = 0
     for i, (s, t) in enumerate(zip(solo, together)):
         lp = s.choices[0].logprobs
@@ -400,7 +404,7 @@ def test_32_concurrent_streams_equal_solo(server: Server) -> None:
         k = next(k for k, (a, b) in enumerate(zip(lp.tokens + [None], t + [None])) if a != b)
         top = sorted(lp.top_logprobs[k].values(), reverse=True)
         assert len(top) == 2 and top[0] - top[1] < tie, (i, k, lp.tokens, t, lp.top_logprobs[k])
-    assert same >= (16 if server.quantized else 31), same
+    assert same >= (20 if server.quantized else 30), same
     after = server.metrics()
     assert after["batched_decodes_total"] > before["batched_decodes_total"]
     assert after["requests_finished"] - before["requests_finished"] == 32
