@@ -276,8 +276,15 @@ def test_generate_per_sequence_stop_and_finish(llm: LLM) -> None:
 
 
 def test_generate_seeded_sampling_is_reproducible(llm: LLM) -> None:
+    # Reproducible from the same engine state: batch composition (and so float
+    # rounding, amplified by the f16 KV cache) depends on what else runs and on
+    # what the prefix cache holds, which can flip a near-tie of a random draw.
     p = GenerationParams(temperature=1.0, max_tokens=12, seed=11)
-    assert [c.tokens for c in llm.generate(PROMPTS[:3], p)] == [c.tokens for c in llm.generate(PROMPTS[:3], p)]
+    runs = []
+    for _ in range(2):
+        with LLM(llm.config.model_path, context_size=1024, threads=2, n_seq_max=4) as m:
+            runs.append([c.tokens for c in m.generate(PROMPTS[:3], p)])
+    assert runs[0] == runs[1]
 
 
 # -- bad input ------------------------------------------------------------------------------
@@ -395,15 +402,15 @@ def test_calls_from_threads_are_serialized(llm: LLM) -> None:
     assert results == expected
 
 
-def test_reentrant_call_inside_a_stream_is_refused(llm: LLM) -> None:
-    from cortex_llama import LlamaError
-
+def test_call_inside_an_open_stream_runs_alongside_it(llm: LLM) -> None:
+    # with the engine, a call made while this thread holds an open stream is just
+    # another request sharing the decodes (it used to be refused)
+    expected_outer = llm.complete("outer", GenerationParams(temperature=0, max_tokens=50)).text
+    expected_inner = llm.complete("inner", GREEDY).tokens
     stream = llm.stream("outer", GenerationParams(temperature=0, max_tokens=50))
-    next(stream)
-    with pytest.raises(LlamaError, match="unfinished stream"):
-        llm.complete("inner", GREEDY)
-    stream.close()
-    assert llm.complete("inner", GREEDY).tokens
+    first = next(stream)
+    assert llm.complete("inner", GREEDY).tokens == expected_inner
+    assert first + "".join(stream) == expected_outer
 
 
 def test_chat_template_writing_bos_is_not_doubled(tiny_path: Path) -> None:

@@ -12,7 +12,7 @@ Layers, each using only the one below it:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .batch import Batch
 from .context import Context, LoraAdapter
@@ -27,6 +27,7 @@ from .errors import (
     KVCacheFullError,
     LlamaError,
     ModelLoadError,
+    QueueFullError,
     RPCError,
     RegistryError,
     StateError,
@@ -35,6 +36,7 @@ from .errors import (
 )
 from .model import Detokenizer, Model, Vocab, quantize
 from .sampling import Candidates, PySampler, Sampler, SamplerChain
+from .gen.request import Request
 from .llm import LLM, Completion, GenerationParams, ModelConfig
 
 __all__ = [
@@ -42,8 +44,9 @@ __all__ = [
     "Model", "Vocab", "Detokenizer", "quantize",
     "Context", "LoraAdapter", "Batch",
     "Sampler", "SamplerChain", "PySampler", "Candidates",
-    "LLM", "ModelConfig", "GenerationParams", "Completion",
+    "LLM", "ModelConfig", "GenerationParams", "Completion", "Request",
     "LlamaError", "ModelLoadError", "ContextError", "ClosedError", "DecodeError",
     "KVCacheFullError", "AbortedError", "InvalidBatchError", "FatalDecodeError",
-    "TokenizeError", "GrammarError", "StateError", "TemplateError", "RPCError", "RegistryError",
+    "TokenizeError", "GrammarError", "StateError", "TemplateError", "RPCError",
+    "QueueFullError", "RegistryError",
 ]

@@ -321,7 +321,38 @@ class Batch:
         self._n_out = int(np.count_nonzero(self._logits[:n]))
         self._unchecked = False
 
-    def _as_c(self) -> Any:
+    @property
+    def needs_validation(self) -> bool:
+        """True after writes through the raw views: :meth:`validate` must run
+        before C reads the batch."""
+        return self._unchecked
+
+    @property
+    def max_token(self) -> int:
+        """The largest token id added (-1: none), for O(1) checks against a vocabulary."""
+        return self._max_tok
+
+    @property
+    def max_seq_id(self) -> int:
+        """The largest sequence id added (-1: none)."""
+        return self._max_seq
+
+    def set_single(self, token: int, pos: int, seq_id: int) -> None:
+        """Make this a one-entry batch (token at ``pos`` of ``seq_id``, output
+        requested) without checks: the caller has checked the values (the fast
+        path of ``Context.decode_one``)."""
+        self._token[0] = token
+        self._pos[0] = pos
+        self._n_seq_id[0] = 1
+        self._seq_ids[0, 0] = seq_id
+        self._logits[0] = 1
+        self._n = 1
+        self._n_out = 1
+        self._unchecked = False
+        self._max_tok = token
+        self._max_seq = seq_id
+
+    def as_c(self) -> Any:
         """The ``struct llama_batch`` for C, valid while this object lives."""
         self._check()
         self._struct.n_tokens = self._n

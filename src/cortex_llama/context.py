@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -192,10 +193,8 @@ class Context(Owned):
         self._loras: dict[LoraAdapter, float] = {}
         # a one-token batch for decode_one(): one output, one sequence
         self._one = Batch(1, 1)
-        self._one._n = 1
-        self._one._n_out = 1
-        self._one._logits[0] = 1
-        self._one_c = self._one._as_c()
+        self._one.set_single(0, 0, 0)
+        self._one_c = self._one.as_c()
 
     def __repr__(self) -> str:
         if self.closed:
@@ -262,7 +261,7 @@ class Context(Owned):
         if new is None:
             return
         ptr = self._check()
-        pools = []
+        pools: list[Any] = []
         for n in dict.fromkeys((n_threads, n_threads_batch)):
             tpp = ffi.new("struct ggml_threadpool_params *", lib.ggml_threadpool_params_default(n))
             tpp.poll = self._poll
@@ -274,6 +273,14 @@ class Context(Owned):
         lib.llama_attach_threadpool(ptr, pools[0], pools[-1])
         _free_pools(self._pools)  # the old ones, now detached
         self._pools[:] = pools
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[Any]:
+        """Hold the context's lock; yields the raw ``llama_context *`` for C calls
+        that read its outputs (e.g. a sampler). Raises :class:`ClosedError` when
+        closed."""
+        with self._lock:
+            yield self._check()
 
     def new_batch(self, capacity: int | None = None, n_seq_max: int | None = None) -> Batch:
         """A token :class:`Batch` sized for this context (defaults: n_batch, n_seq_max)."""
@@ -291,23 +298,23 @@ class Context(Owned):
 
     def _run(self, fn: Any, batch: Batch, what: str) -> None:
         ptr = self._check()
-        n = batch._n
+        n = batch.n_tokens
         if n == 0:
             raise ValueError(f"{what}: the batch is empty")
         if n > self._n_batch:
             raise ValueError(f"{what}: batch of {n} tokens exceeds the context's n_batch={self._n_batch}")
-        if batch._unchecked:
+        if batch.needs_validation:
             batch.validate(self._n_vocab, self._n_seq_max)
-        if batch._max_tok >= self._n_vocab:
-            raise ValueError(f"token id {batch._max_tok} is outside the vocabulary [0, {self._n_vocab})")
-        if batch._max_seq >= self._n_seq_max:
-            raise ValueError(f"sequence id {batch._max_seq} is outside [0, {self._n_seq_max}) "
+        if batch.max_token >= self._n_vocab:
+            raise ValueError(f"token id {batch.max_token} is outside the vocabulary [0, {self._n_vocab})")
+        if batch.max_seq_id >= self._n_seq_max:
+            raise ValueError(f"sequence id {batch.max_seq_id} is outside [0, {self._n_seq_max}) "
                              "(the context's n_seq_max)")
         if batch.embd and batch.embd != self._n_embd:
             raise ValueError(f"embedding batch width {batch.embd} != model n_embd {self._n_embd}")
         interruptible = (n >= INTERRUPT_CHECK_MIN_TOKENS
                          and threading.current_thread() is threading.main_thread())
-        self._call(fn, ptr, batch._as_c(), n, batch.n_outputs, what, interruptible)
+        self._call(fn, ptr, batch.as_c(), n, batch.n_outputs, what, interruptible)
 
     def _call(self, fn: Any, ptr: Any, cbatch: Any, n: int, n_outputs: int, what: str,
               interruptible: bool = False) -> None:
@@ -354,10 +361,7 @@ class Context(Owned):
             raise ValueError(f"position {pos} is negative")
         if not 0 <= seq_id < self._n_seq_max:
             raise ValueError(f"sequence id {seq_id} is outside [0, {self._n_seq_max}) (n_seq_max)")
-        one = self._one
-        one._token[0] = token
-        one._pos[0] = pos
-        one._seq_ids[0, 0] = seq_id
+        self._one.set_single(token, pos, seq_id)
         self._call(lib.llama_decode, ptr, self._one_c, 1, 1, "llama_decode")
 
     def encode(self, batch: Batch) -> None:

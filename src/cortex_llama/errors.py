@@ -25,6 +25,7 @@ __all__ = [
     "RPCError",
     "RegistryError",
     "MediaError",
+    "QueueFullError",
     "raise_for_decode",
 ]
 
@@ -115,6 +116,11 @@ class MediaError(LlamaError, ValueError):
     """An image or audio input cannot be used: not an image or audio file, audio for a
     vision-only projector (or an image for an audio-only one), a media part sent to
     a model without a projector, or media markers that do not match the media given."""
+
+
+class QueueFullError(LlamaError):
+    """``LLM.submit`` found ``ModelConfig.max_queue`` requests already waiting for a
+    slot (an HTTP server answers 503: try again later)."""
 
 
 # ---------------------------------------------------------------------------

@@ -61,7 +61,10 @@ class Sampler(Owned):
         else:
             # The destructor holds what C reads while freeing (a Python sampler's
             # interface and callbacks), so it outlives the free in any teardown order.
-            self._own(ptr, lambda p, _keep=keep_alive: lib.llama_sampler_free(p))
+            def free_keeping(p: Any, _keep: Any = keep_alive) -> None:
+                lib.llama_sampler_free(p)
+
+            self._own(ptr, free_keeping)
         self.name = name
         self.selects = selects
         self._chain: SamplerChain | None = None
@@ -427,6 +430,13 @@ class SamplerChain(Sampler):
         self._check()
         return list(self._members)
 
+    @property
+    def argmax_biases(self) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """For a ``[logit-bias...] greedy`` chain, its (ids, biases) pairs (empty for
+        plain greedy): :meth:`sample` takes numpy's argmax of the biased logits.
+        None for every other chain."""
+        return list(self._biases) if self._argmax_only else None
+
     def _reraise(self) -> None:
         for s in self._py_members:
             s.errors.reraise()
@@ -441,8 +451,7 @@ class SamplerChain(Sampler):
         chain = self._check()
         if not self.selects:
             raise ValueError("this sampler chain has no selecting sampler (add greedy or dist)")
-        with ctx._lock:
-            cptr = ctx._check()
+        with ctx.exclusive() as cptr:
             row = lib.llama_get_logits_ith(cptr, idx)
             if row == ffi.NULL:
                 _lib.take_log_problems()
@@ -450,7 +459,7 @@ class SamplerChain(Sampler):
             if self._argmax_only:
                 # llama.cpp's greedy sampler picks the first maximum, as np.argmax
                 # does, and its logit-bias sampler adds float32 biases in place.
-                logits = np.frombuffer(ffi.buffer(row, ctx._n_vocab * 4), dtype=np.float32)
+                logits = np.frombuffer(ffi.buffer(row, ctx.n_vocab * 4), dtype=np.float32)
                 if self._biases:
                     logits = logits.copy()
                     for ids, values in self._biases:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from . import __version__, _lib
+from . import _lib
+from ._version import __version__
 from ._cdef import LLAMA_CPP_COMMIT
 from ._lib import ffi, lib
 

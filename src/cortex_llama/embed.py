@@ -1,0 +1,104 @@
+"""Embeddings for ``LLM.embed``: a second context of their own, made on demand.
+
+Calls are **serialized** by a lock (one embedding batch at a time, packed with
+as many texts as fit); generation runs in the engine's context and is not
+blocked by them.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from .batch import Batch
+from .context import Context
+from .errors import LlamaError
+from .model import Model
+
+__all__ = ["Embedder"]
+
+
+class Embedder:
+    """Embeds texts with ``model`` in its own embedding context.
+
+    ``Embedder(model, batch_size, n_seq_max, threads, threads_batch, pooling)``;
+    the context is created at the first call (and again when the pooling changes).
+    """
+
+    def __init__(self, model: Model, *, batch_size: int, n_seq_max: int, threads: int,
+                 threads_batch: int | None = None, pooling: str | None = None) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.n_seq_max = n_seq_max
+        self.threads = threads
+        self.threads_batch = threads_batch
+        self.pooling = pooling
+        self._ctx: Context | None = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._ctx is not None:
+                self._ctx.close()
+            self._ctx = None
+
+    def _context(self, pooling: str) -> Context:
+        ctx = self._ctx
+        if ctx is None or ctx.closed or ctx.pooling != pooling:
+            if ctx is not None:
+                ctx.close()
+            ctx = Context(self.model, n_ctx=self.batch_size * self.n_seq_max, n_batch=self.batch_size,
+                          n_ubatch=self.batch_size, n_seq_max=self.n_seq_max, n_threads=self.threads,
+                          n_threads_batch=self.threads_batch, embeddings=True, pooling=pooling,
+                          kv_unified=True)
+            self._ctx = ctx
+        return ctx
+
+    def embed(self, texts: str | Sequence[str], *, pooling: str | None = None,
+              normalize: bool = True) -> np.ndarray:
+        """Embed one text (shape ``(n_embd,)``) or many (``(n, n_embd)``).
+
+        Raises ``ValueError`` for no texts, an empty text or one longer than the
+        batch size, :class:`ContextError` when the context cannot be made.
+        """
+        single = isinstance(texts, str)
+        items: list[str] = [texts] if isinstance(texts, str) else list(texts)
+        if not items:
+            raise ValueError("no texts to embed")
+        model = self.model
+        for i, t in enumerate(items):
+            if not isinstance(t, str) or not t:
+                raise ValueError(f"texts[{i}] must be a non-empty string")
+        toks = [model.tokenize(t) for t in items]
+        for i, tk in enumerate(toks):
+            if len(tk) > self.batch_size:
+                raise ValueError(f"texts[{i}] has {len(tk)} tokens, more than the batch size "
+                                 f"{self.batch_size} (ModelConfig.batch_size)")
+        pooling = pooling or self.pooling or "mean"
+        with self._lock:
+            ctx = self._context(pooling)
+            out = np.empty((len(items), model.n_embd), dtype=np.float32)
+            batch = Batch(ctx.n_batch, ctx.n_seq_max, n_vocab=model.n_vocab)
+            i = 0
+            while i < len(items):
+                batch.clear()
+                ctx.clear()
+                members: list[int] = []
+                while i < len(items) and len(members) < ctx.n_seq_max and \
+                        batch.n_tokens + len(toks[i]) <= batch.capacity:
+                    batch.add_many(toks[i], 0, len(members), logits=True)
+                    members.append(i)
+                    i += 1
+                ctx.decode(batch)
+                for s, idx in enumerate(members):
+                    out[idx] = ctx.seq_embeddings(s)
+        if normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.where(norms == 0, 1, norms)
+        return out[0] if single else out
+
+
+def disabled() -> LlamaError:
+    return LlamaError("embeddings are disabled (ModelConfig.embeddings=False)")

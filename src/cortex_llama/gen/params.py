@@ -1,0 +1,188 @@
+"""Configuration and results of generation: ``ModelConfig``, ``GenerationParams``,
+``Completion`` with its ``Usage`` and ``Timings``, ``TokenLogprob``, the finish
+reasons, and :func:`with_overrides`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping, Sequence, TypeVar, Union
+
+__all__ = ["ModelConfig", "GenerationParams", "Completion", "Usage", "Timings", "TokenLogprob",
+           "FINISH_STOP", "FINISH_LENGTH", "FINISH_EOG", "FINISH_CANCELLED", "with_overrides"]
+
+FINISH_STOP = "stop"  # a stop string matched
+FINISH_LENGTH = "length"  # max_tokens reached, or the context (KV budget) is full
+FINISH_EOG = "end-of-generation"  # the model emitted an end-of-generation token
+FINISH_CANCELLED = "cancelled"  # Request.cancel(), or its stream was closed early
+
+
+@dataclass
+class ModelConfig:
+    """How to load a model and size its context (the design's ``ModelConfig``).
+
+    ``context_size`` is the **total** KV-cache budget (cells) of the unified
+    cache that the ``n_seq_max`` concurrent requests share; one request may use
+    all of it (prompt + generated tokens <= context_size). ``n_seq_max`` is the
+    number of requests decoded together (slots); it does not multiply the KV
+    memory. ``max_queue`` bounds the requests waiting for a slot (``None``:
+    unbounded; beyond it ``LLM.submit`` raises :class:`QueueFullError`).
+
+    Raises ``ValueError`` naming the field for impossible values.
+    """
+
+    model_path: Union[str, "os.PathLike[str]"]
+    context_size: int = 4096
+    gpu_layers: int = 0
+    threads: int = 4
+    batch_size: int = 512
+    seed: int | None = None
+    threads_batch: int | None = None
+    ubatch_size: int | None = None
+    n_seq_max: int = 8  # concurrent requests (slots) sharing every decode
+    embeddings: bool = True  # allow embed() (a second, embedding context, made on demand)
+    pooling: str | None = None  # embed() pooling: None = the model's, or mean/cls/last
+    flash_attn: bool | None = None
+    use_mmap: bool = True
+    use_mlock: bool = False
+    type_k: str | None = None
+    type_v: str | None = None
+    kv_overrides: Mapping[str, Any] | None = None
+    chat_template: str | None = None  # a built-in name or a Jinja template
+    devices: Sequence[str] | None = None  # offload device names (None: every local GPU)
+    rpc_servers: Sequence[str] | None = None  # "host:port" of llama.cpp RPC servers
+    max_queue: int | None = None  # requests waiting for a slot (None: unbounded)
+    mmproj: Union[str, "os.PathLike[str]", None] = None  # multimodal projector GGUF (images/audio in)
+
+    def __post_init__(self) -> None:
+        for name in ("context_size", "threads", "batch_size", "n_seq_max"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_seq_max > self.batch_size:
+            raise ValueError(f"ModelConfig.n_seq_max ({self.n_seq_max}) must not exceed "
+                             f"batch_size ({self.batch_size})")
+        if self.gpu_layers < -1:
+            raise ValueError(f"ModelConfig.gpu_layers must be >= -1 (-1: all), got {self.gpu_layers}")
+        for name in ("threads_batch", "ubatch_size", "max_queue"):
+            v = getattr(self, name)
+            if v is not None and int(v) < 1:
+                raise ValueError(f"ModelConfig.{name} must be >= 1, got {v}")
+        if self.seed is not None and not 0 <= self.seed < 2**32:
+            raise ValueError(f"ModelConfig.seed must be in [0, 2**32), got {self.seed}")
+
+
+@dataclass
+class GenerationParams:
+    """How to generate (the design's ``GenerationParams``).
+
+    ``temperature=0`` is greedy. ``stop`` strings end generation and are not
+    returned. ``grammar`` (GBNF) or ``json_schema`` constrain the output.
+    ``logprobs=N`` returns the top-N log probabilities of every generated token.
+    Raises ``ValueError`` naming the field for out-of-range values.
+    """
+
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64  # tokens the penalties look back over (0: off, -1: the whole context)
+    stop: Sequence[str] = ()
+    seed: int | None = None
+    grammar: str | None = None
+    json_schema: Mapping[str, Any] | str | None = None
+    logit_bias: Mapping[int, float] | None = None
+    logprobs: int | None = None
+    truncate: bool = False  # drop the start of a too-long prompt instead of raising
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop)
+        if self.max_tokens < 0:
+            raise ValueError(f"GenerationParams.max_tokens must be >= 0, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"GenerationParams.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"GenerationParams.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"GenerationParams.top_k must be >= 0, got {self.top_k}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"GenerationParams.min_p must be in [0, 1], got {self.min_p}")
+        if self.repeat_penalty <= 0:
+            raise ValueError(f"GenerationParams.repeat_penalty must be > 0, got {self.repeat_penalty}")
+        if self.penalty_last_n < -1:
+            raise ValueError(f"GenerationParams.penalty_last_n must be >= -1, got {self.penalty_last_n}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError("GenerationParams.stop must hold non-empty strings")
+        if self.seed is not None and not 0 <= self.seed < 2**32:
+            raise ValueError(f"GenerationParams.seed must be in [0, 2**32), got {self.seed}")
+        if self.grammar is not None and self.json_schema is not None:
+            raise ValueError("GenerationParams: give grammar or json_schema, not both")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError(f"GenerationParams.logprobs must be >= 0, got {self.logprobs}")
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens reused from the KV cache, not evaluated
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Timings:
+    """Where a request's time went, in milliseconds."""
+
+    prompt_ms: float = 0.0  # prefill: from admission to the prompt's last chunk decoded
+    generation_ms: float = 0.0  # from the first sampled token to the end
+    queue_ms: float = 0.0  # waiting for a slot and KV room
+    first_token_ms: float = 0.0  # from submit to the first sampled token (TTFT)
+
+
+@dataclass
+class TokenLogprob:
+    token: int
+    text: str
+    logprob: float
+    top: list[tuple[int, float]]  # (token, logprob), best first
+
+
+@dataclass
+class Completion:
+    """The result of a completion: text, tokens, why it stopped, usage and timings."""
+
+    text: str
+    tokens: list[int]
+    finish_reason: str
+    usage: Usage = field(default_factory=Usage)
+    timings: Timings = field(default_factory=Timings)
+    logprobs: list[TokenLogprob] | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        ms = self.timings.generation_ms
+        return len(self.tokens) / (ms / 1000) if ms > 0 else 0.0
+
+
+_Config = TypeVar("_Config", ModelConfig, GenerationParams)
+
+
+def with_overrides(obj: _Config, overrides: Mapping[str, Any]) -> _Config:
+    """A copy of a config dataclass with some fields replaced (and validated again).
+
+    Raises ``TypeError`` naming unknown fields.
+    """
+    if not overrides:
+        return obj
+    unknown = set(overrides) - {f.name for f in fields(obj)}
+    if unknown:
+        raise TypeError(f"unknown {type(obj).__name__} fields: {sorted(unknown)}")
+    return replace(obj, **overrides)

@@ -1,0 +1,422 @@
+"""One generation request: its tokens, text, stop matching, logprobs, finish
+reason, timings and output channel.
+
+A :class:`Request` is created by ``LLM.submit`` in the caller's thread, fed by
+the engine thread (:meth:`Request.add_token`, :meth:`Request.finish`,
+:meth:`Request.fail`) and read by any number of consumers: blocking
+(:meth:`Request.result`, ``for delta in request``) or asyncio
+(:meth:`Request.aresult`, ``async for delta in request``). It holds no
+reference to the ``LLM`` or the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import threading
+import time
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..model import Vocab
+from ..sampling import SamplerChain
+from .params import (FINISH_CANCELLED, FINISH_EOG, FINISH_LENGTH, FINISH_STOP, Completion,
+                     GenerationParams, Timings, TokenLogprob, Usage)
+
+__all__ = ["Request", "TextStream", "AsyncTextStream", "StopMatcher", "log_softmax_norm",
+           "top_logprobs"]
+
+_ids = itertools.count(1)
+
+
+def log_softmax_norm(logits: np.ndarray) -> float:
+    """log(sum(exp(logits))), computed stably in float64."""
+    m = float(logits.max())
+    return m + math.log(float(np.exp(logits - m, dtype=np.float64).sum()))
+
+
+def top_logprobs(logits: np.ndarray, n: int, lse: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` most likely token ids and their log probabilities, best first.
+
+    Uses ``argpartition`` (O(n_vocab)), never a full sort of the vocabulary.
+    """
+    if lse is None:
+        lse = log_softmax_norm(logits)
+    if n <= 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+    n = min(n, logits.size)
+    idx = np.argpartition(-logits, n - 1)[:n]
+    idx = idx[np.argsort(-logits[idx], kind="stable")]
+    return idx, logits[idx].astype(np.float64) - lse
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text, holding back only a possible prefix.
+
+    Work per delta is bounded by the longest stop string, whatever the length of
+    the output so far.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.keep = max((len(s) for s in self.stops), default=0) - 1
+        self.pending = ""
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        """Returns (text safe to emit, stopped)."""
+        if not self.stops:
+            return delta, False
+        self.pending += delta
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        # hold back the longest suffix that could still start a stop string
+        hold = 0
+        for k in range(min(self.keep, len(self.pending)), 0, -1):
+            tail = self.pending[-k:]
+            if any(s.startswith(tail) for s in self.stops):
+                hold = k
+                break
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+Waker = tuple[asyncio.AbstractEventLoop, Callable[[], None]]
+
+
+class Request:
+    """A submitted generation request (``LLM.submit`` returns one).
+
+    Consumer side: :attr:`id`, :attr:`prompt_tokens`, :attr:`params`,
+    :meth:`cancel`, :attr:`done`, :meth:`result`, :meth:`aresult`, iteration
+    (``for`` / ``async for``) over text deltas, and the live :attr:`tokens`,
+    :attr:`finish_reason`, :attr:`usage`, :attr:`timings`.
+
+    Engine side (called from the engine thread only): :meth:`admitted`,
+    :meth:`prefilled`, :meth:`add_token`, :meth:`finish`, :meth:`fail`,
+    :attr:`cancel_requested`, :attr:`sampler`.
+    """
+
+    def __init__(self, prompt_tokens: list[int], params: GenerationParams, sampler: SamplerChain,
+                 vocab: Vocab, eog_cache: dict[int, bool] | None = None,
+                 on_cancel: Callable[[], None] | None = None) -> None:
+        self.id = next(_ids)
+        self.prompt_tokens = prompt_tokens
+        #: media chunks of a multimodal prompt by their first cell (see gen.media)
+        self.media: dict[int, Any] = {}
+        self.params = params
+        self.sampler = sampler
+        self._vocab = vocab
+        self._eog = eog_cache if eog_cache is not None else {}
+        self._detok = vocab.detokenizer()
+        self._stop = StopMatcher(params.stop)
+        self._on_cancel = on_cancel
+        self.tokens: list[int] = []
+        self._parts: list[str] = []  # text deltas delivered so far
+        self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
+        self.finish_reason: str | None = None
+        self.usage = Usage(prompt_tokens=len(prompt_tokens))
+        self.timings = Timings()
+        self._t_submit = time.perf_counter()
+        self._t_admit: float | None = None
+        self._t_first: float | None = None
+        self._error: BaseException | None = None
+        self._cancel = False
+        self._cond = threading.Condition(threading.Lock())
+        self._wakers: list[Waker] = []
+        self._completion: Completion | None = None
+
+    def __repr__(self) -> str:
+        state = self.finish_reason or ("failed" if self._error else "running")
+        return f"<Request {self.id} {state} {len(self.tokens)} tokens>"
+
+    # -- consumer side -------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self._completion is not None or self._error is not None
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception this request failed with, if any."""
+        return self._error
+
+    def cancel(self) -> None:
+        """Stop this request: the engine frees its slot at its next step and it ends
+        with ``finish_reason="cancelled"`` (the text so far is kept). Idempotent; a
+        no-op once done."""
+        if self.done or self._cancel:
+            return
+        self._cancel = True
+        if self._on_cancel is not None:
+            self._on_cancel()
+
+    def result(self, timeout: float | None = None) -> Completion:
+        """Wait for the end and return the :class:`Completion`.
+
+        Raises ``TimeoutError`` when ``timeout`` seconds pass first, and re-raises
+        the request's own error (e.g. :class:`ClosedError` after ``LLM.close()``,
+        a PySampler's exception, a :class:`GrammarError`).
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.done, timeout):
+                raise TimeoutError(f"request {self.id} did not finish within {timeout} s")
+        return self._outcome()
+
+    async def aresult(self) -> Completion:
+        """:meth:`result` for asyncio (no thread); cancelling the awaiting task
+        cancels the request."""
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        waker = (loop, event.set)
+        self.add_waker(waker)
+        try:
+            while not self.done:
+                event.clear()
+                if self.done:
+                    break
+                await event.wait()
+        except BaseException:
+            self.cancel()
+            raise
+        finally:
+            self.remove_waker(waker)
+        return self._outcome()
+
+    def __iter__(self) -> Iterator[str]:
+        """Text deltas as they come (blocking); closing the iterator early cancels."""
+        return TextStream(self)
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        """Text deltas for ``async for``; leaving the loop early or cancelling the
+        task cancels the request."""
+        return AsyncTextStream(self)
+
+    def _outcome(self) -> Completion:
+        if self._error is not None:
+            raise self._error
+        assert self._completion is not None
+        return self._completion
+
+    def next_delta(self, index: int, block: bool) -> str | None:
+        """Delta number ``index``; None when there is none (yet, with ``block=False``;
+        at all once done). Re-raises the request's error after its last delta."""
+        with self._cond:
+            if block:
+                while index >= len(self._parts) and not self.done:
+                    self._cond.wait()
+            if index < len(self._parts):
+                return self._parts[index]
+            if self._error is not None:
+                raise self._error
+            return None
+
+    def add_waker(self, waker: Waker) -> None:
+        with self._cond:
+            self._wakers.append(waker)
+
+    def remove_waker(self, waker: Waker) -> None:
+        with self._cond:
+            if waker in self._wakers:
+                self._wakers.remove(waker)
+
+    def _notify(self) -> None:
+        # under self._cond
+        self._cond.notify_all()
+        for loop, wake in self._wakers:
+            try:
+                loop.call_soon_threadsafe(wake)
+            except RuntimeError:  # that loop is closed: nobody waits there any more
+                pass
+
+    def _emit(self, delta: str) -> None:
+        if delta:
+            with self._cond:
+                self._parts.append(delta)
+                self._notify()
+
+    # -- engine side ------------------------------------------------------------------
+    def admitted(self, cached_tokens: int) -> None:
+        """The engine gave this request a slot (first time only counts)."""
+        if self._t_admit is None:
+            self._t_admit = time.perf_counter()
+            self.usage.cached_tokens = cached_tokens
+
+    def add_token(self, tok: int, logits: np.ndarray | None = None) -> bool:
+        """Take the sampled token ``tok`` (with the logits it came from, for
+        logprobs); emit its text. Returns True when the request finished."""
+        if self._t_first is None:
+            self._t_first = time.perf_counter()
+        eog = self._eog.get(tok)
+        if eog is None:
+            eog = self._eog[tok] = self._vocab.is_eog(tok)
+        if eog:
+            self.finish(FINISH_EOG)
+            return True
+        self.tokens.append(tok)
+        if self.logprobs is not None and logits is not None:
+            lse = log_softmax_norm(logits)
+            ids, lps = top_logprobs(logits, self.params.logprobs or 0, lse)
+            self.logprobs.append(TokenLogprob(
+                tok, self._detok.piece(tok).decode("utf-8", "replace"), float(logits[tok]) - lse,
+                list(zip(ids.tolist(), lps.tolist()))))
+        out, stopped = self._stop.feed(self._detok.feed(tok))
+        self._emit(out)
+        if stopped:
+            self._close(FINISH_STOP)
+            return True
+        if len(self.tokens) >= self.params.max_tokens:
+            self.finish(FINISH_LENGTH)
+            return True
+        return False
+
+    def finish(self, reason: str) -> None:
+        """End normally: flush held-back text (unless cancelled) and publish the
+        :class:`Completion`."""
+        if self.done:
+            return
+        if reason != FINISH_CANCELLED:
+            out, stopped = self._stop.feed(self._detok.flush())
+            if stopped:
+                reason = FINISH_STOP
+            else:
+                out += self._stop.flush()
+            self._emit(out)
+        self._close(reason)
+
+    def _close(self, reason: str) -> None:
+        end = time.perf_counter()
+        t = self.timings
+        admit = self._t_admit if self._t_admit is not None else end
+        first = self._t_first if self._t_first is not None else end
+        t.queue_ms = (admit - self._t_submit) * 1000
+        t.prompt_ms = max(0.0, first - admit) * 1000
+        t.first_token_ms = (first - self._t_submit) * 1000
+        t.generation_ms = (end - first) * 1000
+        self.usage.completion_tokens = len(self.tokens)
+        self.finish_reason = reason
+        with self._cond:
+            self._completion = Completion(
+                text="".join(self._parts), tokens=list(self.tokens), finish_reason=reason,
+                usage=self.usage, timings=self.timings, logprobs=self.logprobs)
+            self._notify()
+
+    def fail(self, exc: BaseException) -> None:
+        """End with an error that :meth:`result` and the iterators re-raise."""
+        if self.done:
+            return
+        self.usage.completion_tokens = len(self.tokens)
+        with self._cond:
+            self._error = exc
+            self._notify()
+
+
+class TextStream(Iterator[str]):
+    """Blocking iterator over a request's text deltas. :meth:`close` (or garbage
+    collection of an abandoned stream) cancels the request if it still runs."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self._i = 0
+        self._closed = False
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        if self._closed:
+            raise StopIteration
+        try:
+            delta = self.request.next_delta(self._i, block=True)
+        except BaseException:
+            self.close()
+            raise
+        if delta is None:
+            self._closed = True
+            raise StopIteration
+        self._i += 1
+        return delta
+
+    def close(self) -> None:
+        """Stop reading; cancels the request unless it is done. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self.request.cancel()
+
+    def __enter__(self) -> TextStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not self._closed:
+            self.request.cancel()
+
+
+class AsyncTextStream(AsyncIterator[str]):
+    """``async for`` over a request's text deltas, woken through
+    ``loop.call_soon_threadsafe`` (no thread per request). Leaving the loop early
+    (the stream is then collected), :meth:`aclose`, or cancelling the task cancels
+    the request."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self._i = 0
+        self._closed = False
+        self._event: asyncio.Event | None = None
+        self._waker: Waker | None = None
+
+    def __aiter__(self) -> AsyncTextStream:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._closed:
+            raise StopAsyncIteration
+        req = self.request
+        if self._event is None:
+            self._event = asyncio.Event()
+            self._waker = (asyncio.get_running_loop(), self._event.set)
+            req.add_waker(self._waker)
+        try:
+            while True:
+                self._event.clear()
+                delta = req.next_delta(self._i, block=False)
+                if delta is not None:
+                    self._i += 1
+                    return delta
+                if req.done:
+                    self._finish()
+                    raise StopAsyncIteration
+                await self._event.wait()
+        except StopAsyncIteration:
+            raise
+        except BaseException:
+            self._finish()
+            raise
+
+    def _finish(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._waker is not None:
+                self.request.remove_waker(self._waker)
+            self.request.cancel()
+
+    async def aclose(self) -> None:
+        """Stop reading; cancels the request unless it is done."""
+        self._finish()
+
+    def __del__(self) -> None:
+        if not self._closed:
+            self.request.cancel()
