@@ -129,7 +129,8 @@ class LLM:
             c = self.config
             model = Model(c.model_path, n_gpu_layers=c.gpu_layers, use_mmap=c.use_mmap,
                           use_mlock=c.use_mlock, kv_overrides=c.kv_overrides, progress=self._progress,
-                          devices=c.devices, rpc_servers=c.rpc_servers)
+                          devices=c.devices, rpc_servers=c.rpc_servers,
+                          use_extra_bufts=c.use_extra_bufts, no_host=c.no_host)
             flash_attn = c.flash_attn
             if flash_attn is None and c.gpu_layers == 0:
                 # CPU flash attention at this llama.cpp pin depends on the order of a

@@ -53,6 +53,8 @@ class ModelConfig:
     rpc_servers: Sequence[str] | None = None  # "host:port" of llama.cpp RPC servers
     max_queue: int | None = None  # requests waiting for a slot (None: unbounded)
     mmproj: Union[str, "os.PathLike[str]", None] = None  # multimodal projector GGUF (images/audio in)
+    use_extra_bufts: bool = True  # CPU weight repacking (CPU_REPACK) and other extra buffer types
+    no_host: bool = False  # no pinned host buffers for offloaded weights
 
     def __post_init__(self) -> None:
         for name in ("context_size", "threads", "batch_size", "n_seq_max"):
