@@ -61,3 +61,13 @@ def test_quantized_type_decodes_and_repacking_agrees(ftype: str, small_path: Pat
 def test_types_needing_an_importance_matrix_are_refused(ftype: str, small_path: Path, tmp_path: Path) -> None:
     with pytest.raises(LlamaError, match=ftype):
         quantize(small_path, tmp_path / "x.gguf", ftype)
+
+
+@pytest.mark.parametrize("extra_bufts", [True, False])
+def test_llm_loads_a_quantized_model_with_and_without_repacking(small_q4_path: Path, extra_bufts: bool) -> None:
+    from cortex_llama import LLM
+
+    with LLM(small_q4_path, context_size=256, threads=2, use_extra_bufts=extra_bufts) as llm:
+        c = llm.complete("hello world", max_tokens=8, temperature=0)
+    assert c.usage.completion_tokens >= 1
+    assert c.finish_reason in ("length", "end-of-generation")
