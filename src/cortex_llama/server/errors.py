@@ -9,13 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from ..errors import ClosedError, GrammarError, LlamaError, TemplateError
-
-try:  # TEMP until the engine lands
-    from ..errors import QueueFullError
-except ImportError:  # pragma: no cover
-    class QueueFullError(LlamaError):  # type: ignore[no-redef]
-        pass
+from ..errors import ClosedError, GrammarError, LlamaError, QueueFullError, TemplateError
 
 __all__ = ["APIError", "error_body", "from_exception", "RETRY_AFTER_S"]
 

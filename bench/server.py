@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""HTTP serving speed: ``cortex-llama serve`` against native ``llama-server``.
+
+Both servers get the same model, slots (``--parallel``), context, threads and
+batch size, and the same load from one asyncio httpx client: ``N`` streamed
+``/v1/completions`` requests (fixed prompts, greedy, fixed ``max_tokens``, the
+end-of-generation tokens banned through ``logit_bias`` so every request
+generates exactly ``max_tokens``), sent by 1, 8 and 32 concurrent clients. The
+servers run one at a time, alternating, ``--reps`` times; medians are reported.
+
+    python bench/server.py                   # small model, 3 reps
+    python bench/server.py --model tiny --reps 5 --requests 64 --max-tokens 64
+
+``llama-server`` is built from the vendored llama.cpp into ``bench/.build-server``
+with bench/run.py's ``build_native``. ``llama_cpp.server`` (llama-cpp-python) runs
+too when ``bench/.venv-lcp`` has it with its server extras, on the package's own
+libllama. Writes ``bench/results/server.md`` and ``server.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import LCP_PYTHON, RESULTS, build_native, machine, make_models  # noqa: E402
+
+BUILD_SERVER = HERE / ".build-server"
+PROMPTS = [f"Request {i}: once upon a time, in a land far away, there lived a {w}"
+           for i, w in enumerate(["king", "queen", "dragon", "farmer", "wizard", "knight", "cat", "fox"] * 16)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A server subprocess, ready once ``/health`` answers 200."""
+
+    def __init__(self, name: str, cmd: list[str], port: int, env: dict[str, str] | None = None,
+                 health: str = "/health", timeout: float = 120.0) -> None:
+        self.name, self.port = name, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(RESULTS / f".server-{name}.log", "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env or dict(os.environ))
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(self.url + health, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name} did not become healthy; see {self.log.name}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def start(kind: str, model: Path, args: argparse.Namespace, bindir: Path | None) -> Proc:
+    port = free_port()
+    common = ["-c", str(args.ctx), "-t", str(args.threads), "-b", str(args.batch)]
+    if kind == "cortex-llama":
+        cmd = [sys.executable, "-m", "cortex_llama", "serve", str(model), "--port", str(port), "--parallel",
+               str(args.parallel), "--log-level", "warning", *common]
+        return Proc(kind, cmd, port)
+    if kind == "llama-server":
+        assert bindir is not None
+        cmd = [str(bindir / "llama-server"), "-m", str(model), "--port", str(port), "-np", str(args.parallel),
+               "-ub", str(args.batch), "-tb", str(args.threads), "-kvu", "-fa", "off", "--no-webui", "-lv", "1",
+               *common]
+        return Proc(kind, cmd, port)
+    import cortex_llama._lib
+
+    env = {**os.environ, "LLAMA_CPP_LIB_PATH": str(cortex_llama._lib.lib_dir)}
+    cmd = [str(LCP_PYTHON), "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
+           "--n_ctx", str(args.ctx), "--n_threads", str(args.threads), "--n_batch", str(args.batch)]
+    return Proc(kind, cmd, port, env=env, health="/v1/models")
+
+
+async def one(client: httpx.AsyncClient, url: str, prompt: str, args: argparse.Namespace,
+              ban: dict[str, float]) -> tuple[float, float, int]:
+    """(time to first token, total time, generated tokens) of one streamed request."""
+    body = {"prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0, "stream": True,
+            "logit_bias": ban, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    ttft = None
+    chunks = 0
+    usage = None
+    async with client.stream("POST", url + "/v1/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            ev = json.loads(line[6:])
+            if ev.get("usage"):
+                usage = ev["usage"]["completion_tokens"]
+            for c in ev.get("choices") or []:
+                if c.get("text"):
+                    chunks += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+    total = time.perf_counter() - t0
+    return (ttft if ttft is not None else total), total, (usage if usage is not None else chunks)
+
+
+async def load(url: str, clients: int, args: argparse.Namespace, ban: dict[str, float]) -> dict[str, float]:
+    """``args.requests`` requests from ``clients`` concurrent clients."""
+    prompts = PROMPTS[: args.requests]
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for p in prompts:
+        queue.put_nowait(p)
+    results: list[tuple[float, float, int]] = []
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        async def worker() -> None:
+            while not queue.empty():
+                p = queue.get_nowait()
+                results.append(await one(client, url, p, args, ban))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    ttfts = sorted(r[0] for r in results)
+    tokens = sum(r[2] for r in results)
+    return {"req_s": len(results) / wall, "tok_s": tokens / wall, "tokens": tokens, "wall_s": wall,
+            "ttft_p50_ms": 1000 * statistics.median(ttfts),
+            "ttft_p95_ms": 1000 * ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))]}
+
+
+def lcp_available() -> bool:
+    if not LCP_PYTHON.exists():
+        return False
+    import cortex_llama._lib
+
+    env = {**os.environ, "LLAMA_CPP_LIB_PATH": str(cortex_llama._lib.lib_dir)}
+    return subprocess.run([str(LCP_PYTHON), "-c", "import llama_cpp.server.app"], env=env,
+                          capture_output=True).returncode == 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="small", help="tiny, small or 1b (bench/run.py's models)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--requests", type=int, default=64, help="requests per measurement")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--parallel", type=int, default=32, help="slots of both servers")
+    ap.add_argument("--ctx", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=2, help="build jobs for llama-server")
+    ap.add_argument("--no-native", action="store_true", help="measure cortex-llama only")
+    args = ap.parse_args()
+    if args.requests > len(PROMPTS):
+        ap.error(f"--requests must be <= {len(PROMPTS)}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    model = make_models([args.model])[args.model]
+    kinds = ["cortex-llama"]
+    bindir = None
+    if not args.no_native:
+        bindir = build_native(args.jobs, BUILD_SERVER, ("-DLLAMA_BUILD_SERVER=ON",), ("llama-server",))
+        kinds.insert(0, "llama-server")
+    if lcp_available():
+        kinds.append("llama_cpp.server")
+    from cortex_llama import Model
+
+    with Model(model, vocab_only=True) as m:
+        eog = [t for t in range(m.vocab.n_tokens) if m.vocab.is_eog(t)]
+    ban = {str(t): -100.0 for t in eog}
+    runs: dict[str, dict[int, list[dict[str, float]]]] = {k: {c: [] for c in args.clients} for k in kinds}
+    for rep in range(args.reps):
+        for kind in kinds:
+            if kind == "llama_cpp.server" and rep:
+                continue  # one server at a time, serialized: one rep is enough to show it
+            srv = start(kind, model, args, bindir)
+            try:
+                asyncio.run(load(srv.url, 4, argparse.Namespace(**{**vars(args), "requests": 8}), ban))  # warm up
+                for c in args.clients:
+                    r = asyncio.run(load(srv.url, c, args, ban))
+                    runs[kind][c].append(r)
+                    print(f"rep {rep} {kind:16} clients {c:>3}: {r['req_s']:7.2f} req/s {r['tok_s']:9.1f} tok/s "
+                          f"TTFT p50 {r['ttft_p50_ms']:8.1f} ms p95 {r['ttft_p95_ms']:8.1f} ms "
+                          f"({r['tokens']} tokens)", flush=True)
+            finally:
+                srv.stop()
+    med = {k: {c: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+               for c, rs in v.items() if rs} for k, v in runs.items()}
+    lines = [f"Machine: {machine()}; model {args.model} ({model.name}); {args.threads} threads; "
+             f"{args.parallel} slots, context {args.ctx}, batch {args.batch}; {args.requests} streamed "
+             f"/v1/completions requests of {args.max_tokens} tokens per row, greedy; median of {args.reps} "
+             f"alternating runs; {time.strftime('%Y-%m-%d %H:%M:%S')}", "",
+             "| server | clients | req/s | tok/s | TTFT p50 ms | TTFT p95 ms | tok/s ratio to llama-server |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c in args.clients:
+        for k in kinds:
+            if c not in med[k]:
+                continue
+            r = med[k][c]
+            ratio = ""
+            if "llama-server" in med and k != "llama-server":
+                ratio = f"{r['tok_s'] / med['llama-server'][c]['tok_s']:.3f}"
+            lines.append(f"| {k} | {c} | {r['req_s']:.2f} | {r['tok_s']:.1f} | {r['ttft_p50_ms']:.1f} | "
+                         f"{r['ttft_p95_ms']:.1f} | {ratio} |")
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    (RESULTS / "server.md").write_text(text)
+    (RESULTS / "server.json").write_text(json.dumps({"args": vars(args), "runs": runs, "median": med}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
