@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -274,13 +273,16 @@ class Context(Owned):
         _free_pools(self._pools)  # the old ones, now detached
         self._pools[:] = pools
 
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[Any]:
-        """Hold the context's lock; yields the raw ``llama_context *`` for C calls
-        that read its outputs (e.g. a sampler). Raises :class:`ClosedError` when
-        closed."""
-        with self._lock:
-            yield self._check()
+    @property
+    def lock(self) -> Any:
+        """The context's re-entrant lock: hold it around C calls that read the
+        context's outputs through :attr:`handle` (e.g. a sampler)."""
+        return self._lock
+
+    @property
+    def handle(self) -> Any:
+        """The raw ``llama_context *``; raises :class:`ClosedError` when closed."""
+        return self._check()
 
     def new_batch(self, capacity: int | None = None, n_seq_max: int | None = None) -> Batch:
         """A token :class:`Batch` sized for this context (defaults: n_batch, n_seq_max)."""

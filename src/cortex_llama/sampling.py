@@ -451,7 +451,8 @@ class SamplerChain(Sampler):
         chain = self._check()
         if not self.selects:
             raise ValueError("this sampler chain has no selecting sampler (add greedy or dist)")
-        with ctx.exclusive() as cptr:
+        with ctx.lock:
+            cptr = ctx.handle
             row = lib.llama_get_logits_ith(cptr, idx)
             if row == ffi.NULL:
                 _lib.take_log_problems()

@@ -71,7 +71,7 @@ class _Job:
     """An admitted request in a slot: ``feed`` (prompt + generated tokens) is what
     its sequence must hold; ``slot.cached`` is the part already decoded."""
 
-    __slots__ = ("req", "slot", "feed", "order", "greedy", "logprobs", "row", "out")
+    __slots__ = ("req", "slot", "feed", "order", "greedy", "guarded", "logprobs", "row", "out")
 
     def __init__(self, req: Request, slot: _Slot, feed: list[int], order: int) -> None:
         self.req = req
@@ -79,6 +79,7 @@ class _Job:
         self.feed = feed
         self.order = order  # admission order: the largest is the youngest
         self.greedy = policy.is_plain_greedy(req.sampler)
+        self.guarded = policy.has_grammar(req.sampler)
         self.logprobs = req.params.logprobs is not None
         self.row = -1  # batch entry with this job's logits in the current step
         self.out = -1  # its index among the step's outputs
@@ -103,8 +104,11 @@ class Engine:
         self._slots = [_Slot(i) for i in range(ctx.n_seq_max)]
         self._jobs: list[_Job] = []  # running, in admission order
         self._queue: collections.deque[Request] = collections.deque()  # waiting, FIFO
-        self._cv = threading.Condition(threading.Lock())
+        # re-entrant: a stream collected (and so cancelled) by a GC pass that runs
+        # inside the engine thread while it holds the lock must not deadlock
+        self._cv = threading.Condition(threading.RLock())
         self._closing = False
+        self._cancels = False  # set by wake(): some request asked to be cancelled
         self._thread: threading.Thread | None = None
         self._order = 0
         self._tick = 0
@@ -143,8 +147,9 @@ class Engine:
             self._cv.notify()
 
     def wake(self) -> None:
-        """Make the loop look at its requests now (e.g. after a cancel)."""
+        """A request was cancelled: make the loop look at its requests now."""
         with self._cv:
+            self._cancels = True
             self._cv.notify()
 
     def close(self) -> None:
@@ -173,11 +178,15 @@ class Engine:
         try:
             while True:
                 with self._cv:
-                    while not self._closing and not self._queue and not self._jobs:
+                    while not self._closing and not self._queue and not self._jobs \
+                            and not self._cancels:
                         self._cv.wait()
                     if self._closing:
                         break
-                self._step()
+                try:
+                    self._step()
+                except Exception as exc:  # noqa: BLE001 - a bug must not stop the service
+                    self._fail_running(exc)
         finally:
             self._fail_everything()
 
@@ -191,13 +200,24 @@ class Engine:
             self.stats["requests_failed"] += 1
             req.fail(ClosedError("the LLM was closed while this request waited"))
 
+    def _fail_running(self, exc: BaseException) -> None:
+        """End the running jobs with ``exc`` and drop their cells (their state is
+        unknown after an unexpected error)."""
+        for job in list(self._jobs):
+            self.ctx.seq_rm(job.slot.seq_id, -1, -1)
+            job.slot.cached.clear()
+            self._end_job(job, error=exc)
+
     def _cells_used(self) -> int:
         return sum(len(s.cached) for s in self._slots)
 
     def _step(self) -> None:
         self._tick += 1
-        self._drop_cancelled()
-        self._admit()
+        if self._cancels:
+            self._cancels = False
+            self._drop_cancelled()
+        if self._queue:
+            self._admit()
         if not self._jobs:
             if self._queue:  # nothing runs and the head cannot start: should not happen
                 time.sleep(0.001)
@@ -424,7 +444,7 @@ class Engine:
                     logits = ctx.logits(job.row)
                 tok = picks.get(id(job))
                 if tok is None:
-                    tok = policy.sample(req.sampler, ctx, job.row)
+                    tok = policy.sample(req.sampler, ctx, job.row, job.guarded)
             except Exception as exc:  # noqa: BLE001 - this request's failure only
                 self._end_job(job, error=exc)
                 continue

@@ -18,7 +18,7 @@ from ..model import Model
 from ..sampling import TOKEN_DATA_DTYPE, SamplerChain
 from .params import GenerationParams
 
-__all__ = ["build_sampler", "sample", "is_plain_greedy"]
+__all__ = ["build_sampler", "sample", "has_grammar", "is_plain_greedy"]
 
 
 def build_sampler(model: Model, p: GenerationParams, *, default_seed: int | None, n_ctx: int,
@@ -51,17 +51,21 @@ def is_plain_greedy(chain: SamplerChain) -> bool:
     return biases is not None and not biases
 
 
-def _has_grammar(chain: SamplerChain) -> bool:
+def has_grammar(chain: SamplerChain) -> bool:
+    """Whether :func:`sample` must take the guarded path for ``chain``."""
     return any(s.name.startswith("grammar") for s in chain.samplers)
 
 
-def sample(chain: SamplerChain, ctx: Context, row: int) -> int:
-    """Sample (and accept) a token from batch entry ``row`` of ``ctx``'s last decode.
+def sample(chain: SamplerChain, ctx: Context, row: int, guarded: bool | None = None) -> int:
+    """Sample (and accept) a token from batch entry ``row`` of ``ctx``'s last decode
+    (``guarded``: the chain has a grammar, see :func:`has_grammar`).
 
     Raises :class:`GrammarError` when the chain's grammar rejects every token,
     and re-raises a PySampler's exception.
     """
-    if not _has_grammar(chain):
+    if guarded is None:
+        guarded = has_grammar(chain)
+    if not guarded:
         return chain.sample(ctx, row)
     logits = ctx.logits(row)
     cand = np.empty(logits.size, dtype=TOKEN_DATA_DTYPE)
