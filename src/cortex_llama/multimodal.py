@@ -520,9 +520,9 @@ class Projector(Owned):
     def _eval(self, call: Any, context: Context, n_tokens: int) -> int:
         ptr = self._check()
         out = ffi.new("llama_pos *")
-        with self._lock, context.exclusive() as lctx:
+        with self._lock, context.lock:
             _lib.take_log_problems()
-            rc = call(ptr, lctx, out)
+            rc = call(ptr, context.handle, out)
         if rc != 0:
             raise DecodeError(_why(f"libmtmd could not evaluate {n_tokens} prompt tokens/embeddings "
                                    f"(rc {rc})"), int(rc))
