@@ -44,7 +44,21 @@ def _llm(args: argparse.Namespace) -> Any:
     rpc_servers = [s for s in args.rpc.split(",") if s] if args.rpc else None
     return LLM(args.model, context_size=args.ctx_size, threads=args.threads, gpu_layers=args.gpu_layers,
                batch_size=args.batch_size, seed=args.seed, chat_template=args.chat_template,
-               progress=_progress(), rpc_servers=rpc_servers)
+               progress=_progress(), rpc_servers=rpc_servers, mmproj=getattr(args, "mmproj", None))
+
+
+def _media_parts(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Content parts for the --image/--audio files (each read and checked when used)."""
+    import base64
+
+    parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": path}}
+                                   for path in args.image or ()]
+    for path in args.audio or ():
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        parts.append({"type": "input_audio", "input_audio": {"data": data, "format": Path(path).suffix[1:]}})
+    if parts and not args.mmproj:
+        raise ValueError("--image/--audio need a projector: pass --mmproj FILE")
+    return parts
 
 
 def _params(args: argparse.Namespace) -> Any:
@@ -90,10 +104,13 @@ def cmd_make_test_model(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    media = _media_parts(args)
     with _llm(args) as llm:
         params = _params(args)
+        # with media, the prompt is one user message (as llama-mtmd-cli does)
+        msgs = [{"role": "user", "content": [*media, {"type": "text", "text": args.prompt}]}]
         if args.json:
-            c = llm.complete(args.prompt, params)
+            c = llm.chat(msgs, params) if media else llm.complete(args.prompt, params)
             print(json.dumps({"text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason,
                               "usage": {"prompt_tokens": c.usage.prompt_tokens,
                                         "completion_tokens": c.usage.completion_tokens},
@@ -101,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0
         t0 = time.perf_counter()
         n = 0
-        for delta in llm.stream(args.prompt, params):
+        for delta in llm.stream_chat(msgs, params) if media else llm.stream(args.prompt, params):
             sys.stdout.write(delta)
             sys.stdout.flush()
             n += 1
@@ -111,10 +128,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    """A REPL: each line is a user message; ``/exit`` (or EOF) quits, ``/reset`` forgets."""
+    """A REPL: each line is a user message; ``/exit`` (or EOF) quits, ``/reset`` forgets,
+    ``/image PATH`` (``/audio PATH``) attaches a file to the next message. ``--image`` and
+    ``--audio`` files go with the first message."""
+    media = _media_parts(args)
     with _llm(args) as llm:
         params = _params(args)
-        history: list[dict[str, str]] = []
+        history: list[dict[str, Any]] = []
         if args.system:
             history.append({"role": "system", "content": args.system})
         interactive = sys.stdin.isatty()
@@ -131,9 +151,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if text.strip() == "/reset":
                 history = history[:1] if args.system else []
                 continue
+            if text.startswith(("/image ", "/audio ")):
+                kind, _, path = text.partition(" ")
+                args.image, args.audio = ([path.strip()], None) if kind == "/image" else (None, [path.strip()])
+                media += _media_parts(args)
+                continue
             if not text.strip():
                 continue
-            history.append({"role": "user", "content": text})
+            if media:
+                history.append({"role": "user", "content": [*media, {"type": "text", "text": text}]})
+                media = []
+            else:
+                history.append({"role": "user", "content": text})
             parts = []
             for delta in llm.stream_chat(history, params):
                 parts.append(delta)
@@ -362,6 +391,11 @@ def _model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
         p.add_argument("--stop", action="append", help="a stop string (repeatable)")
         p.add_argument("--grammar-file", help="a GBNF grammar file")
         p.add_argument("--json-schema", help="a JSON schema file")
+        p.add_argument("--mmproj", default=None, help="a multimodal projector GGUF (images/audio in)")
+        p.add_argument("--image", action="append", help="an image file for the prompt (repeatable; "
+                       "needs --mmproj)")
+        p.add_argument("--audio", action="append", help="an audio file (wav, mp3, flac; repeatable; "
+                       "needs an audio --mmproj)")
 
 
 def build_parser() -> argparse.ArgumentParser:
