@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import weakref
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Mapping, Sequence
@@ -88,6 +89,7 @@ class LLM:
         self._eog_cache: dict[int, bool] = {}
         self._stats: dict[str, int] = {"prompt_tokens_evaluated": 0, "prompt_tokens_reused": 0}
         self._progress = progress
+        self._finalizer: weakref.finalize | None = None
         if load:
             self.load()
 
@@ -157,6 +159,8 @@ class LLM:
                                           threads=c.threads, threads_batch=c.threads_batch,
                                           pooling=c.pooling)
             engine.start()
+            # an LLM dropped without close() (or alive at exit) stops its engine thread
+            self._finalizer = weakref.finalize(self, engine.close)
             return self
 
     def unload(self) -> None:
@@ -168,6 +172,8 @@ class LLM:
             self._model = self._ctx = None
             self._projector = None  # closed with its model
             if engine is not None:
+                if self._finalizer is not None:
+                    self._finalizer.detach()
                 engine.close()
             if embedder is not None:
                 embedder.close()
