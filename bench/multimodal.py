@@ -4,11 +4,11 @@
 Both run on the same synthetic files: a text model from the package's test-model
 maker and a random-weight LLaVA-style projector (``--image-size``/``--patch-size``
 set how many embeddings an image gives), and the same PNG image. Native numbers
-are llama-mtmd-cli's own log lines ("mtmd batch encoding done in N ms", "image
+are llama-mtmd-cli's own log lines (with -v) ("mtmd batch encoding done in N ms", "image
 decoded (batch i/n) in N ms"), one process per repetition; ours time
 ``Projector.encode`` and ``Projector.eval_chunk`` (encode + decode of the
-embeddings) in one process, after two untimed runs. Both warm the encoder up at
-load (libmtmd's warmup).
+embeddings; prefill = the difference) in one process, after two untimed runs;
+the two sides alternate. Both warm the encoder up at load (libmtmd's warmup).
 
     python bench/multimodal.py                       # small text model, 224 px / 14 px patches
     python bench/multimodal.py --preset tiny --image-size 64 --patch-size 8 --reps 5
@@ -50,47 +50,51 @@ def png_bytes(rgb: np.ndarray) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
-def native(model: Path, mmproj: Path, image: Path, threads: int, reps: int) -> dict[str, float] | None:
-    if not CLI.is_file():
-        return None
-    enc, dec = [], []
-    for _ in range(reps):
-        out = subprocess.run([str(CLI), "-m", str(model), "--mmproj", str(mmproj), "--image", str(image),
-                              "-p", "Describe.", "-n", "1", "--temp", "0", "-t", str(threads),
-                              "-c", "4096"], capture_output=True, text=True, timeout=600)
-        if out.returncode != 0:
-            raise SystemExit(f"llama-mtmd-cli failed:\n{out.stderr[-2000:]}")
-        e = re.findall(r"mtmd batch encoding done in (\d+) ms", out.stderr)
-        d = re.findall(r"image decoded \(batch \d+/\d+\) in (\d+) ms", out.stderr)
-        enc.append(float(sum(map(int, e))))
-        dec.append(float(sum(map(int, d))))
-    return {"encode_ms": statistics.median(enc), "prefill_ms": statistics.median(dec),
-            "total_ms": statistics.median([a + b for a, b in zip(enc, dec)])}
+def native_once(model: Path, mmproj: Path, image: Path, threads: int) -> tuple[float, float]:
+    """(encode ms, prefill ms) from one llama-mtmd-cli run's own log."""
+    out = subprocess.run([str(CLI), "-m", str(model), "--mmproj", str(mmproj), "--image", str(image),
+                          "-p", "Describe.", "-n", "1", "--temp", "0", "-t", str(threads),
+                          "-c", "4096", "-v"], capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"llama-mtmd-cli failed:\n{out.stderr[-2000:]}")
+    e = re.findall(r"mtmd batch encoding done in (\d+) ms", out.stderr)
+    d = re.findall(r"image decoded \(batch \d+/\d+\) in (\d+) ms", out.stderr)
+    if not e or not d:
+        raise SystemExit("llama-mtmd-cli printed no encode/decode timings")
+    return float(sum(map(int, e))), float(sum(map(int, d)))
 
 
-def ours(model_path: Path, mmproj: Path, image: Path, threads: int, reps: int) -> dict[str, float]:
-    from cortex_llama import Context, Model
-    from cortex_llama.multimodal import Projector
+class Ours:
+    """Our side, loaded once: one measurement per :meth:`once`."""
 
-    with Model(model_path) as model:
-        proj = Projector(model, mmproj, n_threads=threads, warmup=True)
-        chunks = proj.tokenize("<|im_start|>user\n" + proj.marker + "Describe.<|im_end|>\n", [proj.load(image)])
-        img = next(c for c in chunks if c.is_media)
-        enc, tot = [], []
-        with Context(model, n_ctx=4096, n_threads=threads) as ctx:
-            for i in range(reps + 2):
-                t0 = time.perf_counter()
-                proj.encode(img)
-                t1 = time.perf_counter()
-                ctx.clear()
-                proj.eval_chunk(ctx, img, 0, 0)
-                t2 = time.perf_counter()
-                if i >= 2:  # two untimed runs: graph reservation on first use
-                    enc.append((t1 - t0) * 1e3)
-                    tot.append((t2 - t1) * 1e3)
-        n_tokens = img.n_tokens
-    e, t = statistics.median(enc), statistics.median(tot)
-    return {"encode_ms": e, "prefill_ms": t - e, "total_ms": t, "n_image_tokens": float(n_tokens)}
+    def __init__(self, model_path: Path, mmproj: Path, image: Path, threads: int) -> None:
+        from cortex_llama import Context, Model
+        from cortex_llama.multimodal import Projector
+
+        self.model = Model(model_path)
+        self.proj = Projector(self.model, mmproj, n_threads=threads, warmup=True)
+        chunks = self.proj.tokenize("<|im_start|>user\n" + self.proj.marker + "Describe.<|im_end|>\n",
+                                    [self.proj.load(image)])
+        self.chunks = chunks
+        self.img = next(c for c in chunks if c.is_media)
+        self.ctx = Context(self.model, n_ctx=4096, n_threads=threads)
+        for _ in range(2):  # untimed: graph reservation on first use
+            self.once()
+
+    def once(self) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        self.proj.encode(self.img)
+        t1 = time.perf_counter()
+        self.ctx.clear()
+        self.proj.eval_chunk(self.ctx, self.img, 0, 0)  # encode + decode of the embeddings
+        t2 = time.perf_counter()
+        return (t1 - t0) * 1e3, (t2 - t1 - (t1 - t0)) * 1e3
+
+
+def summarize(rows: list[tuple[float, float]]) -> dict[str, float]:
+    return {"encode_ms": statistics.median(r[0] for r in rows),
+            "prefill_ms": statistics.median(r[1] for r in rows),
+            "total_ms": statistics.median(r[0] + r[1] for r in rows)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,8 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     image = MODELS / "bench-image.png"
     image.write_bytes(png_bytes(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)))
 
-    result = {"setup": vars(args), "ours": ours(model, mmproj, image, args.threads, args.reps),
-              "native": native(model, mmproj, image, args.threads, args.reps)}
+    ours = Ours(model, mmproj, image, args.threads)
+    mine: list[tuple[float, float]] = []
+    theirs: list[tuple[float, float]] = []
+    for _ in range(args.reps):  # interleaved: native, ours, native, ours, ...
+        if CLI.is_file():
+            theirs.append(native_once(model, mmproj, image, args.threads))
+        mine.append(ours.once())
+    result = {"setup": vars(args), "ours": summarize(mine) | {"n_image_tokens": float(ours.img.n_tokens)},
+              "native": summarize(theirs) if theirs else None}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
