@@ -156,6 +156,15 @@ class Server:
         return self.proc.returncode
 
 
+def test_exposure_warning() -> None:
+    from cortex_llama.server.run import exposure_warning
+
+    assert exposure_warning("127.0.0.1", None) is None and exposure_warning("localhost", None) is None
+    assert exposure_warning("::1", None) is None and exposure_warning("0.0.0.0", "key") is None
+    assert "WARNING" in (exposure_warning("0.0.0.0", None) or "")
+    assert "--api-key" in (exposure_warning("192.168.1.5", None) or "")
+
+
 def wait_for(cond: Any, timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not cond():

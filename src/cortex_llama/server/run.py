@@ -11,7 +11,7 @@ from ..llm import LLM
 from ..rpc import is_loopback
 from .app import DEFAULT_MAX_BODY, create_app
 
-__all__ = ["serve"]
+__all__ = ["serve", "exposure_warning"]
 
 
 class _Terminated(Exception):
@@ -20,6 +20,15 @@ class _Terminated(Exception):
 
 def _on_sigterm(sig: int, frame: FrameType | None) -> None:
     raise _Terminated()
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The warning to print when ``host`` is reachable beyond this machine and no
+    API key protects it (None when there is nothing to warn about)."""
+    if is_loopback(host) or api_key:
+        return None
+    return (f"cortex-llama: WARNING: serving on {host}, not loopback, without an API key: anyone who "
+            "reaches this port can use the model. Pass --api-key (or set CORTEX_LLAMA_API_KEY).")
 
 
 def serve(llm: LLM, *, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
@@ -36,10 +45,9 @@ def serve(llm: LLM, *, host: str = "127.0.0.1", port: int = 8080, api_key: str |
     """
     import uvicorn
 
-    if not is_loopback(host) and not api_key:
-        print(f"cortex-llama: WARNING: serving on {host}, not loopback, without an API key: anyone who "
-              "reaches this port can use the model. Pass --api-key (or set CORTEX_LLAMA_API_KEY).",
-              file=sys.stderr)
+    warning = exposure_warning(host, api_key)
+    if warning:
+        print(warning, file=sys.stderr)
     app = create_app(llm, api_key=api_key, model_alias=model_alias, max_body_bytes=max_body_bytes)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=shutdown_timeout, server_header=False)
