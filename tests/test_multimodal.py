@@ -371,7 +371,8 @@ def test_audio_projector(audio_proj: Projector, f16_model: Model) -> None:
 
 
 # -- parity with llama.cpp's own llama-mtmd-cli ----------------------------------------
-@pytest.mark.slow
+# Build it once (minutes): cmake -S vendor/llama.cpp -B bench/.build-mtmd -DLLAMA_BUILD_TOOLS=ON
+#   -DLLAMA_BUILD_COMMON=ON && cmake --build bench/.build-mtmd --target llama-mtmd-cli
 @pytest.mark.skipif(not MTMD_CLI.is_file(), reason=f"no native llama-mtmd-cli at {MTMD_CLI}")
 @pytest.mark.parametrize("which", ["f16", "q4_0"])
 def test_greedy_equals_native_mtmd_cli(which: str, models_dir: Path, tiny_mmproj_path: Path,
