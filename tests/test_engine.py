@@ -324,6 +324,24 @@ def test_prefix_reuse_counts_and_equals_a_fresh_llm(llm: LLM) -> None:
     assert _same(llm.config.model_path, g[1], _solo(llm, base + "fourth", _greedy(8)))
 
 
+def test_prefix_of_a_running_request_is_shared_not_recomputed(llm: LLM) -> None:
+    system = "You are a helpful assistant that answers in one short sentence, always. " * 3
+    n_sys = len(llm.tokenize(system))
+    first = llm.submit(system + "Question one?", _greedy(40))
+    _wait_until(lambda: len(first.tokens) > 0, "the first request to start generating")
+    before = llm.metrics()
+    second = llm.submit(system + "And question two?", _greedy(10))
+    c = second.result(WAIT)
+    after = llm.metrics()
+    first.result(WAIT)
+    if after["prefix_copies_total"] > before["prefix_copies_total"]:
+        assert c.usage.cached_tokens >= n_sys - 1
+    else:  # the first request ended before the second was admitted: its slot served it
+        assert first.done
+    assert after["prompt_tokens_reused"] - before["prompt_tokens_reused"] >= n_sys - 1
+    assert _same(llm.config.model_path, c, _solo(llm, system + "And question two?", _greedy(10)))
+
+
 # -- bad input raises in the caller ------------------------------------------------------------
 def test_bad_input_raises_before_queueing(llm: LLM) -> None:
     before = llm.metrics()["requests_total"]

@@ -13,7 +13,9 @@ cells, after dropping the cached prefixes of idle slots, least recently used
 first. A new request goes to the free slot whose cached tokens share the
 longest prefix with it; those tokens are not evaluated again (unless
 ``seq_pos_min`` shows that a sliding-window cache dropped positions, then the
-slot is re-processed from scratch).
+slot is re-processed from scratch). When a *running* request's cells share a
+longer prefix, they are shared with the new request's sequence (``seq_cp``)
+instead of being computed again.
 
 **KV pressure.** When the running requests together need more cells than the
 cache has, the engine *preempts the youngest* running request (the last one
@@ -52,7 +54,7 @@ __all__ = ["Engine"]
 METRIC_COUNTERS = ("requests_total", "requests_finished", "requests_failed", "requests_cancelled",
                    "prompt_tokens_total", "prompt_tokens_reused", "prompt_tokens_evaluated",
                    "generated_tokens_total", "decodes_total", "decode_tokens_total",
-                   "batched_decodes_total", "preemptions_total")
+                   "batched_decodes_total", "preemptions_total", "prefix_copies_total")
 
 
 class _Slot:
@@ -250,6 +252,17 @@ class Engine:
                 return
             feed = req.prompt_tokens + req.tokens  # a preempted request resumes from here
             slot, reuse = self._best_slot(free, feed)
+            src, shared = self._best_running(feed)
+            if src is not None and shared > reuse:
+                # a running request's cells hold a longer prefix: share them (seq_cp
+                # adds this sequence to those cells in the unified cache; nothing is
+                # computed). They are counted for both slots: an overestimate of
+                # the cells in use, never an underestimate.
+                self.ctx.seq_rm(slot.seq_id, -1, -1)
+                self.ctx.seq_cp(src.seq_id, slot.seq_id, 0, shared)
+                slot.cached[:] = feed[:shared]
+                reuse = shared
+                self.stats["prefix_copies_total"] += 1
             # cells after admission: running jobs' + this prefix; idle caches can go
             running = sum(len(j.slot.cached) for j in self._jobs)
             need = len(feed) - reuse + 1 + len(self._jobs)
@@ -284,6 +297,19 @@ class Engine:
         if n == 0 and best.cached:
             self.ctx.seq_rm(best.seq_id, -1, -1)
             best.cached.clear()
+        return best, n
+
+    def _best_running(self, feed: list[int]) -> tuple[_Slot | None, int]:
+        """The running slot whose cells share the longest usable prefix with ``feed``."""
+        best: _Slot | None = None
+        best_n = 0
+        for j in self._jobs:
+            n = _common_prefix(j.slot.cached, feed)
+            if n > best_n:
+                best, best_n = j.slot, n
+        n = media.span_start(feed, min(best_n, len(feed) - 1))
+        if best is None or n <= 0 or self.ctx.seq_pos_min(best.seq_id) > 0:
+            return None, 0
         return best, n
 
     def _evict_idle(self, need: int, keep: _Slot | None = None) -> None:
