@@ -14,9 +14,10 @@ the wall time from the first submit to the last token (prefill included);
 part that ``llama-batched-bench``'s ``speed_tg`` measures. Latencies are p50/p95
 over all streams (inter-token: per generated token, from the times deltas arrive).
 
-``--native`` builds llama-batched-bench with bench/run.py's helpers (cached in
-bench/.build) unless it is there already; without the flag an existing build is
-used and otherwise the native column stays empty. Writes
+The native side is llama-batched-bench from ``--native-bin``, bench/.build
+(run.py's) or another build of the vendored tree under bench/; ``--native``
+builds it with bench/run.py's ``build_native`` when none is found, else the
+native column stays empty. Same threads, ``-kvu``, flash attention off. Writes
 bench/results/concurrency.{md,json}.
 """
 
@@ -140,10 +141,15 @@ def measure(path: Path, n: int, mode: str, n_prompt: int, n_gen: int, threads: i
     }
 
 
-def native_bindir(build: bool, jobs: int) -> Path | None:
-    bindir = run.BUILD / "bin"
-    if (bindir / "llama-batched-bench").exists():
-        return bindir
+def native_bindir(build: bool, jobs: int, given: Path | None = None) -> Path | None:
+    """A folder with llama-batched-bench: ``given``, bench/.build (run.py's), or
+    another build of the vendored tree under bench/ (e.g. bench/.build-server)."""
+    for bindir in [given] if given is not None else [run.BUILD / "bin",
+                                                      *sorted(HERE.glob(".build*/bin"))]:
+        if (bindir / "llama-batched-bench").exists():
+            return bindir
+    if given is not None:
+        raise SystemExit(f"no llama-batched-bench in {given}")
     if build:
         return run.build_native(jobs)
     return None
@@ -158,12 +164,13 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=32, help="generated tokens per stream")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--native", action="store_true", help="build llama-batched-bench if missing")
+    ap.add_argument("--native-bin", type=Path, help="folder holding llama-batched-bench")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3, help="runs per row; the median row is kept")
     args = ap.parse_args()
 
     path = run.make_models([args.model])[args.model]
-    bindir = native_bindir(args.native, args.jobs)
+    bindir = native_bindir(args.native, args.jobs, args.native_bin)
     rows: list[dict[str, Any]] = []
     for n in args.streams:
         native = (run.native_batched(bindir, path, args.threads, n, args.prompt, args.tokens)

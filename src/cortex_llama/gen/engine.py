@@ -73,14 +73,15 @@ class _Job:
     """An admitted request in a slot: ``feed`` (prompt + generated tokens) is what
     its sequence must hold; ``slot.cached`` is the part already decoded."""
 
-    __slots__ = ("req", "slot", "feed", "order", "greedy", "guarded", "logprobs", "row", "out")
+    __slots__ = ("req", "slot", "feed", "order", "biases", "guarded", "logprobs", "row", "out")
 
     def __init__(self, req: Request, slot: _Slot, feed: list[int], order: int) -> None:
         self.req = req
         self.slot = slot
         self.feed = feed
         self.order = order  # admission order: the largest is the youngest
-        self.greedy = policy.is_plain_greedy(req.sampler)
+        # (ids, biases) of a [logit-bias...] greedy chain, sampled by numpy argmax
+        self.biases = req.sampler.argmax_biases
         self.guarded = policy.has_grammar(req.sampler)
         self.logprobs = req.params.logprobs is not None
         self.row = -1  # batch entry with this job's logits in the current step
@@ -387,7 +388,18 @@ class Engine:
         else:
             batch = self._batch
             batch.clear()
+            # every request's next token in one vectorized add (most of a step)
+            singles = [job for job, n in plan if n == 1 and len(job.slot.cached) + 1 == len(job.feed)]
+            if singles:
+                batch.add_many([j.feed[-1] for j in singles], [len(j.feed) - 1 for j in singles],
+                               [j.slot.seq_id for j in singles], logits=True)
+                for i, job in enumerate(singles):
+                    job.row = job.out = i
+                outs.extend(singles)
+            done = set(map(id, singles))
             for job, n in plan:
+                if id(job) in done:
+                    continue
                 a = len(job.slot.cached)
                 last = a + n == len(job.feed)
                 sl = batch.add_many(job.feed[a: a + n], a, job.slot.seq_id,
@@ -450,16 +462,26 @@ class Engine:
         if not outs:
             return
         ctx = self.ctx
-        greedy = [j for j in outs if j.greedy and not j.logprobs]
+        # greedy rows ([logit-bias...] greedy chains) of all requests: one numpy argmax
+        greedy = [j for j in outs if j.biases is not None and not j.logprobs]
         picks: dict[int, int] = {}
         if greedy:
             if len(greedy) == 1:
-                picks[id(greedy[0])] = int(ctx.logits(greedy[0].row).argmax())
+                row = ctx.logits(greedy[0].row)
+                if greedy[0].biases:
+                    row = row.copy()
+                    for ids, values in greedy[0].biases:
+                        row[ids] += values
+                picks[id(greedy[0])] = int(row.argmax())
             else:
                 table = ctx.all_logits()
                 rows = [j.out for j in greedy]
-                toks = (table if len(rows) == table.shape[0] else table[rows]).argmax(axis=1)
-                for j, t in zip(greedy, toks.tolist()):
+                biased = any(j.biases for j in greedy)
+                sub = table if len(rows) == table.shape[0] and not biased else table[rows]
+                for i, j in enumerate(greedy):
+                    for ids, values in j.biases or ():
+                        sub[i, ids] += values
+                for j, t in zip(greedy, sub.argmax(axis=1).tolist()):
                     picks[id(j)] = t
         n_ctx = self.n_ctx
         for job in outs:
