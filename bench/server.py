@@ -8,8 +8,11 @@ end-of-generation tokens banned through ``logit_bias`` so every request
 generates exactly ``max_tokens``), sent by 1, 8 and 32 concurrent clients. The
 servers run one at a time, alternating, ``--reps`` times; medians are reported.
 
-    python bench/server.py                   # small model, 3 reps
-    python bench/server.py --model tiny --reps 5 --requests 64 --max-tokens 64
+    python bench/server.py                   # small model, 3 reps, 1 thread
+    python bench/server.py --model tiny --reps 5 --requests 64 --max-tokens 64 --threads 4
+
+A last row runs the same load on the engine in-process (``LLM.submit``, no HTTP),
+which shows what the HTTP layer costs on top of the engine.
 
 ``llama-server`` is built from the vendored llama.cpp into ``bench/.build-server``
 with bench/run.py's ``build_native``. ``llama_cpp.server`` (llama-cpp-python) runs
@@ -39,6 +42,7 @@ sys.path.insert(0, str(HERE))
 from run import LCP_PYTHON, RESULTS, build_native, machine, make_models  # noqa: E402
 
 BUILD_SERVER = HERE / ".build-server"
+ENGINE = "engine, no HTTP"
 PROMPTS = [f"Request {i}: once upon a time, in a land far away, there lived a {w}"
            for i, w in enumerate(["king", "queen", "dragon", "farmer", "wizard", "knight", "cat", "fox"] * 16)]
 
@@ -56,7 +60,8 @@ class Proc:
                  health: str = "/health", timeout: float = 120.0) -> None:
         self.name, self.port = name, port
         self.url = f"http://127.0.0.1:{port}"
-        self.log = open(RESULTS / f".server-{name}.log", "wb")
+        BUILD_SERVER.mkdir(parents=True, exist_ok=True)
+        self.log = open(BUILD_SERVER / f"{name}.log", "wb")  # (ignored by git)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env or dict(os.environ))
         deadline = time.monotonic() + timeout
         while True:
@@ -93,7 +98,7 @@ def start(kind: str, model: Path, args: argparse.Namespace, bindir: Path | None)
     if kind == "llama-server":
         assert bindir is not None
         cmd = [str(bindir / "llama-server"), "-m", str(model), "--port", str(port), "-np", str(args.parallel),
-               "-ub", str(args.batch), "-tb", str(args.threads), "-kvu", "-fa", "off", "--no-webui", "-lv", "1",
+               "-ub", str(args.batch), "-tb", str(args.threads), "-kvu", "-fa", "off", "--no-webui",
                *common]
         return Proc(kind, cmd, port)
     import cortex_llama._lib
@@ -109,6 +114,16 @@ async def one(client: httpx.AsyncClient, url: str, prompt: str, args: argparse.N
     """(time to first token, total time, generated tokens) of one streamed request."""
     body = {"prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0, "stream": True,
             "logit_bias": ban, "stream_options": {"include_usage": True}}
+    for attempt in range(3):
+        try:
+            return await _one(client, url, body)
+        except httpx.RemoteProtocolError:  # a kept-alive connection the server had just closed
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> tuple[float, float, int]:
     t0 = time.perf_counter()
     ttft = None
     chunks = 0
@@ -154,6 +169,38 @@ async def load(url: str, clients: int, args: argparse.Namespace, ban: dict[str, 
             "ttft_p95_ms": 1000 * ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))]}
 
 
+def engine_load(llm: Any, clients: int, args: argparse.Namespace, ban: dict[int, float]) -> dict[str, float]:
+    """The same load on the engine in this process (``LLM.submit``, no HTTP):
+    what the server adds on top of it."""
+    from cortex_llama import GenerationParams
+
+    params = GenerationParams(temperature=0, max_tokens=args.max_tokens, logit_bias=ban)
+    prompts = list(reversed(PROMPTS[: args.requests]))
+    results: list[tuple[float, int]] = []
+
+    async def worker() -> None:
+        while prompts:
+            t0 = time.perf_counter()
+            ttft = None
+            req = llm.submit(prompts.pop(), params)
+            async for _ in req:
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
+            results.append((ttft or 0.0, len(req.tokens)))
+
+    async def run() -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        return time.perf_counter() - t0
+
+    wall = asyncio.run(run())
+    ttfts = sorted(r[0] for r in results)
+    tokens = sum(r[1] for r in results)
+    return {"req_s": len(results) / wall, "tok_s": tokens / wall, "tokens": tokens, "wall_s": wall,
+            "ttft_p50_ms": 1000 * statistics.median(ttfts),
+            "ttft_p95_ms": 1000 * ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))]}
+
+
 def lcp_available() -> bool:
     if not LCP_PYTHON.exists():
         return False
@@ -169,11 +216,13 @@ def main() -> int:
     ap.add_argument("--model", default="small", help="tiny, small or 1b (bench/run.py's models)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--requests", type=int, default=64, help="requests per measurement")
-    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--parallel", type=int, default=32, help="slots of both servers")
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads of both servers (1: on a small shared machine, spinning thread pools "
+                         "that lose their core dominate every number)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2, help="build jobs for llama-server")
     ap.add_argument("--no-native", action="store_true", help="measure cortex-llama only")
@@ -194,9 +243,23 @@ def main() -> int:
     with Model(model, vocab_only=True) as m:
         eog = [t for t in range(m.vocab.n_tokens) if m.vocab.is_eog(t)]
     ban = {str(t): -100.0 for t in eog}
+    kinds.append(ENGINE)
     runs: dict[str, dict[int, list[dict[str, float]]]] = {k: {c: [] for c in args.clients} for k in kinds}
     for rep in range(args.reps):
         for kind in kinds:
+            if kind == ENGINE:
+                from cortex_llama import LLM
+
+                with LLM(model, context_size=args.ctx, threads=args.threads, batch_size=args.batch,
+                         n_seq_max=args.parallel) as llm:
+                    engine_load(llm, 4, argparse.Namespace(**{**vars(args), "requests": 8}),
+                                {int(k): v for k, v in ban.items()})
+                    for c in args.clients:
+                        r = engine_load(llm, c, args, {int(k): v for k, v in ban.items()})
+                        runs[kind][c].append(r)
+                        print(f"rep {rep} {kind:16} clients {c:>3}: {r['req_s']:7.2f} req/s {r['tok_s']:9.1f} "
+                              f"tok/s TTFT p50 {r['ttft_p50_ms']:8.1f} ms p95 {r['ttft_p95_ms']:8.1f} ms", flush=True)
+                continue
             if kind == "llama_cpp.server" and rep:
                 continue  # one server at a time, serialized: one rep is enough to show it
             srv = start(kind, model, args, bindir)
@@ -224,7 +287,7 @@ def main() -> int:
                 continue
             r = med[k][c]
             ratio = ""
-            if "llama-server" in med and k != "llama-server":
+            if "llama-server" in med and k != "llama-server" and c in med["llama-server"]:
                 ratio = f"{r['tok_s'] / med['llama-server'][c]['tok_s']:.3f}"
             lines.append(f"| {k} | {c} | {r['req_s']:.2f} | {r['tok_s']:.1f} | {r['ttft_p50_ms']:.1f} | "
                          f"{r['ttft_p95_ms']:.1f} | {ratio} |")

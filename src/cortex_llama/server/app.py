@@ -106,6 +106,24 @@ def _error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
+class _Template:
+    """The SSE event of a model whose one text field varies, rendered once by
+    pydantic and then filled by string concatenation (same bytes, ~5x faster)."""
+
+    _MARK = "\x00cortex-llama-text\x00"
+
+    def __init__(self, model: Any) -> None:
+        event = _sse(model)
+        self.head, self.tail = event.split(json.dumps(self._MARK), 1)
+
+    @classmethod
+    def mark(cls) -> str:
+        return cls._MARK
+
+    def fill(self, text: str) -> str:
+        return self.head + json.dumps(text) + self.tail
+
+
 def _sse(obj: Any) -> str:
     if hasattr(obj, "model_dump_json"):
         return f"data: {obj.model_dump_json(exclude_unset=True)}\n\n"
@@ -134,11 +152,39 @@ async def _until_disconnect(raw: HTTPRequest, work: Awaitable[T]) -> T | None:
         task.cancel()
 
 
+async def _deltas(req: Request) -> AsyncIterator[str]:
+    """The request's text as it comes, with every delta already waiting joined into
+    one (so a loop that falls behind the engine sends fewer, larger chunks).
+    Leaving early cancels the request; its error is raised after its last text."""
+    event = asyncio.Event()
+    waker = (asyncio.get_running_loop(), event.set)
+    req.add_waker(waker)
+    i = 0
+    try:
+        while True:
+            event.clear()
+            done = req.done  # read first: a finished request has all its deltas
+            parts = []
+            while (d := req.next_delta(i, block=False)) is not None:
+                parts.append(d)
+                i += 1
+            if parts:
+                yield "".join(parts)
+            elif done:
+                return
+            else:
+                await event.wait()
+    finally:
+        req.remove_waker(waker)
+        if not req.done:
+            req.cancel()
+
+
 async def _merge(reqs: Sequence[Request]) -> AsyncIterator[tuple[int, str | None]]:
-    """(choice index, text delta) of several requests as they come; (i, None)
-    once request i has finished."""
+    """(choice index, text) of several requests as they come; (i, None) once
+    request i has finished."""
     if len(reqs) == 1:
-        async for d in reqs[0]:
+        async for d in _deltas(reqs[0]):
             yield 0, d
         yield 0, None
         return
@@ -146,7 +192,7 @@ async def _merge(reqs: Sequence[Request]) -> AsyncIterator[tuple[int, str | None
 
     async def pump(i: int, r: Request) -> None:
         try:
-            async for d in r:
+            async for d in _deltas(r):
                 queue.put_nowait((i, d))
             queue.put_nowait((i, None))
         except Exception as exc:  # noqa: BLE001 - handed to the consumer
@@ -507,8 +553,18 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
                                   usage=job.usage(results))
 
     async def stream_completion(job: _Job, rid: str, now: int, include_usage: bool) -> AsyncIterator[str]:
+        templates: dict[int, _Template] = {}
+
         def chunk(i: int, text: str, finish: str | None = None,
                   logprobs: CompletionLogprobs | None = None) -> str:
+            if finish is None and logprobs is None:
+                t = templates.get(i)
+                if t is None:
+                    t = templates[i] = _Template(CompletionResponse(
+                        id=rid, object="text_completion", created=now, model=model_id,
+                        choices=[CompletionChoice(index=i, text=_Template.mark(), finish_reason=None,
+                                                  logprobs=None)]))
+                return t.fill(text)
             return _sse(CompletionResponse(id=rid, object="text_completion", created=now, model=model_id,
                                            choices=[CompletionChoice(index=i, text=text, finish_reason=finish,
                                                                      logprobs=logprobs)]))
@@ -598,7 +654,7 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
             fmt = toolcalls.HERMES
         reqs = await submit(make, "messages", gparam)
         job = _Job(reqs, body.n, tools=names, tool_format=fmt,
-                   top_logprobs=body.top_logprobs if body.logprobs else None)
+                   top_logprobs=(body.top_logprobs or 0) if body.logprobs else None)
         rid, now = "chatcmpl-" + secrets.token_hex(12), int(time.time())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -625,6 +681,17 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
                                       usage=job.usage(results))
 
     async def stream_chat(job: _Job, rid: str, now: int, include_usage: bool) -> AsyncIterator[str]:
+        templates: dict[int, _Template] = {}
+
+        def content(i: int, text: str) -> str:
+            t = templates.get(i)
+            if t is None:
+                t = templates[i] = _Template(ChatCompletionChunk(
+                    id=rid, object="chat.completion.chunk", created=now, model=model_id,
+                    choices=[ChatChunkChoice(index=i, delta=ChatDelta(content=_Template.mark()),
+                                             finish_reason=None)]))
+            return t.fill(text)
+
         def chunk(i: int, delta: ChatDelta, finish: str | None = None,
                   logprobs: ChatLogprobs | None = None) -> str:
             choice = ChatChunkChoice(index=i, delta=delta, finish_reason=finish)
@@ -652,7 +719,8 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
             if delta is not None:
                 text = sp.feed(delta) if sp is not None else delta
                 if text:
-                    yield chunk(i, ChatDelta(content=text), logprobs=new_logprobs(i))
+                    lps = new_logprobs(i) if job.top_logprobs is not None else None
+                    yield chunk(i, ChatDelta(content=text), logprobs=lps) if lps else content(i, text)
                 continue
             c = await job.reqs[i].aresult()
             finish = _FINISH.get(c.finish_reason, c.finish_reason)
