@@ -7,7 +7,8 @@ inter-token latency, through threads and through asyncio, against native
     python3 bench/concurrency.py --streams 1 8 --tokens 64 --native
 
 Each row is the median of ``--reps`` runs (by generation tokens/s), interleaved
-with as many native runs (their median). Each of N streams gets its own random prompt of ``--prompt`` tokens and generates
+with as many native runs (their median); ``gen / native`` is the median of the
+ratios of each run to the native run just before it. Each of N streams gets its own random prompt of ``--prompt`` tokens and generates
 ``--tokens`` tokens greedily (end-of-generation banned), all submitted at once to
 an ``LLM`` with ``n_seq_max=N``. Aggregate tokens/s is all generated tokens over
 the wall time from the first submit to the last token (prefill included);
@@ -177,15 +178,23 @@ def main() -> int:
         natives: list[float] = []
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.modes}
         for _ in range(args.reps):  # interleaved: native, ours, native, ours, ...
-            if bindir is not None:
-                natives.append(run.native_batched(bindir, path, args.threads, n, args.prompt, args.tokens))
+            nat = (run.native_batched(bindir, path, args.threads, n, args.prompt, args.tokens)
+                   if bindir is not None else None)
+            if nat is not None:
+                natives.append(nat)
             for mode in args.modes:
-                runs[mode].append(measure(path, n, mode, args.prompt, args.tokens, args.threads))
+                r = measure(path, n, mode, args.prompt, args.tokens, args.threads)
+                # the ratio to the native run just before: the machine's speed swings
+                # between runs (shared cores), much less within one pair
+                r["ratio"] = r["gen_tok_s"] / nat if nat else None
+                runs[mode].append(r)
         native = float(np.median(natives)) if natives else None
         for mode in args.modes:
             ordered = sorted(runs[mode], key=lambda r: r["gen_tok_s"])
             row = ordered[len(ordered) // 2]  # the median run by generation tokens/s
             row["native_tg_tok_s"] = native
+            ratios = [r["ratio"] for r in runs[mode] if r["ratio"] is not None]
+            row["ratio"] = float(np.median(ratios)) if ratios else None
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -202,14 +211,14 @@ def main() -> int:
         f"{' '.join(f'{x:.1f}' for x in meta['load_average'])} (a shared machine: other jobs ran); "
         f"median of {args.reps} runs per row.",
         "",
-        "| streams | via | tok/s (wall) | gen tok/s | native tg tok/s | gen / native | TTFT p50 / p95 ms "
+        "| streams | via | tok/s (wall) | gen tok/s | native tg tok/s | gen / native (paired) | TTFT p50 / p95 ms "
         "| ITL p50 / p95 ms | tokens per decode |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         nat = r["native_tg_tok_s"]
         nat_s = "" if nat is None else f"{nat:.1f}"
-        ratio = "" if nat is None else f"{r['gen_tok_s'] / nat:.2f}"
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
         lines.append(
             f"| {r['streams']} | {r['mode']} | {r['tok_s']:.1f} | {r['gen_tok_s']:.1f} | "
             f"{nat_s} | {ratio} | "
