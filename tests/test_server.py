@@ -586,3 +586,55 @@ def test_sigterm_finishes_streams_then_exits_0(edge: Server) -> None:
     assert edge.proc.wait(timeout=30) == 0, edge.output()
     with pytest.raises(httpx.TransportError):
         httpx.get(edge.url + "/health", timeout=2)
+
+
+# -- images in chat (the server started with --mmproj) -----------------------------------
+def test_chat_with_an_image_part(models_dir: Path, tmp_path: Path, tiny_path: Path) -> None:
+    """An image_url data: URL through the openai client gives the greedy text that
+    LLM.chat gives in-process for the same image; a bad image, a remote URL and an
+    image sent to a server without a projector answer 400 naming messages."""
+    import numpy as np
+
+    from cortex_llama import LLM
+    from cortex_llama.multimodal import available
+    from cortex_llama.testmodel import make_test_model, make_test_projector
+
+    from .test_multimodal import png_bytes
+
+    if not available():
+        pytest.skip("this build has no libmtmd")
+    model = make_test_model(models_dir / "tiny-f16-srv.gguf", "tiny", dtype="f16")
+    mmproj = make_test_projector(models_dir / "tiny-mmproj-srv.gguf", "tiny")
+    rng = np.random.default_rng(5)
+    url = "data:image/png;base64," + base64.b64encode(
+        png_bytes(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8))).decode()
+    messages: list[dict[str, Any]] = [{"role": "user", "content": [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": url}}]}]
+    with LLM(model, mmproj=mmproj, context_size=1024, threads=2) as llm:
+        want = llm.chat(messages, max_tokens=12, temperature=0).text
+    srv = Server(model, tmp_path / "vision.log", "--mmproj", str(mmproj), "-c", "1024")
+    try:
+        model_id = srv.client().models.list().data[0].id
+        got = srv.client().chat.completions.create(model=model_id, messages=messages, max_tokens=12,
+                                                   temperature=0)
+        assert got.choices[0].message.content == want
+        assert got.usage.prompt_tokens > 16  # the image's embeddings count as prompt tokens
+        bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {
+            "url": "data:image/png;base64," + base64.b64encode(b"not a png").decode()}}]}]
+        remote = [{"role": "user", "content": [{"type": "image_url", "image_url": {
+            "url": "http://127.0.0.1:1/cat.png"}}]}]
+        for msgs in (bad, remote):
+            r = srv.post("/v1/chat/completions", {"model": model_id, "messages": msgs, "max_tokens": 4})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["param"] == "messages"
+        assert srv.get("/health").status_code == 200
+    finally:
+        srv.stop()
+    plain = Server(tiny_path, tmp_path / "plain.log")
+    try:
+        r = plain.post("/v1/chat/completions", {"model": plain.client().models.list().data[0].id,
+                                                 "messages": messages, "max_tokens": 4})
+        assert r.status_code == 400 and "mmproj" in r.text, r.text
+    finally:
+        plain.stop()

@@ -82,6 +82,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"llama.cpp        {info['llama_cpp_commit']}")
     print(f"library          {info['library_dir']} (commit {info['library_commit']})")
     print(f"build options    {', '.join(info['build_options']) or '(defaults)'}")
+    print(f"patches          {', '.join(info['patches']) or '(none)'}")
+    acc = info["cpu_acceleration"]
+    amx = ("in use" if acc["amx_in_use"] else
+           "not used: " + ("this CPU has none" if not acc["amx_cpu"] else
+                           "built without it (-DCORTEX_LLAMA_AMX=ON to enable)"))
+    print(f"cpu AMX          {amx}")
+    print(f"weight repacking {'yes (CPU_REPACK, with use_extra_bufts=True)' if acc['repack'] else 'no'}; "
+          f"extra buffer types: {', '.join(acc['extra_buffer_types']) or '(none)'}")
     print(f"system           {info['system_info']}")
     print(f"backends         {', '.join(info['backends'])}")
     print("devices")
@@ -302,14 +310,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_rpc_server(args: argparse.Namespace) -> int:
-    from . import rpc
-
-    if not rpc.is_loopback(args.host):
-        print(f"cortex-llama: WARNING: listening on {args.host}, not loopback. The RPC protocol "
-              "has no authentication or encryption: anyone who reaches this port can use this "
-              "machine's devices and memory. Expose it on trusted networks only.", file=sys.stderr)
-    devices = [d for d in args.device.split(",") if d] if args.device else None
 def cmd_pull(args: argparse.Namespace) -> int:
     from . import registry
 
@@ -343,6 +343,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rpc_server(args: argparse.Namespace) -> int:
+    from . import rpc
+
+    if not rpc.is_loopback(args.host):
+        print(f"cortex-llama: WARNING: listening on {args.host}, not loopback. The RPC protocol "
+              "has no authentication or encryption: anyone who reaches this port can use this "
+              "machine's devices and memory. Expose it on trusted networks only.", file=sys.stderr)
+    devices = [d for d in args.device.split(",") if d] if args.device else None
     rpc.serve(args.host, args.port, devices=devices, threads=args.threads, cache_dir=args.cache_dir)
     return 0
 
@@ -364,7 +372,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with LLM(args.model, context_size=args.ctx_size, threads=args.threads, gpu_layers=args.gpu_layers,
              batch_size=args.batch_size, seed=args.seed, chat_template=template, n_seq_max=args.parallel,
              embeddings=args.embeddings, max_queue=args.max_queue, rpc_servers=rpc_servers,
-             progress=_progress()) as llm:
+             mmproj=args.mmproj, progress=_progress()) as llm:
         serve(llm, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("CORTEX_LLAMA_API_KEY"),
               model_alias=args.model_alias, max_body_bytes=args.max_body, log_level=args.log_level,
               shutdown_timeout=args.shutdown_timeout)
@@ -446,14 +454,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=2)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("rpc-server", help="serve this machine's devices to llama.cpp RPC clients "
-                                          "(no authentication: trusted networks only)")
-    p.add_argument("-H", "--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    p.add_argument("-p", "--port", type=int, default=50052)
-    p.add_argument("-d", "--device", default=None, help="comma-separated device names "
-                   "(default: the GPUs, else the CPU)")
-    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: half the cores)")
-    p.add_argument("--cache-dir", default=None, help="cache large tensors here by hash")
     p = sub.add_parser("pull", help="download registry models into the cache (see `models`)")
     p.add_argument("name", nargs="+", help="a registry name, e.g. smollm2-135m-instruct")
     p.add_argument("--force", action="store_true", help="download again even when cached")
@@ -463,6 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("rpc-server", help="serve this machine's devices to llama.cpp RPC clients "
+                                          "(no authentication: trusted networks only)")
+    p.add_argument("-H", "--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    p.add_argument("-p", "--port", type=int, default=50052)
+    p.add_argument("-d", "--device", default=None, help="comma-separated device names "
+                   "(default: the GPUs, else the CPU)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: half the cores)")
+    p.add_argument("--cache-dir", default=None, help="cache large tensors here by hash")
     p.set_defaults(func=cmd_rpc_server)
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (pip install 'cortex-llama[server]')")
     _model_args(p, generation=False)
@@ -474,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-alias", default=None, help="the model id clients see and send")
     p.add_argument("--chat-template-file", default=None, help="a file holding a Jinja chat template")
     p.add_argument("--embeddings", action="store_true", help="enable /v1/embeddings")
+    p.add_argument("--mmproj", default=None,
+                   help="a multimodal projector GGUF: image_url / input_audio parts in chat messages")
     p.add_argument("--max-queue", type=int, default=None, help="waiting requests before 503 (default: no limit)")
     p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="request body limit in bytes")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

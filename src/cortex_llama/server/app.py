@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as HTTPRequest
 
 from ..chat import CHATML
+from ..errors import MediaError
 from ..llm import LLM, Completion, GenerationParams
 from . import tools as toolcalls
 from .errors import APIError, from_exception
@@ -242,6 +243,13 @@ class _Job:
 # ---------------------------------------------------------------------------
 # the app
 # ---------------------------------------------------------------------------
+def _choice_params(params: GenerationParams, n: int) -> list[GenerationParams]:
+    """The parameters of ``n`` choices: choice j is seeded ``seed + j`` when a seed is given."""
+    if params.seed is None:
+        return [params] * n
+    return [dataclasses.replace(params, seed=(params.seed + j) % 2**32) for j in range(n)]
+
+
 def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY, title: str = "cortex-llama") -> FastAPI:
     """A FastAPI app serving ``llm`` with OpenAI's API (mount it in your own app or
@@ -371,11 +379,26 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
         reqs: list[Request] = []
         try:
             for prompt in prompts:
-                for j in range(n):
-                    p = params
-                    if j and params.seed is not None:
-                        p = dataclasses.replace(params, seed=(params.seed + j) % 2**32)
+                for p in _choice_params(params, n):
                     reqs.append(llm.submit(prompt, p))
+        except BaseException:
+            _cancel_all(reqs)
+            raise
+        return reqs
+
+    def submit_media(messages: list[dict[str, Any]], n: int, params: GenerationParams) -> list[Request]:
+        """``n`` requests for a conversation with image/audio parts (choice j seeded seed+j)."""
+        reqs: list[Request] = []
+        try:
+            for p in _choice_params(params, n):
+                reqs.append(llm.submit_chat(messages, p))
+        except MediaError as exc:
+            _cancel_all(reqs)
+            raise APIError(400, str(exc), param="messages", code="invalid_media") from None
+        except FileNotFoundError as exc:
+            _cancel_all(reqs)
+            raise APIError(400, f"image file not found: {exc.filename}", param="messages",
+                           code="invalid_media") from None
         except BaseException:
             _cancel_all(reqs)
             raise
@@ -633,10 +656,14 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
                 except Exception as exc:  # noqa: BLE001
                     raise from_exception(exc, grammar_param="tools") from None
         msgs_in = [m.model_dump(exclude_none=True) for m in body.messages]
+        media = any(m.has_media() for m in body.messages)
         for m, src in zip(msgs_in, body.messages):
-            m["content"] = src.text() if src.content is not None else None
+            m["content"] = (src.parts() if media else src.text()) if src.content is not None else None
         native_tools = "tools" in template
         n_ctx = llm.config.context_size
+        if media and use_tools and native_tools:
+            raise APIError(400, "tools cannot be combined with image or audio parts with this model's "
+                                "template", param="tools", code="invalid_value")
 
         def make() -> list[Request]:
             try:
@@ -645,9 +672,12 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
                     msgs = toolcalls.inline_tools(msgs, tool_specs or [])
             except ValueError as exc:
                 raise APIError(400, str(exc), param="messages", code="invalid_value") from None
+            top = (body.top_logprobs or 0) if body.logprobs else None
+            if media:
+                params = gen_params(body, max_tokens or max(1, n_ctx // 2), top, grammar, schema)
+                return submit_media(msgs, body.n, params)
             toks = llm.chat_tokens(msgs, tools=tool_specs if native_tools else None)
-            params = gen_params(body, max_tokens or max(1, n_ctx - len(toks)),
-                                (body.top_logprobs or 0) if body.logprobs else None, grammar, schema)
+            params = gen_params(body, max_tokens or max(1, n_ctx - len(toks)), top, grammar, schema)
             return submit_each([toks], body.n, params)
 
         if use_tools and not native_tools:

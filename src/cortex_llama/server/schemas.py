@@ -13,7 +13,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
-    "CompletionRequest", "ChatCompletionRequest", "ChatMessage", "ContentPart", "ToolSpec", "FunctionSpec",
+    "CompletionRequest", "ChatCompletionRequest", "ChatMessage", "ContentPart", "ImageURL", "InputAudio", "ToolSpec", "FunctionSpec",
     "NamedToolChoice", "ResponseFormat", "JSONSchemaFormat", "StreamOptions", "EmbeddingRequest",
     "TokenizeRequest", "DetokenizeRequest",
     "ModelCard", "ModelList", "Usage", "PromptTokensDetails", "CompletionLogprobs", "CompletionChoice",
@@ -124,16 +124,29 @@ class CompletionRequest(_Sampling):
 # ---------------------------------------------------------------------------
 # /v1/chat/completions
 # ---------------------------------------------------------------------------
+class ImageURL(_Request):
+    url: str = Field(min_length=1)  # a data: URL (base64 image) or a path on the server's disk
+    detail: str | None = None  # accepted, not used
+
+
+class InputAudio(_Request):
+    data: str = Field(min_length=1)  # base64
+    format: str = "wav"
+
+
 class ContentPart(_Request):
-    type: str
+    """A part of a message's content: ``text``, ``image_url`` or ``input_audio``
+    (media need a server started with ``--mmproj``)."""
+
+    type: Literal["text", "image_url", "input_audio"]
     text: str | None = None
+    image_url: ImageURL | None = None
+    input_audio: InputAudio | None = None
 
     @model_validator(mode="after")
-    def _text_only(self) -> ContentPart:
-        if self.type != "text":
-            raise ValueError(f"content part type {self.type!r} is not supported (only 'text')")
-        if self.text is None:
-            raise ValueError("a content part of type 'text' needs 'text'")
+    def _has_payload(self) -> ContentPart:
+        if getattr(self, self.type) is None:
+            raise ValueError(f"a content part of type {self.type!r} needs {self.type!r}")
         return self
 
 
@@ -178,11 +191,21 @@ class ChatMessage(_Request):
         return self
 
     def text(self) -> str:
+        """The message's text (the text parts of a list, joined)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text or "" for p in self.content)
+
+    def has_media(self) -> bool:
+        return isinstance(self.content, list) and any(p.type != "text" for p in self.content)
+
+    def parts(self) -> list[dict[str, Any]]:
+        """The content as OpenAI-style part dicts (for :meth:`LLM.submit_chat`)."""
+        if not isinstance(self.content, list):
+            return [{"type": "text", "text": self.text()}]
+        return [p.model_dump(exclude_none=True) for p in self.content]
 
 
 class FunctionSpec(_Request):
