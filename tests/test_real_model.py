@@ -24,6 +24,9 @@ from .helpers import generate
 pytestmark = pytest.mark.real
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+# One thread: the same tokens as more threads (each dot product is one thread's), and no
+# spin-waiting threadpool to stall when CI's cores are shared
+THREADS = 1
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 # The C side of the native checks: "tok" prints the tokens of every text of a
@@ -72,12 +75,14 @@ int main(int argc, char ** argv) {
             free(s);
         }
         fclose(f);
-    } else {  /* greedy: argv[4] prompt (special tokens parsed), argv[5] n_predict, argv[6] threads */
+    } else {  /* greedy: argv[4] prompt (special tokens parsed), argv[5] n_predict, argv[6] threads,
+                 argv[7] flash attention 0/1 */
         const char * prompt = argv[4];
         int n_predict = atoi(argv[5]), n_threads = atoi(argv[6]), n;
         llama_token * toks = tokenize(vocab, prompt, (int) strlen(prompt), 1, &n);
         struct llama_context_params cp = llama_context_default_params();
         cp.n_ctx = 1024; cp.n_batch = 512; cp.n_threads = n_threads; cp.n_threads_batch = n_threads;
+        cp.flash_attn_type = atoi(argv[7]) ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
         struct llama_context * ctx = llama_init_from_model(model, cp);
         struct llama_sampler * smpl = llama_sampler_chain_init(llama_sampler_chain_default_params());
         llama_sampler_chain_add(smpl, llama_sampler_init_greedy());
@@ -142,7 +147,9 @@ def run_native(exe: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def llm(real_model_path: Path):
-    with LLM(real_model_path, context_size=4096, threads=2, n_seq_max=10) as m:
+    # flash attention off, as the C program of the greedy check runs it (llama.cpp's own
+    # default, "auto", turns it on for the CPU; the two differ at near-ties)
+    with LLM(real_model_path, context_size=4096, threads=THREADS, n_seq_max=10, flash_attn=False) as m:
         yield m
 
 
@@ -257,15 +264,19 @@ PARITY_PROMPTS = {
 @pytest.mark.parametrize("kind", PARITY_PROMPTS)
 def test_greedy_equals_native(llm: LLM, native: Path, real_model_path: Path, kind: str) -> None:
     prompt, n = PARITY_PROMPTS[kind], 48
-    expected = [int(t) for t in run_native(native, "greedy", str(real_model_path), prompt, str(n),
-                                           "2").split()]
     model = llm.model
     toks = model.tokenize(prompt, parse_special=True)
-    # the object layer, driven like the C program
-    with Model(real_model_path) as m, Context(m, n_ctx=1024, n_batch=512, n_threads=2) as ctx:
-        assert generate(ctx, SamplerChain([Sampler.greedy()]), toks, n) == expected
-    # LLM.complete stops at the first end-of-generation token
-    c = llm.complete(toks.tolist(), temperature=0, max_tokens=n)
+    # the object layer, driven like the C program, with flash attention on and off
+    for fa in (True, False):
+        expected = [int(t) for t in run_native(native, "greedy", str(real_model_path), prompt, str(n),
+                                               str(THREADS), str(int(fa))).split()]
+        with Context(model, n_ctx=1024, n_batch=512, n_threads=THREADS, flash_attn=fa) as ctx:
+            assert generate(ctx, SamplerChain([Sampler.greedy()]), toks, n) == expected, fa
+    # LLM.complete (flash attention off) stops at the first end-of-generation token. A fresh
+    # LLM: where a request's cells land in the shared KV cache depends on the requests before
+    # it, and that changes the float sums enough to flip this model's near-ties
+    with LLM(real_model_path, context_size=1024, threads=THREADS, flash_attn=False) as fresh:
+        c = fresh.complete(toks.tolist(), temperature=0, max_tokens=n)
     assert c.tokens == expected[:len(c.tokens)]
     if c.finish_reason == "end-of-generation":
         assert model.vocab.is_eog(expected[len(c.tokens)])
@@ -305,27 +316,27 @@ def test_is_even_chat_writes_working_code(llm: LLM, tmp_path: Path) -> None:
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 24},
+        "name": {"type": "string", "minLength": 1, "maxLength": 16},
         "age": {"type": "integer"},
         "height_m": {"type": "number"},
         "role": {"enum": ["engineer", "doctor", "artist", "teacher"]},
         "active": {"type": "boolean"},
         "address": {
             "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 20},
+            "properties": {"city": {"type": "string", "maxLength": 16},
                            "country": {"enum": ["FR", "JP", "US", "BR"]},
-                           "zip": {"type": "string", "maxLength": 8}},
+                           "zip": {"type": "string", "maxLength": 6}},
             "required": ["city", "country"],
         },
         "skills": {
-            "type": "array", "minItems": 1, "maxItems": 3,
+            "type": "array", "minItems": 1, "maxItems": 2,
             "items": {"type": "object",
-                      "properties": {"skill": {"type": "string", "maxLength": 16},
+                      "properties": {"skill": {"type": "string", "maxLength": 12},
                                      "level": {"enum": ["low", "mid", "high"]},
                                      "years": {"type": "number"}},
                       "required": ["skill", "level"]},
         },
-        "scores": {"type": "array", "items": {"type": "integer"}, "maxItems": 4},
+        "scores": {"type": "array", "items": {"type": "integer"}, "maxItems": 3},
     },
     "required": ["name", "age", "role", "address", "skills"],
 }
@@ -336,7 +347,7 @@ def test_json_schema_output_validates_at_temperature(llm: LLM) -> None:
     msgs = [{"role": "user", "content": "Describe a fictional person as JSON with a name, age, "
                                         "role, address and skills."}]
     # 20 requests decoded together; request i samples with seed 100 + i
-    outs = llm.generate([llm.chat_tokens(msgs)] * 20, temperature=0.8, seed=100, max_tokens=600,
+    outs = llm.generate([llm.chat_tokens(msgs)] * 20, temperature=0.8, seed=100, max_tokens=400,
                         json_schema=SCHEMA)
     assert len({c.text for c in outs}) > 10  # the seeds differ
     for i, c in enumerate(outs):
@@ -348,7 +359,8 @@ def test_json_schema_output_validates_at_temperature(llm: LLM) -> None:
 # the demo
 # ---------------------------------------------------------------------------
 def test_demo_answers_from_the_real_model(real_model_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "cortex_llama", "demo"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "cortex_llama", "demo", "-t", str(THREADS)], capture_output=True,
+                         text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert "model: smollm2-135m-instruct" in out.stdout and "random-weight" not in out.stdout
