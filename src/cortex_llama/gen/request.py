@@ -131,7 +131,9 @@ class Request:
         self._error: BaseException | None = None
         self._cancel = False
         self._cond = threading.Condition(threading.Lock())
-        self._wakers: list[Waker] = []
+        self._ended = threading.Event()  # result() waits on this alone: no wake-up per token
+        self._wakers: list[Waker] = []  # woken at every delta and at the end
+        self._end_wakers: list[Waker] = []  # woken at the end only (aresult)
         self._completion: Completion | None = None
 
     def __repr__(self) -> str:
@@ -169,9 +171,8 @@ class Request:
         the request's own error (e.g. :class:`ClosedError` after ``LLM.close()``,
         a PySampler's exception, a :class:`GrammarError`).
         """
-        with self._cond:
-            if not self._cond.wait_for(lambda: self.done, timeout):
-                raise TimeoutError(f"request {self.id} did not finish within {timeout} s")
+        if not self._ended.wait(timeout):
+            raise TimeoutError(f"request {self.id} did not finish within {timeout} s")
         return self._outcome()
 
     async def aresult(self) -> Completion:
@@ -180,7 +181,7 @@ class Request:
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
         waker = (loop, event.set)
-        self.add_waker(waker)
+        self.add_waker(waker, deltas=False)
         try:
             while not self.done:
                 event.clear()
@@ -222,19 +223,22 @@ class Request:
                 raise self._error
             return None
 
-    def add_waker(self, waker: Waker) -> None:
+    def add_waker(self, waker: Waker, deltas: bool = True) -> None:
+        """Call ``waker``'s function in its event loop (``call_soon_threadsafe``) at
+        every new delta and at the end, or (``deltas=False``) at the end only."""
         with self._cond:
-            self._wakers.append(waker)
+            (self._wakers if deltas else self._end_wakers).append(waker)
 
     def remove_waker(self, waker: Waker) -> None:
         with self._cond:
-            if waker in self._wakers:
-                self._wakers.remove(waker)
+            for wakers in (self._wakers, self._end_wakers):
+                if waker in wakers:
+                    wakers.remove(waker)
 
-    def _notify(self) -> None:
+    def _notify(self, end: bool = False) -> None:
         # under self._cond
         self._cond.notify_all()
-        for loop, wake in self._wakers:
+        for loop, wake in (self._wakers + self._end_wakers) if end else self._wakers:
             try:
                 loop.call_soon_threadsafe(wake)
             except RuntimeError:  # that loop is closed: nobody waits there any more
@@ -310,7 +314,8 @@ class Request:
             self._completion = Completion(
                 text="".join(self._parts), tokens=list(self.tokens), finish_reason=reason,
                 usage=self.usage, timings=self.timings, logprobs=self.logprobs)
-            self._notify()
+            self._ended.set()
+            self._notify(end=True)
 
     def fail(self, exc: BaseException) -> None:
         """End with an error that :meth:`result` and the iterators re-raise."""
@@ -319,7 +324,8 @@ class Request:
         self.usage.completion_tokens = len(self.tokens)
         with self._cond:
             self._error = exc
-            self._notify()
+            self._ended.set()
+            self._notify(end=True)
 
 
 class TextStream(Iterator[str]):
