@@ -15,7 +15,6 @@ from cortex_llama import LLM, Model, ModelLoadError, RegistryError, registry
 
 NAME = "smollm2-135m-instruct"
 ENTRY = registry.MODELS[NAME]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture()
@@ -99,7 +98,7 @@ def test_wrong_files_in_the_cache_are_refused(cache: Path) -> None:
 
 
 def test_cli_no_network(cache: Path, offline: None) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = dict(os.environ)
     out = subprocess.run([sys.executable, "-m", "cortex_llama", "pull", NAME], capture_output=True,
                          text=True, env=env, timeout=120)
     assert out.returncode == 1 and "copy it to" in out.stderr and "Traceback" not in out.stderr
@@ -109,7 +108,7 @@ def test_cli_no_network(cache: Path, offline: None) -> None:
 
 
 def test_demo_falls_back_to_a_random_model_offline(cache: Path, offline: None) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = dict(os.environ)
     out = subprocess.run([sys.executable, "-m", "cortex_llama", "demo"], capture_output=True, text=True,
                          env=env, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -158,7 +157,7 @@ def _hub_cache(root: Path, repo_id: str, filename: str, src: Path) -> None:
 
 
 def _run_hub(code: str, hub_cache: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
            "HF_HUB_CACHE": str(hub_cache), **extra_env}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           timeout=120)
@@ -178,13 +177,17 @@ def test_from_hub_offline_against_a_local_hub_cache(tmp_path: Path, tiny_path: P
         "except registry.RegistryError as e: print('ERR', e)\n"
         "try:\n"
         "    registry.from_hub('some-org/absent', 'x.gguf')\n"
-        "except registry.RegistryError as e: print('ERR', e)\n", hub)
+        "except registry.RegistryError as e: print('ERR', e)\n"
+        "from cortex_llama import LLM\n"
+        "with LLM.from_pretrained('some-org/tiny-GGUF', 'tiny.Q8_0.gguf', context_size=128, threads=1) as llm:\n"
+        "    print(len(llm.complete('hi', max_tokens=3, temperature=0).tokens))\n", hub)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == str(hub / "models--some-org--tiny-GGUF" / "snapshots" / REV / "tiny.Q8_0.gguf")
     assert int(lines[1]) > 0
     assert lines[2].startswith("ERR cannot get 'other.gguf'") and "HF_HUB_OFFLINE" in lines[2]
     assert lines[3].startswith("ERR cannot get 'x.gguf' from the Hugging Face repository 'some-org/absent'")
+    assert int(lines[4]) >= 1  # LLM.from_pretrained loaded it and generated
 
 
 def test_from_hub_without_huggingface_hub(tmp_path: Path) -> None:

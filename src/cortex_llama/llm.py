@@ -38,6 +38,7 @@ import numpy as np
 
 from . import chat as chat_templates
 from . import content as media_content
+from . import registry
 from .context import Context
 from .embed import Embedder, disabled
 from .errors import ClosedError, MediaError, QueueFullError
@@ -92,6 +93,23 @@ class LLM:
         self._finalizer: weakref.finalize | None = None
         if load:
             self.load()
+
+    @classmethod
+    def from_pretrained(cls, repo_id: str, filename: str, *, revision: str | None = None,
+                        cache_dir: str | os.PathLike[str] | None = None,
+                        hub_options: Mapping[str, Any] | None = None, **overrides: Any) -> LLM:
+        """An LLM on ``filename`` of the Hugging Face repository ``repo_id``, fetched
+        (or found in the Hub's cache) by ``huggingface_hub``; ``overrides`` are
+        ``ModelConfig`` fields, ``hub_options`` more arguments of ``hf_hub_download``
+        (``token``, ``local_files_only``, ...).
+
+        Raises :class:`RegistryError` without ``huggingface_hub``
+        (``pip install 'cortex-llama[hf]'``) or when the file cannot be had, and
+        what :class:`LLM` raises for the file.
+        """
+        path = registry.from_hub(repo_id, filename, revision=revision, cache_dir=cache_dir,
+                                 **dict(hub_options or {}))
+        return cls(path, **overrides)
 
     # -- the Model trait ---------------------------------------------------------
     @property
