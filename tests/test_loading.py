@@ -98,7 +98,7 @@ def test_info_command() -> None:
         assert info["llama_cpp_commit"] == LLAMA_CPP_COMMIT
         assert info["cortex_llama"] == cortex_llama.__version__
         assert any(d["type"] == "cpu" for d in info["devices"])
-        assert set(info["supports"]) == {"gpu_offload", "mmap", "mlock", "rpc"}
+        assert set(info["supports"]) == {"gpu_offload", "mmap", "mlock", "rpc", "multimodal"}
         assert "CPU" in info["system_info"]
     text = subprocess.run([sys.executable, "-m", "cortex_llama", "info"], capture_output=True,
                           text=True, check=True).stdout
