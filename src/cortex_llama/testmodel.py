@@ -15,7 +15,7 @@ import itertools
 import string
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -199,12 +199,7 @@ def make_test_model(
     if chat_template is not None:
         writer.add_chat_template(chat_template)
 
-    for name, array in _tensors(spec).items():
-        writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _write(writer, _tensors(spec))
     return path
 
 
@@ -245,17 +240,15 @@ def make_test_lora(
     writer.add_string("general.type", "adapter")
     writer.add_string("adapter.type", "lora")
     writer.add_float32("adapter.lora.alpha", float(alpha))
+    tensors: dict[str, np.ndarray] = {}
     for i in range(spec.n_layer):
         for t in targets:
             n_out, n_in = shapes[t]
             a = (rng.standard_normal((rank, n_in), dtype=np.float32) * scale / np.sqrt(n_in))
             b = (rng.standard_normal((n_out, rank), dtype=np.float32) * scale)
-            writer.add_tensor(f"blk.{i}.{t}.weight.lora_a", a.astype(np.float32))
-            writer.add_tensor(f"blk.{i}.{t}.weight.lora_b", b.astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+            tensors[f"blk.{i}.{t}.weight.lora_a"] = a.astype(np.float32)
+            tensors[f"blk.{i}.{t}.weight.lora_b"] = b.astype(np.float32)
+    _write(writer, tensors)
     return path
 
 
@@ -359,12 +352,7 @@ def make_test_projector(
     writer.add_uint32("clip.vision.projection_dim", out_dim)
     writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
     writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
-    for name, array in tensors.items():
-        writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _write(writer, tensors)
     return path
 
 
@@ -453,10 +441,15 @@ def make_test_audio_projector(
     writer.add_uint32("clip.audio.projection_dim", spec.n_embd)
     writer.add_uint32("clip.audio.num_mel_bins", n_mel)
     writer.add_uint32("clip.audio.projector.stack_factor", stack_factor)
+    _write(writer, tensors)
+    return path
+
+
+def _write(writer: Any, tensors: Mapping[str, np.ndarray]) -> None:
+    """Add ``tensors`` to the gguf ``writer`` and write the file."""
     for name, array in tensors.items():
         writer.add_tensor(name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
