@@ -176,8 +176,8 @@ def main() -> int:
     results = []
     t_start = time.perf_counter()
     with LLM(args.model, context_size=2048, threads=args.threads) as llm:
-        model_name = llm.name
-        model_desc = f"{model_name} ({Path(llm.model.path).name}, {llm.model.desc})"
+        model_name = Path(llm.model.path).stem
+        model_desc = f"{model_name} ({args.model}; GGUF name {llm.name!r}, {llm.model.desc})"
         for task in TASKS:
             question = (f"Write a Python function {task.ask}. Reply with the code in one ```python "
                         "code block.")

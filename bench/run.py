@@ -25,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -318,6 +319,25 @@ class Lcp:
         self.proc.wait(timeout=60)
 
 
+def in_thread(fn):
+    """``fn()`` in a new thread that ends with it (and takes its OpenMP team along)."""
+    out: list = []
+
+    def body() -> None:
+        try:
+            out.append((True, fn()))
+        except BaseException as exc:  # re-raised in the caller
+            out.append((False, exc))
+
+    th = threading.Thread(target=body)
+    th.start()
+    th.join()
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
+
+
 def interleaved(reps: int, native, ours) -> tuple[float, float]:
     n, o = [], []
     for _ in range(reps):
@@ -371,45 +391,58 @@ def main() -> int:
 
     for name, path in paths.items():
         t = args.threads
-        ours, high = Ours(path, t), High(path, t, n_seq=max(args.batched + [1]))
         nat_pp = lambda: native_bench(bindir, path, t, 512, 0)  # noqa: E731
         nat_tg = lambda: native_bench(bindir, path, t, 0, 128)  # noqa: E731
+        batched = [(npl, 128, 32 if name == "1b" else 128) for npl in args.batched]
+        reps_b = max(3, args.reps // 2)
+        # One decoding thread at a time: libggml's OpenMP keeps a thread team per thread
+        # that decodes, and once two teams outnumber the cores every team spins less and
+        # sleeps more (about 0.6x here). So the object layer runs first, each call in a
+        # thread of its own that ends with it, and the LLM (whose engine thread decodes)
+        # is loaded only after.
+        ours = Ours(path, t)
         for test, layer, nat, our in [
             ("pp512", "objects", nat_pp, lambda: ours.pp(512)),
-            ("pp512", "LLM.complete", nat_pp, lambda: high.pp(512)),
             ("tg128", "objects", nat_tg, lambda: ours.tg(128)),
             ("tg128", "objects+greedy", nat_tg, lambda: ours.tg(128, sample=True)),
-            ("tg128", "LLM.complete", nat_tg, lambda: high.tg_complete(128)),
-            ("tg128", "LLM.stream", nat_tg, lambda: high.tg_stream(128)),
         ]:
-            record(name, test, layer, *interleaved(args.reps, nat, our))
+            record(name, test, layer, *interleaved(args.reps, nat, lambda: in_thread(our)))
+        for npl, pp, tg in batched:
+            nat = lambda: native_batched(bindir, path, t, npl, pp, tg)  # noqa: E731
+            record(name, f"batched x{npl}", "objects",
+                   *interleaved(reps_b, nat, lambda: in_thread(lambda: ours.batched(npl, pp, tg))))
+        n_params = ours.model.n_params
+        ours.close()
+
+        high = High(path, t, n_seq=max(args.batched + [1]))
         lcp = None
         if name in REAL and args.lcp_python != "none" and Path(args.lcp_python).exists():
-            lcp = Lcp(Path(args.lcp_python), path, t)
+            lcp = Lcp(Path(args.lcp_python), path, t)  # its own process
             extras.setdefault(name, {}).update({"lcp_load_s": lcp.load_s, "lcp_version": lcp.version})
+        high_rows = [
+            ("pp512", "LLM.complete", nat_pp, lambda: high.pp(512)),
+            ("tg128", "LLM.complete", nat_tg, lambda: high.tg_complete(128)),
+            ("tg128", "LLM.stream", nat_tg, lambda: high.tg_stream(128)),
+        ]
         if name in REAL:
             # wall clock through each high-level API, the same prompts on both
-            rows_lcp = [("pp512 wall", "LLM.complete", nat_pp, lambda: high.pp_wall(512)),
-                        ("tg128 text", "LLM.complete", nat_tg, lambda: high.tg_text(128, False)),
-                        ("tg128 text", "LLM.stream", nat_tg, lambda: high.tg_text(128, True))]
-            if lcp is not None:
-                rows_lcp += [("pp512 wall", "llama-cpp-python", nat_pp, lambda: lcp.pp(512)),
-                             ("tg128 text", "llama-cpp-python", nat_tg, lambda: lcp.tg(128, False)),
-                             ("tg128 text", "llama-cpp-python stream", nat_tg, lambda: lcp.tg(128, True))]
-            for test, layer, nat, our in rows_lcp:
-                record(name, test, layer, *interleaved(args.reps, nat, our))
-        for npl in args.batched:
-            pp, tg = 128, 32 if name == "1b" else 128
+            high_rows += [("pp512 wall", "LLM.complete", nat_pp, lambda: high.pp_wall(512)),
+                          ("tg128 text", "LLM.complete", nat_tg, lambda: high.tg_text(128, False)),
+                          ("tg128 text", "LLM.stream", nat_tg, lambda: high.tg_text(128, True))]
+        if lcp is not None:
+            high_rows += [("pp512 wall", "llama-cpp-python", nat_pp, lambda: lcp.pp(512)),
+                          ("tg128 text", "llama-cpp-python", nat_tg, lambda: lcp.tg(128, False)),
+                          ("tg128 text", "llama-cpp-python stream", nat_tg, lambda: lcp.tg(128, True))]
+        for test, layer, nat, our in high_rows:
+            record(name, test, layer, *interleaved(args.reps, nat, our))
+        for npl, pp, tg in batched:
             nat = lambda: native_batched(bindir, path, t, npl, pp, tg)  # noqa: E731
-            reps = max(3, args.reps // 2)
-            record(name, f"batched x{npl}", "objects", *interleaved(reps, nat, lambda: ours.batched(npl, pp, tg)))
             record(name, f"batched x{npl}", "LLM.generate",
-                   *interleaved(reps, nat, lambda: high.generate(npl, pp, tg)))
+                   *interleaved(reps_b, nat, lambda: high.generate(npl, pp, tg)))
         extras.setdefault(name, {}).update({"load_s": high.load_s, "embed_texts_per_s": high.embed_tps(),
-                        "file_mib": path.stat().st_size / 2**20, "n_params": ours.model.n_params})
+                                            "file_mib": path.stat().st_size / 2**20, "n_params": n_params})
         print(f"{name:6} load {high.load_s * 1000:.1f} ms, embeddings {extras[name]['embed_texts_per_s']:.1f} "
               "texts/s", flush=True)
-        ours.close()
         high.close()
         if lcp is not None:
             lcp.close()
