@@ -15,7 +15,7 @@ import itertools
 import string
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -314,19 +314,7 @@ def make_test_projector(
         "v.pre_ln.weight": vec(n_embd, 1.0),
         "v.pre_ln.bias": vec(n_embd),
     }
-    for i in range(n_layer):
-        p = f"v.blk.{i}."
-        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            tensors[p + name + ".weight"] = mat(n_embd, n_embd, scale=s_in)
-            tensors[p + name + ".bias"] = vec(n_embd)
-        tensors[p + "ln1.weight"] = vec(n_embd, 1.0)
-        tensors[p + "ln1.bias"] = vec(n_embd)
-        tensors[p + "ln2.weight"] = vec(n_embd, 1.0)
-        tensors[p + "ln2.bias"] = vec(n_embd)
-        tensors[p + "ffn_up.weight"] = mat(n_ff, n_embd, scale=s_in)
-        tensors[p + "ffn_up.bias"] = vec(n_ff)
-        tensors[p + "ffn_down.weight"] = mat(n_embd, n_ff, scale=1.0 / np.sqrt(n_ff))
-        tensors[p + "ffn_down.bias"] = vec(n_embd)
+    tensors.update(_encoder_blocks("v", n_layer, n_embd, n_ff, mat, vec))
     tensors["mm.0.weight"] = mat(proj_hidden, n_embd, scale=s_in)
     tensors["mm.0.bias"] = vec(proj_hidden)
     tensors["mm.2.weight"] = mat(out_dim, proj_hidden, scale=1.0 / np.sqrt(proj_hidden))
@@ -393,7 +381,6 @@ def make_test_audio_projector(
     def vec(n: int, center: float = 0.0, scale: float = 0.1) -> np.ndarray:
         return (center + scale * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
 
-    s_in = 1.0 / np.sqrt(n_embd)
     stacked = n_embd * stack_factor
     tensors: dict[str, np.ndarray] = {
         # conv1d kernels: numpy (out, in, k) is ggml's [k, in, out]; biases [1, out]
@@ -405,20 +392,8 @@ def make_test_audio_projector(
         "a.post_ln.weight": vec(n_embd, 1.0),
         "a.post_ln.bias": vec(n_embd),
     }
-    for i in range(n_layer):
-        p = f"a.blk.{i}."
-        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            tensors[p + name + ".weight"] = mat(n_embd, n_embd, scale=s_in)
-            if name != "attn_k":  # Whisper's key projection has no bias
-                tensors[p + name + ".bias"] = vec(n_embd)
-        tensors[p + "ln1.weight"] = vec(n_embd, 1.0)
-        tensors[p + "ln1.bias"] = vec(n_embd)
-        tensors[p + "ln2.weight"] = vec(n_embd, 1.0)
-        tensors[p + "ln2.bias"] = vec(n_embd)
-        tensors[p + "ffn_up.weight"] = mat(n_ff, n_embd, scale=s_in)
-        tensors[p + "ffn_up.bias"] = vec(n_ff)
-        tensors[p + "ffn_down.weight"] = mat(n_embd, n_ff, scale=1.0 / np.sqrt(n_ff))
-        tensors[p + "ffn_down.bias"] = vec(n_embd)
+    # Whisper's key projection has no bias
+    tensors.update(_encoder_blocks("a", n_layer, n_embd, n_ff, mat, vec, key_bias=False))
     tensors["mm.a.norm_pre.weight"] = vec(stacked, 1.0)
     tensors["mm.a.mlp.1.weight"] = mat(2 * proj_hidden, stacked, scale=1.0 / np.sqrt(stacked))
     tensors["mm.a.norm_mid.weight"] = vec(proj_hidden, 1.0)
@@ -453,3 +428,27 @@ def _write(writer: Any, tensors: Mapping[str, np.ndarray]) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def _encoder_blocks(prefix: str, n_layer: int, n_embd: int, n_ff: int, mat: Callable[..., np.ndarray],
+                    vec: Callable[..., np.ndarray], key_bias: bool = True) -> dict[str, np.ndarray]:
+    """The tensors of ``n_layer`` pre-norm encoder blocks as libmtmd's clip loader
+    names them (``{prefix}.blk.{i}.attn_q.weight``, ...), drawn from ``mat``/``vec``
+    in a fixed order."""
+    s_in = 1.0 / np.sqrt(n_embd)
+    tensors: dict[str, np.ndarray] = {}
+    for i in range(n_layer):
+        p = f"{prefix}.blk.{i}."
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            tensors[p + name + ".weight"] = mat(n_embd, n_embd, scale=s_in)
+            if key_bias or name != "attn_k":
+                tensors[p + name + ".bias"] = vec(n_embd)
+        tensors[p + "ln1.weight"] = vec(n_embd, 1.0)
+        tensors[p + "ln1.bias"] = vec(n_embd)
+        tensors[p + "ln2.weight"] = vec(n_embd, 1.0)
+        tensors[p + "ln2.bias"] = vec(n_embd)
+        tensors[p + "ffn_up.weight"] = mat(n_ff, n_embd, scale=s_in)
+        tensors[p + "ffn_up.bias"] = vec(n_ff)
+        tensors[p + "ffn_down.weight"] = mat(n_embd, n_ff, scale=1.0 / np.sqrt(n_ff))
+        tensors[p + "ffn_down.bias"] = vec(n_embd)
+    return tensors
