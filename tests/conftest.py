@@ -15,6 +15,20 @@ ROOT = Path(__file__).resolve().parent.parent
 VENDOR = ROOT / "vendor" / "llama.cpp"
 
 
+def source_tree(tmp_path: Path) -> Path:
+    """A copy of the package's build files in ``tmp_path/src`` with vendor/llama.cpp
+    linked to the real vendored tree: a place to run CMake configures in tests."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("CMakeLists.txt", "LLAMA_CPP_COMMIT"):
+        shutil.copy(ROOT / name, src)
+    for name in ("cmake", "patches"):
+        shutil.copytree(ROOT / name, src / name)
+    (src / "vendor").mkdir()
+    (src / "vendor" / "llama.cpp").symlink_to(VENDOR)
+    return src
+
+
 def have_cc() -> str | None:
     return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 

@@ -18,7 +18,7 @@ import pytest
 from cortex_llama import _lib
 from cortex_llama.system import build_options, cpu_acceleration
 
-from .conftest import ROOT, VENDOR
+from .conftest import VENDOR, source_tree
 
 OBJDUMP = shutil.which("objdump")
 CMAKE = shutil.which("cmake")
@@ -60,14 +60,7 @@ def test_amx_flags_win_over_the_sapphirerapids_variant(tmp_path: Path) -> None:
     """The portable wheels' sapphirerapids CPU variant is compiled with -mamx-*; our
     -mno-amx-* must come later and win. Compiles that variant's AMX kernels
     (amx/mmq.cpp) with AMX off and, as a control, on."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("CMakeLists.txt", "LLAMA_CPP_COMMIT"):
-        shutil.copy(ROOT / name, src)
-    for name in ("cmake", "patches"):
-        shutil.copytree(ROOT / name, src / name)
-    (src / "vendor").mkdir()
-    (src / "vendor" / "llama.cpp").symlink_to(VENDOR)
+    src = source_tree(tmp_path)
     obj = "llama.cpp/ggml/src/CMakeFiles/ggml-cpu-sapphirerapids.dir/ggml-cpu/amx/mmq.cpp.o"
     counts = {}
     for amx in ("OFF", "ON"):

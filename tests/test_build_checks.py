@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, VENDOR
+from .conftest import ROOT, VENDOR, source_tree
 
 CMAKE = shutil.which("cmake")
 
@@ -58,13 +58,7 @@ def test_requested_backend_that_cannot_be_built_fails_the_configure(tmp_path: Pa
     # With the Vulkan SDK hidden from CMake, -DGGML_VULKAN=ON must stop the configure
     # (ggml's own find_package at this pin, or CMakeLists.txt's check that every
     # requested backend target exists), never fall back to a CPU-only build.
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("CMakeLists.txt", "LLAMA_CPP_COMMIT"):
-        shutil.copy(ROOT / name, src)
-    shutil.copytree(ROOT / "cmake", src / "cmake")
-    (src / "vendor").mkdir()
-    (src / "vendor" / "llama.cpp").symlink_to(VENDOR)
+    src = source_tree(tmp_path)
     out = subprocess.run([CMAKE, "-S", str(src), "-B", str(tmp_path / "build"), "-DGGML_VULKAN=ON",
                           "-DCMAKE_DISABLE_FIND_PACKAGE_Vulkan=ON"], capture_output=True, text=True)
     assert out.returncode != 0
