@@ -93,9 +93,11 @@ def build_options() -> list[str]:
     return options_file.read_text().split() if options_file.is_file() else []
 
 
-def applied_patches() -> list[str]:
-    """Names of the patches (``patches/*.patch``) the loaded libraries were built with."""
-    return [o[len("patch:"):] for o in build_options() if o.startswith("patch:")]
+def applied_patches(options: list[str] | None = None) -> list[str]:
+    """Names of the patches (``patches/*.patch``) the loaded libraries were built with
+    (read from ``options`` when given, else from :func:`build_options`)."""
+    return [o[len("patch:"):] for o in (build_options() if options is None else options)
+            if o.startswith("patch:")]
 
 
 def _cpu_flags() -> set[str]:
@@ -163,7 +165,7 @@ def system_info() -> dict[str, Any]:
         "library_commit": _lib.library_commit(),
         "library_dir": str(_lib.lib_dir),
         "build_options": [o for o in options if not o.startswith("patch:")],
-        "patches": applied_patches(),
+        "patches": applied_patches(options),
         "cpu_acceleration": cpu_acceleration(),
         "system_info": _s(lib.llama_print_system_info()).strip(),
         "backends": backends(),
