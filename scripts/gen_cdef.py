@@ -15,7 +15,9 @@ declaration came from.  We keep:
 * integer ``#define`` constants of ``llama.h`` and ``ggml-rpc.h`` as Python constants;
 * every declaration of libmtmd's ``mtmd.h`` and ``mtmd-helper.h`` (tools/mtmd), in a
   separate ``MTMD_CDEF`` string: those functions live in libmtmd, which a build may
-  leave out, so ``CDEF`` (libllama's part) is the same with or without them.
+  leave out, so ``CDEF`` (libllama's part) is the same with or without them;
+* every declaration of our chat shim's ``csrc/cortex_chat.h`` (libcortex-chat, over
+  llama.cpp's ``common/chat.h``), in ``CHAT_CDEF``, for the same reason.
 
 Usage:
     python scripts/gen_cdef.py            # rewrite src/cortex_llama/_cdef.py
@@ -46,6 +48,9 @@ PROC_HEADERS = ("ggml-rpc.h",)
 # libmtmd's headers: every declaration, written to MTMD_CDEF.
 MTMD_HEADERS = ("mtmd.h", "mtmd-helper.h")
 MTMD_DIR = VENDOR / "tools" / "mtmd"
+# the chat shim's header: every declaration, written to CHAT_CDEF.
+CHAT_HEADERS = ("cortex_chat.h",)
+CHAT_DIR = ROOT / "csrc"
 GGML_FUNCTIONS = {
     "ggml_version", "ggml_commit", "ggml_time_us", "ggml_type_name", "ggml_type_size",
     "ggml_blck_size", "ggml_is_quantized", "ggml_log_set", "ggml_log_get",
@@ -82,10 +87,10 @@ def preprocess(cc: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "cortex_llama_cdef.c"
         src.write_text('#include "llama.h"\n#include "ggml-backend.h"\n#include "ggml-rpc.h"\n'
-                       '#include "mtmd-helper.h"\n')
+                       '#include "mtmd-helper.h"\n#include "cortex_chat.h"\n')
         cmd = [cc, "-E", "-std=c11", *DEFINES,
                "-I", str(VENDOR / "include"), "-I", str(VENDOR / "ggml" / "include"),
-               "-I", str(MTMD_DIR), str(src)]
+               "-I", str(MTMD_DIR), "-I", str(CHAT_DIR), str(src)]
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
@@ -115,7 +120,8 @@ def split_by_origin(text: str) -> list[tuple[str, str]]:
 
 def declarations(chunks: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Split the vendored headers' text into top-level declarations."""
-    wanted = set(FULL_HEADERS) | set(TYPE_HEADERS) | set(PROC_HEADERS) | set(MTMD_HEADERS)
+    wanted = (set(FULL_HEADERS) | set(TYPE_HEADERS) | set(PROC_HEADERS) | set(MTMD_HEADERS)
+              | set(CHAT_HEADERS))
     out: list[tuple[str, str]] = []
     current: list[str] = []
     origin = ""
@@ -208,10 +214,10 @@ def pretty(decl: str) -> str:
     return "\n".join(lines)
 
 
-def select(decls: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
-    """The kept declarations: (libllama's headers, libmtmd's headers)."""
-    kept: list[str] = []
-    kept_mtmd: list[str] = []
+def select(decls: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """The kept declarations by library: "llama", "mtmd" and "chat"."""
+    kept: dict[str, list[str]] = {"llama": [], "mtmd": [], "chat": []}
+    whole = set(FULL_HEADERS) | set(MTMD_HEADERS) | set(CHAT_HEADERS)
     seen: set[str] = set()
     for origin, decl in decls:
         if decl.startswith(("_Static_assert", "static_assert", "static ")):
@@ -221,14 +227,14 @@ def select(decls: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
             decl = "typedef " + re.sub(r"^\s*extern\s+", "", decl)
             decl = re.sub(rf"\b{name}\s*\(", f"(*{name}_t)(", decl, count=1)
             name = None
-        if (name is not None and origin not in FULL_HEADERS and origin not in MTMD_HEADERS
-                and name not in GGML_FUNCTIONS):
+        if name is not None and origin not in whole and name not in GGML_FUNCTIONS:
             continue
         text = normalize(decl)
         if text not in seen:
             seen.add(text)
-            (kept_mtmd if origin in MTMD_HEADERS else kept).append(text)
-    return kept, kept_mtmd
+            library = "mtmd" if origin in MTMD_HEADERS else "chat" if origin in CHAT_HEADERS else "llama"
+            kept[library].append(text)
+    return kept
 
 
 DEFINE = re.compile(r"^#define\s+((?:LLAMA|RPC|GGML_RPC)_[A-Z0-9_]+)\s+([^/\n]+?)\s*(?://.*)?$", re.M)
@@ -258,9 +264,8 @@ def generate() -> str:
     commit = (ROOT / "LLAMA_CPP_COMMIT").read_text().strip()
     if commit_file.is_file() and commit_file.read_text().strip() != commit:
         raise SystemExit(f"error: {VENDOR} is not at the pinned commit {commit}")
-    decls, mtmd_decls = select(declarations(split_by_origin(preprocess(cc))))
-    body = "\n\n".join(decls)
-    mtmd_body = "\n\n".join(mtmd_decls)
+    kept = select(declarations(split_by_origin(preprocess(cc))))
+    body, mtmd_body, chat_body = ("\n\n".join(kept[k]) for k in ("llama", "mtmd", "chat"))
     consts = "\n".join(f"{k} = {v}" for k, v in constants())
     return (
         f"{HEADER_NOTE}\n"
@@ -268,7 +273,9 @@ def generate() -> str:
         f"# Integer constants from the #defines of llama.h and ggml-rpc.h.\n{consts}\n\n"
         f'CDEF = r"""\n{body}\n"""\n\n'
         f"# libmtmd (tools/mtmd/mtmd.h, mtmd-helper.h): its functions are in libmtmd.\n"
-        f'MTMD_CDEF = r"""\n{mtmd_body}\n"""\n'
+        f'MTMD_CDEF = r"""\n{mtmd_body}\n"""\n\n'
+        f"# libcortex-chat (csrc/cortex_chat.h, over common/chat.h): its functions are in libcortex-chat.\n"
+        f'CHAT_CDEF = r"""\n{chat_body}\n"""\n'
     )
 
 

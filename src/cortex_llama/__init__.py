@@ -18,6 +18,7 @@ from .batch import Batch
 from .context import Context, LoraAdapter
 from .errors import (
     AbortedError,
+    ChatRequestError,
     ClosedError,
     ContextError,
     DecodeError,
@@ -38,6 +39,8 @@ from .model import Detokenizer, Model, Vocab, quantize
 from .sampling import Candidates, PySampler, Sampler, SamplerChain
 from .gen.request import Request
 from .llm import LLM, Completion, GenerationParams, ModelConfig
+from .chat import ChatDelta, ChatTemplates, ChatParser
+from .conversation import ChatCompletion, ChatOptions, ToolCall
 
 __all__ = [
     "__version__",
@@ -48,5 +51,6 @@ __all__ = [
     "LlamaError", "ModelLoadError", "ContextError", "ClosedError", "DecodeError",
     "KVCacheFullError", "AbortedError", "InvalidBatchError", "FatalDecodeError",
     "TokenizeError", "GrammarError", "StateError", "TemplateError", "RPCError",
-    "QueueFullError", "RegistryError",
+    "QueueFullError", "RegistryError", "ChatRequestError",
+    "ChatTemplates", "ChatParser", "ChatDelta", "ChatCompletion", "ChatOptions", "ToolCall",
 ]

@@ -2173,3 +2173,34 @@ int32_t mtmd_helper_gen_audio_step_gen(mtmd_helper_gen_audio * ctx, llama_token 
 
 int32_t mtmd_helper_gen_audio_get_output(mtmd_helper_gen_audio * ctx, int32_t * out_sample_rate, const char ** out_data, size_t * out_data_len, int64_t * out_n_samples);
 """
+
+# libcortex-chat (csrc/cortex_chat.h, over common/chat.h): its functions are in libcortex-chat.
+CHAT_CDEF = r"""
+enum cortex_chat_status {
+    CORTEX_CHAT_OK = 0,
+    CORTEX_CHAT_INVALID = 1,
+    CORTEX_CHAT_FAILED = 2,
+};
+
+struct cortex_chat_templates;
+
+struct cortex_chat_parser;
+
+int cortex_chat_templates_init(const struct llama_model * model, const char * template_override, const char * bos_override, const char * eos_override, struct cortex_chat_templates ** out_templates, char ** out);
+
+void cortex_chat_templates_free(struct cortex_chat_templates * templates);
+
+int cortex_chat_templates_info(const struct cortex_chat_templates * templates, char ** out);
+
+int cortex_chat_apply(const struct cortex_chat_templates * templates, const struct llama_vocab * vocab, const char * request_json, char ** out);
+
+int cortex_chat_parser_init(const char * params_json, struct cortex_chat_parser ** out_parser, char ** out);
+
+void cortex_chat_parser_free(struct cortex_chat_parser * parser);
+
+int cortex_chat_parser_feed(struct cortex_chat_parser * parser, const char * text_added, int is_partial, char ** out);
+
+int cortex_chat_schema_to_grammar(const char * schema_json, char ** out);
+
+void cortex_chat_string_free(char * text);
+"""

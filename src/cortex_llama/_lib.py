@@ -8,7 +8,8 @@ output to the :mod:`logging` logger ``cortex_llama`` (silent unless configured).
 
 libmtmd (images and audio in, ``tools/mtmd``) is opened beside libllama when the
 build made it: ``mtmd_lib`` is then its handle, else None and ``mtmd_missing``
-says which paths were tried and why.
+says which paths were tried and why. libcortex-chat (our C shim over llama.cpp's
+``common/chat.h``, ``csrc/cortex_chat.h``) is opened the same way as ``chat_lib``.
 
 Names here are llama.cpp's own C names; the layers above give them Python ones.
 """
@@ -25,10 +26,10 @@ from typing import Any
 
 import cffi
 
-from ._cdef import CDEF, LLAMA_CPP_COMMIT, MTMD_CDEF
+from ._cdef import CDEF, CHAT_CDEF, LLAMA_CPP_COMMIT, MTMD_CDEF
 
 __all__ = ["ffi", "lib", "lib_dir", "LIB_DIR_ENV", "library_commit", "flag_abort_callback",
-           "take_log_problems", "init", "mtmd_lib", "mtmd_missing"]
+           "take_log_problems", "init", "mtmd_lib", "mtmd_missing", "chat_lib", "chat_missing"]
 
 LIB_DIR_ENV = "CORTEX_LLAMA_LIB_DIR"
 PACKAGE_LIB_DIR = Path(__file__).resolve().parent / "lib"
@@ -43,6 +44,8 @@ ffi.cdef(CDEF)
 ffi.cdef("size_t strlen(const char *);")
 # libmtmd's declarations: only callable through mtmd_lib (None when not built).
 ffi.cdef(MTMD_CDEF)
+# libcortex-chat's declarations: only callable through chat_lib (None when not built).
+ffi.cdef(CHAT_CDEF)
 
 
 def _library_names(stem: str = "llama") -> list[str]:
@@ -84,10 +87,10 @@ def _load() -> tuple[Any, Path]:
 lib, lib_dir = _load()
 
 
-def _load_mtmd() -> tuple[Any, str | None]:
-    """libmtmd from the folder libllama came from: (handle, None), or (None, why not)."""
+def _load_beside(stem: str, what: str, option: str) -> tuple[Any, str | None]:
+    """lib<stem> from the folder libllama came from: (handle, None), or (None, why not)."""
     tried: list[str] = []
-    for name in _library_names("mtmd"):
+    for name in _library_names(stem):
         path = lib_dir / name
         if not path.is_file():
             tried.append(f"  {path}: no such file")
@@ -97,14 +100,17 @@ def _load_mtmd() -> tuple[Any, str | None]:
         except OSError as exc:
             tried.append(f"  {path}: {exc}")
     return None, (
-        "this cortex-llama was built without libmtmd (multimodal input). Paths tried:\n"
+        f"this cortex-llama was built without lib{stem} ({what}). Paths tried:\n"
         + "\n".join(tried)
-        + "\nFix: rebuild with libmtmd (it is on by default; -DCORTEX_LLAMA_MTMD=OFF leaves it out)"
+        + f"\nFix: rebuild with lib{stem} (it is on by default; -D{option}=OFF leaves it out)"
     )
 
 
 #: libmtmd's handle (mtmd.h, mtmd-helper.h), or None when the build left it out
-mtmd_lib, mtmd_missing = _load_mtmd()
+mtmd_lib, mtmd_missing = _load_beside("mtmd", "multimodal input", "CORTEX_LLAMA_MTMD")
+#: libcortex-chat's handle (csrc/cortex_chat.h), or None when the build left it out
+chat_lib, chat_missing = _load_beside("cortex-chat", "llama.cpp's chat templates, tool calls and "
+                                      "JSON schemas", "CORTEX_LLAMA_CHAT")
 
 
 def _load_libc() -> Any:

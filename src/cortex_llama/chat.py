@@ -1,51 +1,247 @@
-"""Chat templates: the model's Jinja template in a sandbox, llama.cpp's built-ins, ChatML.
+"""llama.cpp's own chat layer (``common/chat.h``), through our C shim libcortex-chat.
 
-Resolution order used by :class:`cortex_llama.LLM`:
+* :class:`ChatTemplates`: a model's chat templates (or an override), rendered by
+  llama.cpp's Jinja engine with its polyfills, exactly as llama-server renders them.
+  :meth:`ChatTemplates.apply` takes an OpenAI-shaped request (messages with
+  ``tool_calls`` and ``role: "tool"``, tools, tool_choice, json_schema, reasoning
+  controls, template kwargs) and returns a :class:`ChatPrompt`: the prompt and what
+  generation needs from the template (a grammar, lazy or not, its triggers,
+  preserved tokens, additional stops, and the parameters of the output parser).
+* :class:`ChatParser`: parses an assistant's output, whole or as it streams, into
+  ``content``, ``reasoning_content`` and ``tool_calls`` with llama.cpp's parser for
+  that template's format, and yields OpenAI-shaped deltas.
+* :func:`schema_to_grammar`: llama.cpp's JSON-schema-to-GBNF converter.
+* :func:`builtin_templates`: the names of llama.cpp's built-in templates.
 
-1. a template the user names (a built-in name such as ``"llama3"`` or a Jinja string);
-2. the model's GGUF template, rendered with Jinja2 in a sandbox;
-3. if Jinja2 is missing or the template fails to render, llama.cpp's built-in
-   implementation of the same template (``llama_chat_apply_template``);
-4. ChatML, only when the model has no template at all.
+Every call goes through :func:`_call`, the one status check of the shim.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ._lib import ffi, lib
-from ._templates import CHATML as _CHATML
-from .errors import TemplateError
+from ._base import Owned
+from ._lib import chat_lib, chat_missing, ffi, lib
+from .errors import ChatRequestError, GrammarError, LlamaError, TemplateError
 
-__all__ = ["Message", "builtin_templates", "apply_builtin", "render_jinja", "check_messages",
-           "render", "CHATML"]
+if TYPE_CHECKING:
+    from .model import Model
 
-Message = Mapping[str, Any]
+__all__ = ["ChatTemplates", "ChatPrompt", "ChatParser", "ChatDelta", "schema_to_grammar",
+           "builtin_templates", "REASONING_FORMATS"]
 
-CHATML = _CHATML
+#: ``reasoning_format`` values (llama-server's ``--reasoning-format``)
+REASONING_FORMATS = ("none", "auto", "deepseek", "deepseek-legacy")
 
 
-def check_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    """Validate chat messages; returns plain dicts.
+def _shim() -> Any:
+    if chat_lib is None:
+        raise LlamaError(chat_missing)
+    return chat_lib
 
-    Raises ``ValueError`` naming the first bad message (not a mapping, missing
-    or non-string ``role``/``content``) or for an empty list.
+
+def _take_string(ptr: Any) -> str:
+    if ptr == ffi.NULL:
+        return ""
+    try:
+        return ffi.string(ptr).decode("utf-8", errors="replace")
+    finally:
+        _shim().cortex_chat_string_free(ptr)
+
+
+def _call(fn: Callable[[Any], int], what: str,
+          invalid: type[LlamaError] = ChatRequestError) -> str:
+    """Run one shim call that writes a string to its last argument, and check its status.
+
+    Raises ``invalid`` (default :class:`ChatRequestError`) when the shim rejects the
+    input, :class:`TemplateError` when the template fails otherwise.
     """
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
-    if not messages:
-        raise ValueError("messages is empty")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping):
-            raise ValueError(f"messages[{i}] must be a dict, not {type(m).__name__}")
-        for key in ("role", "content"):
-            if key not in m:
-                raise ValueError(f"messages[{i}] has no {key!r}")
-            if not isinstance(m[key], str):
-                raise ValueError(f"messages[{i}][{key!r}] must be a string, not {type(m[key]).__name__}")
-        out.append(dict(m))
-    return out
+    out = ffi.new("char **")
+    rc = fn(out)
+    text = _take_string(out[0])
+    if rc == _shim().CORTEX_CHAT_OK:
+        return text
+    if rc == _shim().CORTEX_CHAT_INVALID:
+        raise invalid(f"{what}: {text}")
+    raise TemplateError(f"{what}: {text}")
+
+
+def _encode(request: Mapping[str, Any], what: str) -> bytes:
+    try:
+        return json.dumps(request, ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ChatRequestError(f"{what} is not JSON-serializable: {exc}") from None
+
+
+@dataclass
+class ChatPrompt:
+    """What :meth:`ChatTemplates.apply` returns (llama.cpp's ``common_chat_params``)."""
+
+    prompt: str
+    format: int
+    format_name: str
+    grammar: str = ""
+    grammar_lazy: bool = False
+    grammar_triggers: list[dict[str, str]] = field(default_factory=list)
+    trigger_patterns: list[str] = field(default_factory=list)  # regexes for a lazy grammar
+    trigger_tokens: list[int] = field(default_factory=list)  # token ids for a lazy grammar
+    grammar_prefill_tokens: list[int] = field(default_factory=list)  # fed to the grammar first
+    preserved_tokens: list[str] = field(default_factory=list)
+    preserved_token_ids: list[int] = field(default_factory=list)  # printed even when special
+    additional_stops: list[str] = field(default_factory=list)
+    generation_prompt: str = ""
+    supports_thinking: bool = False
+    thinking_start_tag: str = ""
+    thinking_end_tags: list[str] = field(default_factory=list)
+    enable_thinking: bool = False
+    parser: dict[str, Any] = field(default_factory=dict)  # ChatParser's parameters
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ChatPrompt:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class ChatTemplates(Owned):
+    """A model's chat templates as llama.cpp loads them (``common_chat_templates_init``).
+
+    ``template`` overrides the model's: Jinja source, or the name of one of
+    llama.cpp's built-in templates (``"llama3"``, ``"chatml"``, ...: rendered by
+    ``llama_chat_apply_template``, without tools). A model without a template gets
+    llama.cpp's fallback (ChatML).
+    Holds its model; ``close()`` is idempotent, and it is a context manager.
+
+    Raises :class:`TemplateError` for a template that does not parse and
+    :class:`LlamaError` when libcortex-chat was not built.
+    """
+
+    _kind = "chat template"
+
+    def __init__(self, model: Model, template: str | None = None) -> None:
+        shim = _shim()
+        self.model = model
+        #: False for a built-in template name (llama.cpp's legacy, non-Jinja route)
+        self.use_jinja = True
+        if template is not None and "{" not in template:
+            names = builtin_templates()
+            if template not in names:
+                raise TemplateError(f"unknown chat template name {template!r}; built-in names: "
+                                    f"{', '.join(names)} (or give a Jinja template)")
+            self.use_jinja = False
+        handle = ffi.new("struct cortex_chat_templates **")
+        override = (template or "").encode()
+        mptr = model.handle
+        _call(lambda out: shim.cortex_chat_templates_init(mptr, override, b"", b"", handle, out),
+              "chat template", invalid=TemplateError)
+        self._own(handle[0], shim.cortex_chat_templates_free)
+        model._adopt(self)
+        self._info: dict[str, Any] | None = None
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """``caps`` (what the template supports), ``supports_thinking``, ``source``,
+        ``tool_use_source`` and ``was_explicit``."""
+        if self._info is None:
+            ptr = self._check()
+            self._info = json.loads(_call(lambda out: _shim().cortex_chat_templates_info(ptr, out),
+                                          "chat template info"))
+        return self._info
+
+    @property
+    def source(self) -> str:
+        return str(self.info["source"])
+
+    def apply(self, request: Mapping[str, Any]) -> ChatPrompt:
+        """Render an OpenAI-shaped request as llama-server does for
+        ``/v1/chat/completions`` (keys: messages, tools, tool_choice
+        ("auto"/"none"/"required"), parallel_tool_calls, json_schema, grammar,
+        add_generation_prompt, continue_final_message, reasoning_format,
+        reasoning_effort, enable_thinking, chat_template_kwargs, prefill_assistant).
+
+        Raises :class:`ChatRequestError` naming the bad field, and
+        :class:`TemplateError` when the template raises while rendering.
+        """
+        ptr = self._check()
+        if not self.use_jinja:
+            request = {**request, "use_jinja": False}
+        body = _encode(request, "the chat request")
+        vocab = self.model.vocab.handle
+        text = _call(lambda out: _shim().cortex_chat_apply(ptr, vocab, body, out), "chat template")
+        return ChatPrompt.from_json(json.loads(text))
+
+
+
+@dataclass
+class ChatDelta:
+    """One OpenAI-shaped piece of a streamed assistant message."""
+
+    content: str = ""
+    reasoning_content: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # [{index, id?, type?, function}]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ChatDelta:
+        return cls(content=data.get("content", ""), reasoning_content=data.get("reasoning_content", ""),
+                   tool_calls=list(data.get("tool_calls", [])))
+
+
+class ChatParser(Owned):
+    """llama.cpp's parser of one assistant output (``common_chat_parse``), fed as it grows.
+
+    ``params`` is :attr:`ChatPrompt.parser`; ``reasoning_in_content`` keeps thoughts
+    inline (llama-server does so for ``deepseek-legacy`` when streaming).
+    :meth:`feed` returns the deltas since the last call; :attr:`message` is the
+    message parsed so far (``role``, ``content``, ``reasoning_content``, ``tool_calls``).
+
+    Raises :class:`ChatRequestError` for bad parameters.
+    """
+
+    _kind = "chat parser"
+
+    def __init__(self, params: Mapping[str, Any], *, reasoning_in_content: bool = False) -> None:
+        shim = _shim()
+        body = _encode({**params, "reasoning_in_content": reasoning_in_content}, "the parser parameters")
+        handle = ffi.new("struct cortex_chat_parser **")
+        _call(lambda out: shim.cortex_chat_parser_init(body, handle, out), "chat parser")
+        self._own(handle[0], shim.cortex_chat_parser_free)
+        self.message: dict[str, Any] = {"role": "assistant", "content": ""}
+
+    def feed(self, text: str, *, partial: bool = True) -> list[ChatDelta]:
+        """Add ``text`` to the output and parse it all (``partial=False`` for the
+        last call). Raises :class:`ChatRequestError` when the finished output does
+        not parse in the template's format (e.g. a tool call whose arguments are
+        not JSON), :class:`ClosedError` after close."""
+        ptr = self._check()
+        data = text.encode()
+        result = json.loads(_call(lambda out: _shim().cortex_chat_parser_feed(ptr, data, int(partial), out),
+                                  "chat output"))
+        self.message = result["message"]
+        return [ChatDelta.from_json(d) for d in result["deltas"]]
+
+
+
+def schema_to_grammar(schema: Mapping[str, Any] | str) -> str:
+    """GBNF for a JSON schema, by llama.cpp's converter (``json_schema_to_grammar``).
+
+    Raises :class:`GrammarError` naming what the converter cannot express (it
+    never drops a constraint silently).
+    """
+    if isinstance(schema, str):
+        try:
+            json.loads(schema)
+        except ValueError as exc:
+            raise GrammarError(f"json_schema is not valid JSON: {exc}") from None
+        body = schema.encode()
+    else:
+        try:
+            body = json.dumps(schema).encode()
+        except (TypeError, ValueError) as exc:
+            raise GrammarError(f"json_schema is not JSON-serializable: {exc}") from None
+    text = _call(lambda out: _shim().cortex_chat_schema_to_grammar(body, out), "json_schema",
+                 invalid=GrammarError)
+    return str(json.loads(text)["grammar"])
 
 
 def builtin_templates() -> list[str]:
@@ -54,76 +250,3 @@ def builtin_templates() -> list[str]:
     arr = ffi.new("const char *[]", max(n, 1))
     lib.llama_chat_builtin_templates(arr, n)
     return [ffi.string(arr[i]).decode() for i in range(n)]
-
-
-def apply_builtin(template: str, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-    """Format with llama.cpp's native implementation of ``template`` (a built-in
-    name or a template string it recognizes). Raises :class:`TemplateError`."""
-    msgs = check_messages(messages)
-    keep = [(ffi.new("char[]", m["role"].encode()), ffi.new("char[]", m["content"].encode()))
-            for m in msgs]
-    chat = ffi.new("llama_chat_message[]", len(keep))
-    for i, (role, content) in enumerate(keep):
-        chat[i].role, chat[i].content = role, content
-    tmpl = template.encode()
-    size = 2 * sum(len(m["content"]) + len(m["role"]) for m in msgs) + 256
-    for _ in range(2):
-        buf = ffi.new("char[]", size)
-        n = lib.llama_chat_apply_template(tmpl, chat, len(keep), add_generation_prompt, buf, size)
-        if n < 0:
-            raise TemplateError(f"llama.cpp does not know the chat template {template[:60]!r}; "
-                                f"built-in names: {', '.join(builtin_templates())}")
-        if n <= size:
-            return ffi.buffer(buf, n)[:].decode("utf-8", errors="replace")
-        size = n + 1
-    raise TemplateError("chat template output kept growing")  # pragma: no cover
-
-
-def render_jinja(template: str, messages: Sequence[Message], add_generation_prompt: bool = True,
-                 bos_token: str = "", eos_token: str = "", tools: Sequence[Any] | None = None,
-                 **extra: Any) -> str:
-    """Render a Jinja chat template in Jinja2's sandbox.
-
-    Raises ``ImportError`` without Jinja2 and :class:`TemplateError` when the
-    template does not parse or raises while rendering.
-    """
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise TemplateError(f"chat template raised: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        undefined=jinja2.ChainableUndefined)
-    env.globals["raise_exception"] = raise_exception
-    env.filters.setdefault("tojson", lambda v, indent=None: __import__("json").dumps(v, indent=indent))
-    try:
-        compiled = env.from_string(template)
-        return compiled.render(messages=check_messages(messages),
-                               add_generation_prompt=add_generation_prompt,
-                               bos_token=bos_token, eos_token=eos_token, tools=tools, **extra)
-    except TemplateError:
-        raise
-    except jinja2.TemplateError as exc:
-        raise TemplateError(f"chat template failed: {exc}") from exc
-
-
-def render(template: str, messages: Sequence[Message], add_generation_prompt: bool = True,
-           bos_token: str = "", eos_token: str = "", tools: Sequence[Any] | None = None) -> str:
-    """Render ``template``: a built-in name natively, else Jinja, else llama.cpp's
-    built-in detection of the same template string."""
-    names = builtin_templates()
-    if template in names:
-        return apply_builtin(template, messages, add_generation_prompt)
-    if "{" not in template:
-        raise TemplateError(f"unknown chat template name {template!r}; built-in names: "
-                            f"{', '.join(names)} (or give a Jinja template)")
-    try:
-        return render_jinja(template, messages, add_generation_prompt, bos_token, eos_token, tools)
-    except (ImportError, TemplateError) as jinja_error:
-        try:
-            return apply_builtin(template, messages, add_generation_prompt)
-        except TemplateError:
-            if isinstance(jinja_error, TemplateError):
-                raise jinja_error from None
-            raise

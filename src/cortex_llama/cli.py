@@ -375,7 +375,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
              mmproj=args.mmproj, progress=_progress()) as llm:
         serve(llm, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("CORTEX_LLAMA_API_KEY"),
               model_alias=args.model_alias, max_body_bytes=args.max_body, log_level=args.log_level,
-              shutdown_timeout=args.shutdown_timeout)
+              shutdown_timeout=args.shutdown_timeout, reasoning_format=args.reasoning_format)
     return 0
 
 
@@ -479,7 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", "--parallel", type=int, default=8, help="parallel sequences (slots)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $CORTEX_LLAMA_API_KEY)")
-    p.add_argument("--model-alias", default=None, help="the model id clients see and send")
+    p.add_argument("--model-alias", default=None, help="the model id answers carry (any requested name is accepted)")
+    p.add_argument("--reasoning-format", default="auto", choices=["none", "auto", "deepseek", "deepseek-legacy"],
+                   help="llama-server's --reasoning-format: where a model's thoughts go (default: auto, "
+                        "message.reasoning_content)")
     p.add_argument("--chat-template-file", default=None, help="a file holding a Jinja chat template")
     p.add_argument("--embeddings", action="store_true", help="enable /v1/embeddings")
     p.add_argument("--mmproj", default=None,

@@ -146,8 +146,9 @@ def split_media(messages: Sequence[Mapping[str, Any]], projector: Projector | No
                 raise MediaError(f"messages[{i}].content contains the media marker {marker!r} as text")
             out.append(m)
             continue
-        if content is None:
-            raise ValueError(f"messages[{i}] has no 'content'")
+        if content is None:  # an assistant message with tool_calls only
+            out.append(m)
+            continue
         if isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
             parts: Sequence[Any] = content
         else:

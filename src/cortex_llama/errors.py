@@ -22,6 +22,7 @@ __all__ = [
     "GrammarError",
     "StateError",
     "TemplateError",
+    "ChatRequestError",
     "RPCError",
     "RegistryError",
     "MediaError",
@@ -95,6 +96,11 @@ class StateError(LlamaError):
 
 class TemplateError(LlamaError, ValueError):
     """A chat template is unknown or failed to render."""
+
+
+class ChatRequestError(LlamaError, ValueError):
+    """llama.cpp's chat layer rejected a conversation: a malformed message, tool,
+    tool_choice, continuation or template argument. The message names the field."""
 
 
 class RPCError(LlamaError):

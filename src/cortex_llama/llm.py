@@ -32,13 +32,12 @@ import threading
 import weakref
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import chat as chat_templates
-from . import content as media_content
 from . import registry
+from .chat import ChatTemplates
 from .context import Context
 from .embed import Embedder, disabled
 from .errors import ClosedError, MediaError, QueueFullError
@@ -46,7 +45,9 @@ from .gen import media as engine_media
 from .gen.engine import Engine
 from .gen.params import (FINISH_CANCELLED, FINISH_EOG, FINISH_LENGTH, FINISH_STOP, Completion,
                          GenerationParams, ModelConfig, Timings, TokenLogprob, Usage, with_overrides)
-from .gen.policy import build_sampler
+from .conversation import (AsyncChatStream, ChatCompletion, ChatPlan, ChatStream, finish_chat, plan_chat,
+                           split_options)
+from .gen.policy import GrammarConstraint, build_sampler
 from .gen.request import (AsyncTextStream, Request, StopMatcher, TextStream, log_softmax_norm,
                           top_logprobs)
 from .model import Model
@@ -86,6 +87,7 @@ class LLM:
         self._engine: Engine | None = None
         self._projector: Projector | None = None
         self._embedder: Embedder | None = None
+        self._templates: ChatTemplates | None = None
         self._n_ctx = 0
         self._eog_cache: dict[int, bool] = {}
         self._stats: dict[str, int] = {"prompt_tokens_evaluated": 0, "prompt_tokens_reused": 0}
@@ -189,6 +191,7 @@ class LLM:
             self._engine = self._embedder = None
             self._model = self._ctx = None
             self._projector = None  # closed with its model
+            self._templates = None  # closed with its model
             if engine is not None:
                 if self._finalizer is not None:
                     self._finalizer.detach()
@@ -321,7 +324,8 @@ class LLM:
         return req
 
     def _request(self, prompt: str | Sequence[int], p: GenerationParams,
-                 sampler: SamplerChain | None = None) -> Request:
+                 sampler: SamplerChain | None = None, *, constraint: GrammarConstraint | None = None,
+                 preserved_tokens: Sequence[int] = ()) -> Request:
         """A checked, not yet submitted request (raises like :meth:`submit`)."""
         engine = self._require_engine()
         model = self._require()
@@ -334,8 +338,9 @@ class LLM:
             chain = sampler
         else:
             chain = build_sampler(model, p, default_seed=self.config.seed, n_ctx=self._n_ctx,
-                                  prompt=toks)
-        return Request(toks, p, chain, model.vocab, self._eog_cache, on_cancel=engine.wake)
+                                  prompt=toks, constraint=constraint)
+        return Request(toks, p, chain, model.vocab, self._eog_cache, on_cancel=engine.wake,
+                       preserved_tokens=preserved_tokens)
 
     @staticmethod
     def _wait(req: Request) -> Completion:
@@ -364,59 +369,94 @@ class LLM:
         """
         return TextStream(self.submit(prompt, params, **overrides))
 
-    def chat_prompt(self, messages: Messages, add_generation_prompt: bool = True,
-                    tools: Sequence[Any] | None = None) -> str:
-        """The prompt text ``messages`` render to (see :mod:`cortex_llama.chat`).
+    # -- chat: llama.cpp's chat layer (see cortex_llama.conversation) ------------------
+    def chat_templates(self) -> ChatTemplates:
+        """The model's chat templates (``ModelConfig.chat_template`` overrides them),
+        loaded by llama.cpp's chat layer once per load.
 
-        Raises ``ValueError`` for malformed messages and :class:`TemplateError`
-        for an unknown or failing template.
+        Raises :class:`TemplateError` for a template that does not parse.
         """
         model = self._require()
-        msgs = chat_templates.check_messages(messages)
-        vocab = model.vocab
-        bos = vocab.text(vocab.bos) if vocab.bos is not None else ""
-        eos = vocab.text(vocab.eos) if vocab.eos is not None else ""
-        named = self.config.chat_template
-        if named is not None:
-            return chat_templates.render(named, msgs, add_generation_prompt, bos, eos, tools)
-        tmpl = model.chat_template()
-        if tmpl is None:
-            return chat_templates.render_jinja(chat_templates.CHATML, msgs, add_generation_prompt,
-                                               bos, eos, tools) \
-                if _have_jinja() else chat_templates.apply_builtin("chatml", msgs, add_generation_prompt)
-        return chat_templates.render(tmpl, msgs, add_generation_prompt, bos, eos, tools)
+        with self._life:
+            if self._templates is None:
+                self._templates = ChatTemplates(model, self.config.chat_template)
+            return self._templates
 
-    def chat_tokens(self, messages: Messages, tools: Sequence[Any] | None = None) -> list[int]:
-        """The tokens of :meth:`chat_prompt`; BOS is added only when the template
-        did not write it already."""
+    def chat_plan(self, messages: Messages, **options: Any) -> ChatPlan:
+        """How ``messages`` render with chat ``options`` (:class:`ChatOptions` fields):
+        the prompt, grammar, stops and output parser llama.cpp's chat layer gives.
+
+        Raises :class:`ChatRequestError` naming a bad message, tool or option,
+        :class:`TemplateError` and :class:`MediaError`.
+        """
+        opts, rest = split_options(options)
+        if rest:
+            raise TypeError(f"unknown chat options: {sorted(rest)}")
+        return plan_chat(self.chat_templates(), messages, opts, projector=self._projector)
+
+    def chat_prompt(self, messages: Messages, add_generation_prompt: bool = True,
+                    tools: Sequence[Any] | None = None, **options: Any) -> str:
+        """The prompt text ``messages`` render to, exactly as llama-server's
+        ``/apply-template`` renders it (``options``: :class:`ChatOptions` fields).
+
+        Raises like :meth:`chat_plan`.
+        """
+        return self.chat_plan(messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                              **options).prompt.prompt
+
+    def _prompt_text_tokens(self, text: str) -> list[int]:
+        """Tokens of a rendered chat prompt; BOS is added only when the template did
+        not write it already."""
         model = self._require()
-        text = self.chat_prompt(messages, tools=tools)
         bos = model.vocab.bos
         has_bos = bos is not None and text.startswith(model.vocab.text(bos))
         return model.tokenize(text, add_special=not has_bos, parse_special=True).tolist()
 
+    def chat_tokens(self, messages: Messages, tools: Sequence[Any] | None = None, **options: Any) -> list[int]:
+        """The tokens of :meth:`chat_prompt`."""
+        return self._prompt_text_tokens(self.chat_prompt(messages, tools=tools, **options))
+
+    def _chat_request(self, messages: Messages, params: GenerationParams | None,
+                      overrides: Mapping[str, Any]) -> tuple[Request, ChatPlan]:
+        opts, rest = split_options(overrides)
+        p = self._params(params, rest)
+        plan = plan_chat(self.chat_templates(), messages, opts, json_schema=p.json_schema,
+                         grammar=p.grammar, projector=self._projector)
+        if plan.stops:
+            p = replace(p, stop=tuple(dict.fromkeys((*p.stop, *plan.stops))))
+        text = plan.prompt.prompt
+        if plan.media:
+            req = self._media_request(text, plan.media, p, plan)
+        else:
+            req = self._request(self._prompt_text_tokens(text), p, constraint=plan.constraint,
+                                preserved_tokens=plan.preserved_tokens)
+        final_parser = plan.new_parser
+        req.finisher = lambda done: finish_chat(final_parser(False), done)
+        return req, plan
+
     def submit_chat(self, messages: Messages, params: GenerationParams | None = None,
                     **overrides: Any) -> Request:
-        """Queue a conversation and return its :class:`Request` at once. Message
-        contents are strings or lists of OpenAI-style content parts (text,
-        image_url, input_audio, numpy arrays, PIL images: see
-        :mod:`cortex_llama.content`; media need ``ModelConfig.mmproj``).
+        """Queue a conversation and return its :class:`Request` at once; its result
+        is a :class:`ChatCompletion` (``content``, ``reasoning_content``,
+        ``tool_calls`` beside the usual Completion fields).
 
-        Raises like :meth:`submit`, and :class:`MediaError` for media that cannot
-        be used (no projector, unreadable, audio for a vision-only projector, a
-        remote URL), ``FileNotFoundError`` for a missing image file.
+        Messages are OpenAI-shaped: string or content-part contents (text,
+        image_url, input_audio, numpy arrays, PIL images: see
+        :mod:`cortex_llama.content`; media need ``ModelConfig.mmproj``), assistant
+        messages with ``content: None`` and ``tool_calls``, ``role: "tool"``
+        results. ``overrides`` are GenerationParams fields and :class:`ChatOptions`
+        fields (tools, tool_choice, parallel_tool_calls, response_format,
+        reasoning_format, enable_thinking, reasoning_effort, chat_template_kwargs).
+
+        Raises like :meth:`submit`, :class:`ChatRequestError` naming a bad message,
+        tool or option, :class:`TemplateError`, and :class:`MediaError` for media
+        that cannot be used.
         """
-        p = self._params(params, overrides)
-        if not media_content.has_media(messages):
-            return self.submit(self.chat_tokens(messages), p)
-        flat, bitmaps = media_content.split_media(messages, self._projector)
-        if not bitmaps:
-            return self.submit(self.chat_tokens(flat), p)
-        req = self._media_request(self.chat_prompt(flat), bitmaps, p)
+        req, _ = self._chat_request(messages, params, overrides)
         self._require_engine().submit(req)
         return req
 
-    def _media_request(self, text: str, bitmaps: list[Any], p: GenerationParams) -> Request:
+    def _media_request(self, text: str, bitmaps: list[Any], p: GenerationParams, plan: ChatPlan) -> Request:
         """A checked request for a prompt with media markers (one per bitmap)."""
         engine = self._require_engine()
         model = self._require()
@@ -433,23 +473,31 @@ class LLM:
                              f"image/audio embeddings) does not fit the context of {self._n_ctx} "
                              "tokens (ModelConfig.context_size)")
         chain = build_sampler(model, p, default_seed=self.config.seed, n_ctx=self._n_ctx,
-                              prompt=text_tokens)
-        req = Request(feed, p, chain, model.vocab, self._eog_cache, on_cancel=engine.wake)
+                              prompt=text_tokens, constraint=plan.constraint)
+        req = Request(feed, p, chain, model.vocab, self._eog_cache, on_cancel=engine.wake,
+                      preserved_tokens=plan.preserved_tokens)
         req.media = spans
         return req
 
-    def chat(self, messages: Messages, params: GenerationParams | None = None, **overrides: Any) -> Completion:
-        """Answer a conversation; returns the assistant's :class:`Completion`.
+    def chat(self, messages: Messages, params: GenerationParams | None = None,
+             **overrides: Any) -> ChatCompletion:
+        """Answer a conversation; returns the assistant's :class:`ChatCompletion`.
 
-        Message contents are strings or lists of OpenAI-style content parts
-        (images and audio need ``ModelConfig.mmproj``). Raises like :meth:`submit`,
-        and :class:`MediaError` for media that cannot be used (no projector,
-        unreadable, audio for a vision-only projector, ...)."""
-        return self._wait(self.submit_chat(messages, params, **overrides))
+        Takes what :meth:`submit_chat` takes and raises like it; also re-raises
+        the request's failure (a forced tool call that does not parse, ...).
+        """
+        done = self._wait(self.submit_chat(messages, params, **overrides))
+        assert isinstance(done, ChatCompletion)
+        return done
 
     def stream_chat(self, messages: Messages, params: GenerationParams | None = None,
-                    **overrides: Any) -> TextStream:
-        return TextStream(self.submit_chat(messages, params, **overrides))
+                    **overrides: Any) -> ChatStream:
+        """Typed deltas (:class:`ChatDelta`: content, reasoning_content, tool-call
+        pieces) of a conversation's answer, parsed as it streams. Submits at once,
+        raising like :meth:`submit_chat`; leaving the loop early cancels."""
+        req, plan = self._chat_request(messages, params, overrides)
+        self._require_engine().submit(req)
+        return ChatStream(req, plan.new_parser(True))
 
     def _submit_many(self, prompts: Sequence[str | Sequence[int]], p: GenerationParams) -> list[Request]:
         if isinstance(prompts, (str, bytes)):
@@ -503,8 +551,11 @@ class LLM:
         return await self.submit(prompt, params, **overrides).aresult()
 
     async def achat(self, messages: Messages, params: GenerationParams | None = None,
-                    **overrides: Any) -> Completion:
-        return await self.submit_chat(messages, params, **overrides).aresult()
+                    **overrides: Any) -> ChatCompletion:
+        """:meth:`chat` for asyncio."""
+        done = await self.submit_chat(messages, params, **overrides).aresult()
+        assert isinstance(done, ChatCompletion)
+        return done
 
     async def aembed(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
         """:meth:`embed` in a worker thread."""
@@ -529,13 +580,8 @@ class LLM:
         return AsyncTextStream(self.submit(prompt, params, **overrides))
 
     def astream_chat(self, messages: Messages, params: GenerationParams | None = None,
-                     **overrides: Any) -> AsyncTextStream:
-        return AsyncTextStream(self.submit_chat(messages, params, **overrides))
-
-
-def _have_jinja() -> bool:
-    try:
-        import jinja2  # noqa: F401
-    except ImportError:
-        return False
-    return True
+                     **overrides: Any) -> AsyncChatStream:
+        """:meth:`stream_chat` for ``async for``."""
+        req, plan = self._chat_request(messages, params, overrides)
+        self._require_engine().submit(req)
+        return AsyncChatStream(req, plan.new_parser(True))

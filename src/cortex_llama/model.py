@@ -304,6 +304,11 @@ class Model(Owned):
         return self.vocab.n_tokens
 
     @property
+    def handle(self) -> Any:
+        """The raw ``llama_model *``; raises :class:`ClosedError` when closed."""
+        return self._check()
+
+    @property
     def desc(self) -> str:
         """llama.cpp's one-line description, e.g. ``"llama ?B all F32"``."""
         ptr = self._check()
@@ -380,6 +385,11 @@ class Vocab:
     def _v(self) -> Any:
         self.model._check()
         return self.model._vocab_ptr
+
+    @property
+    def handle(self) -> Any:
+        """The raw ``const llama_vocab *``; raises :class:`ClosedError` when its model is closed."""
+        return self._v()
 
     @property
     def n_tokens(self) -> int:
@@ -551,9 +561,10 @@ class Vocab:
             size = -n
         raise TokenizeError(f"llama_token_to_piece failed for token {token}")
 
-    def detokenizer(self, special: bool = False) -> Detokenizer:
-        """A fresh :class:`Detokenizer` for streaming output."""
-        return Detokenizer(self, special=special)
+    def detokenizer(self, special: bool = False, preserved: Iterable[int] = ()) -> Detokenizer:
+        """A fresh :class:`Detokenizer` for streaming output (``preserved``: special
+        tokens printed even when ``special`` is off, as a chat format's tool-call tags)."""
+        return Detokenizer(self, special=special, preserved=preserved)
 
 
 class Detokenizer:
@@ -564,16 +575,17 @@ class Detokenizer:
     back an incomplete character until its last byte arrives.
     """
 
-    def __init__(self, vocab: Vocab, special: bool = False) -> None:
+    def __init__(self, vocab: Vocab, special: bool = False, preserved: Iterable[int] = ()) -> None:
         self._vocab = vocab
         self._special = special
+        self._preserved = frozenset(int(t) for t in preserved)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pieces: dict[int, bytes] = {}
 
     def piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
         if piece is None:
-            piece = self._vocab.token_to_piece(token, special=self._special)
+            piece = self._vocab.token_to_piece(token, special=self._special or token in self._preserved)
             self._pieces[token] = piece
         return piece
 

@@ -527,10 +527,16 @@ class SamplerChain(Sampler):
         logit_bias: Mapping[int, float] | None = None,
         grammar: str | None = None,
         n_ctx: int | None = None,
+        grammar_lazy: bool = False,
+        trigger_patterns: Sequence[str] = (),
+        trigger_tokens: Sequence[int] = (),
     ) -> SamplerChain:
-        """llama.cpp's usual chain: [grammar] [logit bias] [penalties] top-k top-p min-p temp dist.
+        """llama.cpp's usual chain: [logit bias] [penalties] [grammar] top-k top-p min-p temp dist.
 
-        ``temperature == 0`` means greedy (the filters are skipped).
+        ``temperature == 0`` means greedy (the filters are skipped). With
+        ``grammar_lazy`` the grammar constrains only from a trigger on (a regex of
+        ``trigger_patterns`` matching the output, or a token of ``trigger_tokens``),
+        as llama.cpp does for tool calls; a lazy grammar without triggers raises.
         ``penalty_last_n=-1`` means the whole context and needs ``n_ctx``. Raises
         ``ValueError`` for out-of-range values and :class:`GrammarError`.
         """
@@ -547,7 +553,12 @@ class SamplerChain(Sampler):
         if repeat_penalty != 1.0 or frequency_penalty or presence_penalty:
             items.append(Sampler.penalties(n_vocab, penalty_last_n, repeat_penalty,
                                            frequency_penalty, presence_penalty))
-        if grammar is not None:
+        if grammar is not None and grammar_lazy:
+            if not trigger_patterns and not trigger_tokens:
+                raise GrammarError("a lazy grammar needs at least one trigger pattern or token")
+            items.append(Sampler.grammar_lazy(model, grammar, trigger_patterns=trigger_patterns,
+                                              trigger_tokens=trigger_tokens))
+        elif grammar is not None:
             items.append(Sampler.grammar(model, grammar))
         if temperature == 0:
             items.append(Sampler.greedy())

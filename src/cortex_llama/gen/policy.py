@@ -9,35 +9,64 @@ grammar allows no token instead of letting llama.cpp abort the process.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
+from ..chat import schema_to_grammar
 from ..context import Context
 from ..errors import GrammarError
-from ..json_schema import schema_to_gbnf
 from ..model import Model
 from ..sampling import TOKEN_DATA_DTYPE, SamplerChain
 from .params import GenerationParams
 
-__all__ = ["build_sampler", "sample", "has_grammar", "is_plain_greedy"]
+__all__ = ["build_sampler", "sample", "has_grammar", "is_plain_greedy", "GrammarConstraint"]
+
+
+@dataclass(frozen=True)
+class GrammarConstraint:
+    """A grammar from a chat template (llama.cpp's ``common_chat_params``): lazy ones
+    constrain only from a trigger on, so that free text stays free."""
+
+    grammar: str
+    lazy: bool = False
+    trigger_patterns: tuple[str, ...] = field(default=())
+    trigger_tokens: tuple[int, ...] = field(default=())
+    #: the generation prompt's tokens, which the template already wrote and the
+    #: grammar starts with: accepted by the grammar before sampling
+    prefill_tokens: tuple[int, ...] = field(default=())
 
 
 def build_sampler(model: Model, p: GenerationParams, *, default_seed: int | None, n_ctx: int,
-                  prompt: list[int]) -> SamplerChain:
+                  prompt: list[int], constraint: GrammarConstraint | None = None) -> SamplerChain:
     """The sampler chain for ``p`` (seed: ``p.seed``, else ``default_seed``).
 
-    Penalties see the prompt too (as in llama-server), over their window.
-    Raises :class:`GrammarError` for a bad grammar or schema and ``ValueError``
-    for bad values.
+    ``constraint`` (from the chat template) replaces ``p.grammar``/``p.json_schema``,
+    which the template has folded into it. Penalties see the prompt too (as in
+    llama-server), over their window. Raises :class:`GrammarError` for a bad
+    grammar or schema and ``ValueError`` for bad values.
     """
     grammar = p.grammar
-    if p.json_schema is not None:
-        grammar = schema_to_gbnf(p.json_schema)  # type: ignore[arg-type]
+    lazy = False
+    patterns: tuple[str, ...] = ()
+    tokens: tuple[int, ...] = ()
+    if constraint is not None:
+        grammar = constraint.grammar or None
+        lazy, patterns, tokens = constraint.lazy, constraint.trigger_patterns, constraint.trigger_tokens
+    elif p.json_schema is not None:
+        grammar = schema_to_grammar(p.json_schema)
     seed = p.seed if p.seed is not None else default_seed
     chain = SamplerChain.from_params(
         model, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
         repeat_penalty=p.repeat_penalty, frequency_penalty=p.frequency_penalty,
         presence_penalty=p.presence_penalty, penalty_last_n=p.penalty_last_n, seed=seed,
-        logit_bias=p.logit_bias, grammar=grammar, n_ctx=n_ctx)
+        logit_bias=p.logit_bias, grammar=grammar, n_ctx=n_ctx, grammar_lazy=lazy,
+        trigger_patterns=patterns, trigger_tokens=tokens)
+    if constraint is not None and constraint.prefill_tokens and grammar:
+        for sampler in chain.samplers:
+            if sampler.name == "grammar":
+                for tok in constraint.prefill_tokens:
+                    sampler.accept(tok)
     if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
         last_n = p.penalty_last_n
         chain.accept_history(prompt if last_n < 0 else prompt[max(0, len(prompt) - last_n):])

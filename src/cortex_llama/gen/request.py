@@ -107,7 +107,7 @@ class Request:
 
     def __init__(self, prompt_tokens: list[int], params: GenerationParams, sampler: SamplerChain,
                  vocab: Vocab, eog_cache: dict[int, bool] | None = None,
-                 on_cancel: Callable[[], None] | None = None) -> None:
+                 on_cancel: Callable[[], None] | None = None, preserved_tokens: Sequence[int] = ()) -> None:
         self.id = next(_ids)
         self.prompt_tokens = prompt_tokens
         #: media chunks of a multimodal prompt by their first cell (see gen.media)
@@ -116,7 +116,7 @@ class Request:
         self.sampler = sampler
         self._vocab = vocab
         self._eog = eog_cache if eog_cache is not None else {}
-        self._detok = vocab.detokenizer()
+        self._detok = vocab.detokenizer(preserved=preserved_tokens)
         self._stop = StopMatcher(params.stop)
         self._on_cancel = on_cancel
         self.tokens: list[int] = []
@@ -135,6 +135,9 @@ class Request:
         self._wakers: list[Waker] = []  # woken at every delta and at the end
         self._end_wakers: list[Waker] = []  # woken at the end only (aresult)
         self._completion: Completion | None = None
+        #: turns the finished Completion into the result (a chat's output parser);
+        #: an exception it raises becomes the request's error
+        self.finisher: Callable[[Completion], Completion] | None = None
 
     def __repr__(self) -> str:
         state = self.finish_reason or ("failed" if self._error else "running")
@@ -310,10 +313,16 @@ class Request:
         t.generation_ms = (end - first) * 1000
         self.usage.completion_tokens = len(self.tokens)
         self.finish_reason = reason
+        done = Completion(text="".join(self._parts), tokens=list(self.tokens), finish_reason=reason,
+                          usage=self.usage, timings=self.timings, logprobs=self.logprobs)
+        if self.finisher is not None:
+            try:
+                done = self.finisher(done)
+            except Exception as exc:  # noqa: BLE001 - it is this request's failure, reported to its caller
+                self.fail(exc)
+                return
         with self._cond:
-            self._completion = Completion(
-                text="".join(self._parts), tokens=list(self.tokens), finish_reason=reason,
-                usage=self.usage, timings=self.timings, logprobs=self.logprobs)
+            self._completion = done
             self._ended.set()
             self._notify(end=True)
 

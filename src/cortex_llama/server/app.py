@@ -16,8 +16,7 @@ import json
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar, Union
 
 import numpy as np
@@ -27,20 +26,18 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as HTTPRequest
 
-from ..chat import CHATML
-from ..errors import MediaError
+from ..conversation import ChatCompletion
 from ..llm import LLM, Completion, GenerationParams
-from . import tools as toolcalls
 from .errors import APIError, from_exception
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, CountingMiddleware, JSONBodyMiddleware
-from .schemas import (UNION_MEMBER_NAMES, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk,
+from .schemas import (UNION_MEMBER_NAMES, ApplyTemplateResponse, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk,
                       ChatCompletionRequest, ChatCompletionResponse, ChatDelta, ChatLogprobs, ChatTokenLogprob,
                       CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse,
                       DetokenizeRequest, DetokenizeResponse, Embedding, EmbeddingRequest, EmbeddingResponse,
                       EmbeddingUsage, ErrorResponse, HealthResponse, ModelCard, ModelList, NamedToolChoice,
                       PromptTokensDetails, TokenizeRequest, TokenizeResponse, TokenPiece, ToolCall,
-                      ToolCallDelta, ToolCallFunction, TopLogprob, Usage)
+                      ToolCallDelta, ToolCallFunction, ToolCallFunctionDelta, TopLogprob, Usage)
 
 if TYPE_CHECKING:
     from ..gen.request import Request
@@ -214,6 +211,34 @@ async def _merge(reqs: Sequence[Request]) -> AsyncIterator[tuple[int, str | None
             t.cancel()
 
 
+async def _merge_chat(streams: Sequence[Any]) -> AsyncIterator[tuple[int, Any]]:
+    """(choice index, ChatDelta) of several chat streams as they come; (i, None)
+    once stream i has ended."""
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+    async def pump(i: int, stream: Any) -> None:
+        try:
+            async for d in stream:
+                queue.put_nowait((i, d))
+            queue.put_nowait((i, None))
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer
+            queue.put_nowait((i, exc))
+
+    tasks = [asyncio.ensure_future(pump(i, st)) for i, st in enumerate(streams)]
+    try:
+        left = len(streams)
+        while left:
+            i, item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                left -= 1
+            yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
 def _cancel_all(reqs: Sequence[Request]) -> None:
     for r in reqs:
         r.cancel()
@@ -225,8 +250,6 @@ class _Job:
 
     reqs: list[Request]
     n: int  # choices per prompt
-    tools: list[str] = field(default_factory=list)  # function names to parse calls of
-    tool_format: str | None = None
     top_logprobs: int | None = None
     echo: list[str] | None = None  # prompt texts to prepend (completions echo)
 
@@ -251,14 +274,17 @@ def _choice_params(params: GenerationParams, n: int) -> list[GenerationParams]:
 
 
 def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY, title: str = "cortex-llama") -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY, title: str = "cortex-llama",
+               reasoning_format: str = "auto") -> FastAPI:
     """A FastAPI app serving ``llm`` with OpenAI's API (mount it in your own app or
     run it with uvicorn). The caller keeps ownership of ``llm`` (load and close it).
 
     ``api_key`` requires ``Authorization: Bearer <api_key>`` on every route but
-    ``/health`` and the docs; ``model_alias`` is the model id clients see and
-    send (the model's name and file name are accepted too); bodies longer than
-    ``max_body_bytes`` are answered 413.
+    ``/health`` and the docs; ``model_alias`` is the model id answers carry (any
+    ``model`` a client sends is accepted); bodies longer than ``max_body_bytes``
+    are answered 413; ``reasoning_format`` is llama-server's
+    ``--reasoning-format`` (none, auto, deepseek, deepseek-legacy), which a
+    request's own ``reasoning_format`` overrides.
     """
     from .. import __version__
 
@@ -269,8 +295,6 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
     app.state.llm = llm
     app.state.metrics = metrics
     model_id = model_alias or llm.name
-    path = Path(str(llm.config.model_path))
-    accepted = {model_id, llm.name, path.name, path.stem, str(llm.config.model_path)}
     created = int(time.time())
     piece_cache: dict[int, str] = {}
 
@@ -300,9 +324,9 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
 
     # -- shared pieces --------------------------------------------------------------
     def check_model(name: str | None) -> None:
-        if name is not None and name not in accepted:
-            raise APIError(404, f"model {name!r} does not exist: this server serves {model_id!r}",
-                           param="model", code="model_not_found")
+        """Any model name is accepted while one model is served (as llama-server does):
+        clients often send a default such as ``gpt-4o-mini``; answers carry the served id."""
+        del name
 
     def piece(tok: int) -> str:
         p = piece_cache.get(tok)
@@ -360,7 +384,7 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
         if rf is None or rf.type == "text":
             return None, None, None
         if rf.type == "json_object":
-            return toolcalls.JSON_GRAMMAR, None, "response_format"
+            return None, rf.schema_ or {"type": "object"}, "response_format"
         schema = rf.json_schema.schema_ if rf.json_schema is not None else rf.schema_
         return None, schema, "response_format"
 
@@ -381,24 +405,6 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
             for prompt in prompts:
                 for p in _choice_params(params, n):
                     reqs.append(llm.submit(prompt, p))
-        except BaseException:
-            _cancel_all(reqs)
-            raise
-        return reqs
-
-    def submit_media(messages: list[dict[str, Any]], n: int, params: GenerationParams) -> list[Request]:
-        """``n`` requests for a conversation with image/audio parts (choice j seeded seed+j)."""
-        reqs: list[Request] = []
-        try:
-            for p in _choice_params(params, n):
-                reqs.append(llm.submit_chat(messages, p))
-        except MediaError as exc:
-            _cancel_all(reqs)
-            raise APIError(400, str(exc), param="messages", code="invalid_media") from None
-        except FileNotFoundError as exc:
-            _cancel_all(reqs)
-            raise APIError(400, f"image file not found: {exc.filename}", param="messages",
-                           code="invalid_media") from None
         except BaseException:
             _cancel_all(reqs)
             raise
@@ -608,13 +614,7 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
                                           choices=[], usage=job.usage()))
         yield "data: [DONE]\n\n"
 
-    # -- chat completions -----------------------------------------------------------------------
-    def template_source() -> str:
-        named = llm.config.chat_template
-        if named is not None:
-            return named
-        return llm.model.chat_template() or CHATML
-
+    # -- chat completions: the LLM's chat pipeline (llama.cpp's chat layer) ------------------
     def chat_logprobs(c: Completion, top: int, start: int = 0) -> ChatLogprobs | None:
         if c.logprobs is None:
             return None
@@ -624,93 +624,95 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
                                            for t, v in lp.top[:top]])
             for lp in c.logprobs[start:]])
 
+    def chat_inputs(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """(OpenAI messages, ChatOptions fields) of a chat request."""
+        messages = []
+        for m in body.messages:
+            msg = m.model_dump(exclude_none=True)
+            if m.content is None:
+                msg["content"] = None
+            for call in msg.get("tool_calls") or ():
+                if not isinstance(call["function"]["arguments"], str):
+                    call["function"]["arguments"] = json.dumps(call["function"]["arguments"])
+            messages.append(msg)
+        opts: dict[str, Any] = {
+            "reasoning_format": body.reasoning_format or reasoning_format,
+            "add_generation_prompt": body.add_generation_prompt,
+        }
+        if body.tools:
+            opts["tools"] = [t.model_dump(exclude_none=True, by_alias=True) for t in body.tools]
+            choice = body.tool_choice
+            opts["tool_choice"] = choice.model_dump() if isinstance(choice, NamedToolChoice) else (choice or "auto")
+        for name in ("parallel_tool_calls", "reasoning_effort", "chat_template_kwargs"):
+            if getattr(body, name) is not None:
+                opts[name] = getattr(body, name)
+        rf = body.response_format
+        if rf is not None and rf.type != "text":
+            schema = rf.json_schema.schema_ if rf.json_schema is not None else rf.schema_
+            opts["response_format"] = ({"type": "json_object", "schema": schema} if rf.type == "json_object"
+                                       else {"type": "json_schema", "json_schema": {"schema": schema}})
+        return messages, opts
+
+    @app.post("/apply-template", response_model=ApplyTemplateResponse, responses=_ERRORS, tags=["chat"])
+    async def apply_template(body: ChatCompletionRequest) -> ApplyTemplateResponse:
+        """The prompt a chat request renders to (llama-server's ``/apply-template``)."""
+        messages, opts = chat_inputs(body)
+        try:
+            prompt = await asyncio.to_thread(llm.chat_prompt, messages, **opts)
+        except Exception as exc:  # noqa: BLE001 - mapped to an HTTP status
+            raise from_exception(exc, prompt_param="messages") from None
+        return ApplyTemplateResponse(prompt=prompt)
+
     @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=_ERRORS, tags=["chat"])
     async def chat_completions(body: ChatCompletionRequest, raw: HTTPRequest) -> Any:
-        """Chat completion with the model's chat template; tools, JSON output, streaming."""
+        """Chat completion through the model's chat template (llama.cpp's chat layer):
+        tools and tool calls, reasoning_content, JSON output, streaming."""
         check_model(body.model)
         max_tokens = body.max_completion_tokens or body.max_tokens
         check_counts(body.n, max_tokens, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
-        grammar, schema, gparam = constraint(body)
-        tool_specs: list[dict[str, Any]] | None = None
-        names: list[str] = []
-        fmt: str | None = None
-        use_tools = bool(body.tools) and body.tool_choice != "none"
-        template = template_source()
-        if use_tools:
-            assert body.tools is not None
-            tool_specs = [t.model_dump(exclude_none=True, by_alias=True) for t in body.tools]
-            names = [t.function.name for t in body.tools]
-            fmt = toolcalls.detect_format(template)
-            forced: list[dict[str, Any]] | None = None
-            if body.tool_choice == "required":
-                forced = [t["function"] for t in tool_specs]
-            elif isinstance(body.tool_choice, NamedToolChoice):
-                forced = [t["function"] for t in tool_specs if t["function"]["name"] == body.tool_choice.function.name]
-            if forced is not None:
-                if gparam is not None:
-                    raise APIError(400, f"{gparam}: cannot be combined with tool_choice "
-                                        f"{'required' if body.tool_choice == 'required' else 'naming a function'}",
-                                   param=gparam, code="invalid_value")
-                try:
-                    grammar, gparam = toolcalls.tool_call_grammar(forced, fmt), "tools"
-                except Exception as exc:  # noqa: BLE001
-                    raise from_exception(exc, grammar_param="tools") from None
-        msgs_in = [m.model_dump(exclude_none=True) for m in body.messages]
-        media = any(m.has_media() for m in body.messages)
-        for m, src in zip(msgs_in, body.messages):
-            m["content"] = (src.parts() if media else src.text()) if src.content is not None else None
-        native_tools = "tools" in template
-        n_ctx = llm.config.context_size
-        if media and use_tools and native_tools:
-            raise APIError(400, "tools cannot be combined with image or audio parts with this model's "
-                                "template", param="tools", code="invalid_value")
+        messages, opts = chat_inputs(body)
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        params = gen_params(body, max_tokens or llm.config.context_size, top, body.grammar, None)
+        gparam = "grammar" if body.grammar is not None else "response_format" if "response_format" in opts else None
+        streams: list[Any] = []
 
         def make() -> list[Request]:
+            reqs: list[Request] = []
             try:
-                msgs = toolcalls.template_messages(msgs_in)
-                if use_tools and not native_tools:
-                    msgs = toolcalls.inline_tools(msgs, tool_specs or [])
-            except ValueError as exc:
-                raise APIError(400, str(exc), param="messages", code="invalid_value") from None
-            top = (body.top_logprobs or 0) if body.logprobs else None
-            if media:
-                params = gen_params(body, max_tokens or max(1, n_ctx // 2), top, grammar, schema)
-                return submit_media(msgs, body.n, params)
-            toks = llm.chat_tokens(msgs, tools=tool_specs if native_tools else None)
-            params = gen_params(body, max_tokens or max(1, n_ctx - len(toks)), top, grammar, schema)
-            return submit_each([toks], body.n, params)
+                for p in _choice_params(params, body.n):
+                    if body.stream:
+                        streams.append(llm.astream_chat(messages, p, **opts))
+                        reqs.append(streams[-1].request)
+                    else:
+                        reqs.append(llm.submit_chat(messages, p, **opts))
+            except BaseException:
+                _cancel_all(reqs)
+                raise
+            return reqs
 
-        if use_tools and not native_tools:
-            fmt = toolcalls.HERMES
         reqs = await submit(make, "messages", gparam)
-        job = _Job(reqs, body.n, tools=names, tool_format=fmt,
-                   top_logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+        job = _Job(reqs, body.n, top_logprobs=top)
         rid, now = "chatcmpl-" + secrets.token_hex(12), int(time.time())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return stream_response(stream_chat(job, rid, now, include_usage), job)
+            return stream_response(stream_chat(job, streams, rid, now, include_usage), job)
         results = await results_or_disconnect(raw, job)
         if results is None:
             return Response(status_code=499)
         choices = []
         for i, c in enumerate(results):
-            finish = _FINISH.get(c.finish_reason, c.finish_reason)
-            content: str | None = c.text
-            calls: list[ToolCall] | None = None
-            if job.tools:
-                content, parsed = toolcalls.parse_tool_calls(c.text, job.tools, job.tool_format)
-                if parsed:
-                    calls = [ToolCall(id=toolcalls.new_call_id(),
-                                      function=ToolCallFunction(name=p.name, arguments=p.arguments))
-                             for p in parsed]
-                    finish = "tool_calls"
-                    content = content or None
-            choices.append(ChatChoice(index=i, message=AssistantMessage(content=content, tool_calls=calls),
-                                      finish_reason=finish, logprobs=chat_logprobs(c, job.top_logprobs or 0)))
+            assert isinstance(c, ChatCompletion)
+            calls = [ToolCall(id=t.id, function=ToolCallFunction(name=t.name, arguments=t.arguments))
+                     for t in c.tool_calls] or None
+            finish = "tool_calls" if calls else _FINISH.get(c.finish_reason, c.finish_reason)
+            message = AssistantMessage(content=c.content, reasoning_content=c.reasoning_content, tool_calls=calls)
+            choices.append(ChatChoice(index=i, message=message, finish_reason=finish,
+                                      logprobs=chat_logprobs(c, job.top_logprobs or 0)))
         return ChatCompletionResponse(id=rid, created=now, model=model_id, choices=choices,
                                       usage=job.usage(results))
 
-    async def stream_chat(job: _Job, rid: str, now: int, include_usage: bool) -> AsyncIterator[str]:
+    async def stream_chat(job: _Job, streams: list[Any], rid: str, now: int,
+                          include_usage: bool) -> AsyncIterator[str]:
         templates: dict[int, _Template] = {}
 
         def content(i: int, text: str) -> str:
@@ -730,12 +732,12 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
             return _sse(ChatCompletionChunk(id=rid, object="chat.completion.chunk", created=now, model=model_id,
                                             choices=[choice]))
 
-        splitters = [toolcalls.ToolStreamSplitter(job.tool_format) if job.tools else None for _ in job.reqs]
         sent_lp = [0] * len(job.reqs)
         top = job.top_logprobs or 0
+        called = [False] * len(job.reqs)
 
         def new_logprobs(i: int) -> ChatLogprobs | None:
-            lps = getattr(job.reqs[i], "logprobs", None)
+            lps = job.reqs[i].logprobs
             if lps is None or len(lps) <= sent_lp[i]:
                 return None
             part = Completion(text="", tokens=[], finish_reason="", logprobs=list(lps[sent_lp[i]:]))
@@ -744,26 +746,22 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
 
         for i in range(len(job.reqs)):
             yield chunk(i, ChatDelta(role="assistant", content=""))
-        async for i, delta in _merge(job.reqs):
-            sp = splitters[i]
-            if delta is not None:
-                text = sp.feed(delta) if sp is not None else delta
-                if text:
-                    lps = new_logprobs(i) if job.top_logprobs is not None else None
-                    yield chunk(i, ChatDelta(content=text), logprobs=lps) if lps else content(i, text)
+        async for i, d in _merge_chat(streams):
+            if d is not None:
+                if d.tool_calls:
+                    called[i] = True
+                lps = new_logprobs(i) if job.top_logprobs is not None else None
+                if d.content and not d.reasoning_content and not d.tool_calls and lps is None:
+                    yield content(i, d.content)
+                    continue
+                calls = [ToolCallDelta(index=t["index"], id=t.get("id"), type=t.get("type"),
+                                       function=ToolCallFunctionDelta(**t["function"]) if "function" in t else None)
+                         for t in d.tool_calls] or None
+                yield chunk(i, ChatDelta(content=d.content or None, reasoning_content=d.reasoning_content or None,
+                                         tool_calls=calls), logprobs=lps)
                 continue
             c = await job.reqs[i].aresult()
-            finish = _FINISH.get(c.finish_reason, c.finish_reason)
-            if sp is not None:
-                rest, parsed = sp.finish(job.tools)
-                if rest:
-                    yield chunk(i, ChatDelta(content=rest))
-                if parsed:
-                    yield chunk(i, ChatDelta(tool_calls=[
-                        ToolCallDelta(index=k, id=toolcalls.new_call_id(), type="function",
-                                      function=ToolCallFunction(name=p.name, arguments=p.arguments))
-                        for k, p in enumerate(parsed)]))
-                    finish = "tool_calls"
+            finish = "tool_calls" if called[i] else _FINISH.get(c.finish_reason, c.finish_reason)
             sent_lp[i] = min(sent_lp[i], len(c.logprobs or []))
             rest_lp = None
             if c.logprobs is not None and sent_lp[i] < len(c.logprobs):

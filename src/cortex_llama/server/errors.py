@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from ..errors import ClosedError, GrammarError, LlamaError, QueueFullError, TemplateError
+from ..errors import ChatRequestError, ClosedError, GrammarError, LlamaError, QueueFullError, TemplateError
 
 __all__ = ["APIError", "error_body", "from_exception", "RETRY_AFTER_S"]
 
@@ -66,6 +66,12 @@ def from_exception(exc: BaseException, *, prompt_param: str = "prompt",
     if isinstance(exc, ClosedError):
         return APIError(503, f"the model is not loaded: {exc}", code="model_not_loaded",
                         headers={"Retry-After": str(RETRY_AFTER_S)})
+    if isinstance(exc, ChatRequestError):
+        text = str(exc)
+        named = re.search(r"\b(tools|tool_choice|response_format|chat_template_kwargs|reasoning_format|"
+                          r"reasoning_effort|parallel_tool_calls|json_schema|grammar|add_generation_prompt|"
+                          r"continue_final_message|messages)\b", text)
+        return APIError(400, text, param=named.group(1) if named else "messages", code="invalid_value")
     if isinstance(exc, GrammarError):
         return APIError(400, str(exc), param=grammar_param or "grammar", code="invalid_grammar")
     if isinstance(exc, TemplateError):

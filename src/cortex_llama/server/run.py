@@ -33,7 +33,7 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
 
 def serve(llm: LLM, *, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
           model_alias: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY,
-          log_level: str = "info", shutdown_timeout: int = 30) -> None:
+          log_level: str = "info", shutdown_timeout: int = 30, reasoning_format: str = "auto") -> None:
     """Serve ``llm`` on ``host:port`` until SIGINT/SIGTERM.
 
     Shutdown is graceful: the server stops accepting connections and lets the
@@ -48,7 +48,8 @@ def serve(llm: LLM, *, host: str = "127.0.0.1", port: int = 8080, api_key: str |
     warning = exposure_warning(host, api_key)
     if warning:
         print(warning, file=sys.stderr)
-    app = create_app(llm, api_key=api_key, model_alias=model_alias, max_body_bytes=max_body_bytes)
+    app = create_app(llm, api_key=api_key, model_alias=model_alias, max_body_bytes=max_body_bytes,
+                     reasoning_format=reasoning_format)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=shutdown_timeout, server_header=False)
     server = uvicorn.Server(config)

@@ -238,6 +238,11 @@ class ChatCompletionRequest(_Sampling):
     tools: list[ToolSpec] | None = None
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     parallel_tool_calls: bool | None = None
+    # llama-server's extensions
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_format: Literal["none", "auto", "deepseek", "deepseek-legacy"] | None = None
+    reasoning_effort: str | None = None
+    add_generation_prompt: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
@@ -334,6 +339,7 @@ class CompletionResponse(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    reasoning_content: str | None = None  # llama-server's field for a model's thoughts
     tool_calls: list[ToolCall] | None = None
 
 
@@ -368,17 +374,27 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+class ToolCallFunctionDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
 class ToolCallDelta(BaseModel):
     index: int
     id: str | None = None
     type: Literal["function"] | None = None
-    function: ToolCallFunction | None = None
+    function: ToolCallFunctionDelta | None = None
 
 
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
+
+
+class ApplyTemplateResponse(BaseModel):
+    prompt: str
 
 
 class ChatChunkChoice(BaseModel):
