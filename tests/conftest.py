@@ -22,7 +22,7 @@ def source_tree(tmp_path: Path) -> Path:
     src.mkdir()
     for name in ("CMakeLists.txt", "LLAMA_CPP_COMMIT"):
         shutil.copy(ROOT / name, src)
-    for name in ("cmake", "patches"):
+    for name in ("cmake", "patches", "csrc"):
         shutil.copytree(ROOT / name, src / name)
     (src / "vendor").mkdir()
     (src / "vendor" / "llama.cpp").symlink_to(VENDOR)

@@ -179,7 +179,7 @@ def test_prefix_reuse_counts_the_image_by_its_id(llm: LLM) -> None:
 
 def test_stream_chat_with_an_image(llm: LLM) -> None:
     msgs = user("Say something about ", image(32, 32, 41))
-    text = "".join(llm.stream_chat(msgs, max_tokens=10, temperature=0))
+    text = "".join(d.content for d in llm.stream_chat(msgs, max_tokens=10, temperature=0))
     assert text == llm.chat(msgs, max_tokens=10, temperature=0).text
 
 

@@ -29,8 +29,8 @@ from .errors import ChatRequestError, GrammarError, LlamaError, TemplateError
 if TYPE_CHECKING:
     from .model import Model
 
-__all__ = ["ChatTemplates", "ChatPrompt", "ChatParser", "ChatDelta", "schema_to_grammar",
-           "builtin_templates", "REASONING_FORMATS"]
+__all__ = ["ChatTemplates", "ChatPrompt", "ChatParser", "ChatDelta", "schema_to_grammar", "check_schema",
+           "builtin_templates", "REASONING_FORMATS", "SCHEMA_KEYWORDS", "SCHEMA_FORMATS"]
 
 #: ``reasoning_format`` values (llama-server's ``--reasoning-format``)
 REASONING_FORMATS = ("none", "auto", "deepseek", "deepseek-legacy")
@@ -222,26 +222,87 @@ class ChatParser(Owned):
 
 
 
-def schema_to_grammar(schema: Mapping[str, Any] | str) -> str:
-    """GBNF for a JSON schema, by llama.cpp's converter (``json_schema_to_grammar``).
+#: the JSON-schema keywords llama.cpp's converter turns into grammar (common/json-schema.cpp)
+SCHEMA_KEYWORDS = frozenset({
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems",
+    "maxItems", "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+    "pattern", "format", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "definitions"})
+#: keywords that constrain nothing (annotations)
+SCHEMA_ANNOTATIONS = frozenset({
+    "title", "description", "$schema", "$id", "$comment", "default", "examples", "deprecated",
+    "readOnly", "writeOnly", "strict"})
+#: string formats the converter expresses
+SCHEMA_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"})
 
-    Raises :class:`GrammarError` naming what the converter cannot express (it
-    never drops a constraint silently).
-    """
-    if isinstance(schema, str):
-        try:
-            json.loads(schema)
-        except ValueError as exc:
-            raise GrammarError(f"json_schema is not valid JSON: {exc}") from None
-        body = schema.encode()
-    else:
-        try:
-            body = json.dumps(schema).encode()
-        except (TypeError, ValueError) as exc:
-            raise GrammarError(f"json_schema is not JSON-serializable: {exc}") from None
+
+def _subschemas(schema: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key in ("properties", "$defs", "definitions"):
+        for name, sub in (schema.get(key) or {}).items():
+            out.append((f"/{key}/{name}", sub))
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        for i, sub in enumerate(schema.get(key) or []):
+            out.append((f"/{key}/{i}", sub))
+    for key in ("items", "additionalProperties"):
+        sub = schema.get(key)
+        if isinstance(sub, Mapping):
+            out.append((f"/{key}", sub))
+    return out
+
+
+def check_schema(schema: Any, where: str = "json_schema") -> None:
+    """Raise :class:`GrammarError` naming the first constraint of ``schema`` that
+    llama.cpp's converter would not express (it would accept anything there):
+    an unknown keyword, a string format it lacks, a regex pattern it cannot
+    translate. Annotations (title, description, ...) are fine."""
+    stack: list[tuple[str, Any]] = [("", schema)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, bool):
+            continue
+        if not isinstance(node, Mapping):
+            raise GrammarError(f"{where}{path or '/'}: a schema must be an object, not {type(node).__name__}")
+        for key in node:
+            if key not in SCHEMA_KEYWORDS and key not in SCHEMA_ANNOTATIONS:
+                raise GrammarError(f"{where}{path}: the keyword {key!r} cannot be expressed by llama.cpp's "
+                                   f"JSON-schema converter (it would be dropped); supported: "
+                                   f"{', '.join(sorted(SCHEMA_KEYWORDS))}")
+        fmt = node.get("format")
+        if fmt is not None and fmt not in SCHEMA_FORMATS:
+            raise GrammarError(f"{where}{path}: format {fmt!r} cannot be expressed (supported: "
+                               f"{', '.join(sorted(SCHEMA_FORMATS))})")
+        pattern = node.get("pattern")
+        # an untranslatable pattern comes back as the plain string rule
+        if isinstance(pattern, str) and "root ::= string\n" in _convert({"type": "string", "pattern": pattern}):
+            raise GrammarError(f"{where}{path}: pattern {pattern!r} cannot be expressed by llama.cpp's "
+                               "regex translation (it would accept any string)")
+        stack.extend((path + sub_path, sub) for sub_path, sub in _subschemas(node))
+
+
+def _convert(schema: Any) -> str:
+    body = json.dumps(schema).encode()
     text = _call(lambda out: _shim().cortex_chat_schema_to_grammar(body, out), "json_schema",
                  invalid=GrammarError)
     return str(json.loads(text)["grammar"])
+
+
+def schema_to_grammar(schema: Mapping[str, Any] | str) -> str:
+    """GBNF for a JSON schema, by llama.cpp's converter (``json_schema_to_grammar``).
+
+    Raises :class:`GrammarError` naming what the converter cannot express (see
+    :func:`check_schema`): a constraint is never dropped silently.
+    """
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except ValueError as exc:
+            raise GrammarError(f"json_schema is not valid JSON: {exc}") from None
+    try:
+        json.dumps(schema)
+    except (TypeError, ValueError) as exc:
+        raise GrammarError(f"json_schema is not JSON-serializable: {exc}") from None
+    check_schema(schema)
+    return _convert(schema)
 
 
 def builtin_templates() -> list[str]:

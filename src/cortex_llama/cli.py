@@ -126,7 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0
         t0 = time.perf_counter()
         n = 0
-        for delta in llm.stream_chat(msgs, params) if media else llm.stream(args.prompt, params):
+        pieces = (d.content for d in llm.stream_chat(msgs, params)) if media else llm.stream(args.prompt, params)
+        for delta in pieces:
             sys.stdout.write(delta)
             sys.stdout.flush()
             n += 1
@@ -172,9 +173,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
             else:
                 history.append({"role": "user", "content": text})
             parts = []
-            for delta in llm.stream_chat(history, params):
+            for d in llm.stream_chat(history, params):
+                delta = d.content
                 parts.append(delta)
-                sys.stdout.write(delta)
+                sys.stdout.write(d.reasoning_content + delta)
                 sys.stdout.flush()
             sys.stdout.write("\n")
             history.append({"role": "assistant", "content": "".join(parts)})
@@ -258,8 +260,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if real:
                 print("reply (streamed):")
                 t0 = time.perf_counter()
-                for delta in llm.stream_chat(msgs, greedy, max_tokens=160):
-                    sys.stdout.write(delta)
+                for d in llm.stream_chat(msgs, greedy, max_tokens=160):
+                    sys.stdout.write(d.content)
                     sys.stdout.flush()
                 print(f"\n   [{time.perf_counter() - t0:.3f} s]")
             else:

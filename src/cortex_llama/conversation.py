@@ -24,8 +24,8 @@ from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence, Un
 
 from . import content as media_content
 from . import tool_polyfill
-from .chat import REASONING_FORMATS, ChatDelta, ChatParser, ChatPrompt, ChatTemplates
-from .errors import ChatRequestError
+from .chat import REASONING_FORMATS, ChatDelta, ChatParser, ChatPrompt, ChatTemplates, check_schema
+from .errors import ChatRequestError, GrammarError
 from .gen.params import FINISH_EOG, FINISH_STOP, Completion
 from .gen.policy import GrammarConstraint
 from .gen.request import AsyncTextStream, Request, TextStream
@@ -225,10 +225,20 @@ def plan_chat(templates: ChatTemplates, messages: Messages, opts: ChatOptions, *
     tools = _check_tools(opts.tools) if opts.tools else []
     tool_choice, tools = _resolve_tool_choice(opts.tool_choice, tools)
     use_tools = bool(tools) and tool_choice != "none"
+    for i, tool in enumerate(tools):
+        if tool["function"].get("parameters"):
+            check_schema(tool["function"]["parameters"], f"tools[{i}].function.parameters")
     schema = _response_schema(opts.response_format)
     if schema is not None and json_schema is not None:
         raise ChatRequestError("give response_format or json_schema, not both")
     schema = schema if schema is not None else json_schema
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except ValueError as exc:
+            raise GrammarError(f"json_schema is not valid JSON: {exc}") from None
+    if schema is not None:
+        check_schema(schema, "response_format" if opts.response_format is not None else "json_schema")
     if use_tools and (schema is not None or grammar):
         raise ChatRequestError("tools: a json_schema, response_format or grammar cannot be combined with tools")
     media: list[Any] = []
@@ -241,8 +251,16 @@ def plan_chat(templates: ChatTemplates, messages: Messages, opts: ChatOptions, *
         return _polyfilled(templates, messages, opts, tools, media)
     constraint = None
     if prompt.grammar:
-        constraint = GrammarConstraint(prompt.grammar, prompt.grammar_lazy, tuple(prompt.trigger_patterns),
-                                       tuple(prompt.trigger_tokens), tuple(prompt.grammar_prefill_tokens))
+        grammar, prefill = prompt.grammar, tuple(prompt.grammar_prefill_tokens)
+        if prefill:
+            # llama.cpp feeds the generation prompt's tokens to the grammar, which
+            # starts with it as a literal. Tokenizers that add a space after a special
+            # token make those pieces differ from the text (the grammar then throws in
+            # C++). The literal is dropped from the root rule instead: same language
+            # for what is generated, nothing to feed.
+            grammar, prefill = _without_generation_prompt(grammar, prompt.generation_prompt), ()
+        constraint = GrammarConstraint(grammar, prompt.grammar_lazy, tuple(prompt.trigger_patterns),
+                                       tuple(prompt.trigger_tokens), prefill)
     legacy = opts.reasoning_format == "deepseek-legacy"
 
     def new_parser(streaming: bool) -> OutputParser:
@@ -250,6 +268,24 @@ def plan_chat(templates: ChatTemplates, messages: Messages, opts: ChatOptions, *
 
     return ChatPlan(prompt, media, constraint, tuple(prompt.additional_stops),
                     tuple(prompt.preserved_token_ids), new_parser)
+
+
+def _gbnf_literal(text: str) -> str:
+    escapes = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return '"' + "".join(escapes.get(ch, ch) for ch in text) + '"'
+
+
+def _without_generation_prompt(grammar: str, generation_prompt: str) -> str:
+    """``grammar`` with the generation prompt's literal dropped from the start of its
+    root rule. Raises :class:`GrammarError` when the root does not start with it."""
+    head = "root ::= " + _gbnf_literal(generation_prompt)
+    lines = grammar.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith(head + " ") or line == head:
+            lines[i] = "root ::= " + (line[len(head):].strip() or '""')
+            return "\n".join(lines)
+    raise GrammarError("the template's grammar does not start with its generation prompt "
+                       f"{generation_prompt!r}; cannot constrain this output")
 
 
 def _polyfilled(templates: ChatTemplates, messages: Messages, opts: ChatOptions, tools: list[dict[str, Any]],

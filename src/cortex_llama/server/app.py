@@ -673,7 +673,8 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
         messages, opts = chat_inputs(body)
         top = (body.top_logprobs or 0) if body.logprobs else None
         params = gen_params(body, max_tokens or llm.config.context_size, top, body.grammar, None)
-        gparam = "grammar" if body.grammar is not None else "response_format" if "response_format" in opts else None
+        gparam = ("grammar" if body.grammar is not None else "response_format" if "response_format" in opts
+                  else "tools" if body.tools else None)
         streams: list[Any] = []
 
         def make() -> list[Request]:
