@@ -183,6 +183,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line_json(text: str) -> str:
+    """A JSON answer on one line (llama.cpp's schema grammars allow newlines between
+    tokens); text that is not JSON (cut short) as it is."""
+    try:
+        return json.dumps(json.loads(text), ensure_ascii=False)
+    except ValueError:
+        return text
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     with _llm(args) as llm:
@@ -294,7 +303,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print("   schema:", json.dumps(schema))
                 c = llm.chat([{"role": "user", "content": "Give the facts about France as JSON."}],
                              greedy, max_tokens=120, json_schema=schema)
-                print("  ", c.text)
+                print("  ", _one_line_json(c.text))
             else:
                 schema = {"type": "object", "properties": {"ok": {"type": "boolean"},
                                                            "color": {"enum": ["red", "green"]}},

@@ -24,7 +24,8 @@ from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence, Un
 
 from . import content as media_content
 from . import tool_polyfill
-from .chat import REASONING_FORMATS, ChatDelta, ChatParser, ChatPrompt, ChatTemplates, check_schema
+from .chat import (REASONING_FORMATS, ChatDelta, ChatParser, ChatPrompt, ChatTemplates, check_schema,
+                   schema_to_grammar)
 from .errors import ChatRequestError, GrammarError
 from .gen.params import FINISH_EOG, FINISH_STOP, Completion
 from .gen.policy import GrammarConstraint
@@ -237,8 +238,9 @@ def plan_chat(templates: ChatTemplates, messages: Messages, opts: ChatOptions, *
             schema = json.loads(schema)
         except ValueError as exc:
             raise GrammarError(f"json_schema is not valid JSON: {exc}") from None
-    if schema is not None:
+    if schema is not None:  # converted once alone, so that its errors name the schema
         check_schema(schema, "response_format" if opts.response_format is not None else "json_schema")
+        schema_to_grammar(schema)
     if use_tools and (schema is not None or grammar):
         raise ChatRequestError("tools: a json_schema, response_format or grammar cannot be combined with tools")
     media: list[Any] = []

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from ..errors import ChatRequestError, ClosedError, GrammarError, LlamaError, QueueFullError, TemplateError
+from ..errors import (ChatRequestError, ClosedError, GrammarError, LlamaError, MediaError, QueueFullError,
+                      TemplateError)
 
 __all__ = ["APIError", "error_body", "from_exception", "RETRY_AFTER_S"]
 
@@ -66,6 +67,10 @@ def from_exception(exc: BaseException, *, prompt_param: str = "prompt",
     if isinstance(exc, ClosedError):
         return APIError(503, f"the model is not loaded: {exc}", code="model_not_loaded",
                         headers={"Retry-After": str(RETRY_AFTER_S)})
+    if isinstance(exc, MediaError):
+        return APIError(400, str(exc), param="messages", code="invalid_media")
+    if isinstance(exc, FileNotFoundError):
+        return APIError(400, f"image file not found: {exc.filename}", param="messages", code="invalid_media")
     if isinstance(exc, ChatRequestError):
         text = str(exc)
         named = re.search(r"\b(tools|tool_choice|response_format|chat_template_kwargs|reasoning_format|"
