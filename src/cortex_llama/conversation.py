@@ -253,16 +253,16 @@ def plan_chat(templates: ChatTemplates, messages: Messages, opts: ChatOptions, *
         return _polyfilled(templates, messages, opts, tools, media)
     constraint = None
     if prompt.grammar:
-        grammar, prefill = prompt.grammar, tuple(prompt.grammar_prefill_tokens)
-        if prefill:
+        grammar = prompt.grammar
+        if prompt.grammar_prefill_tokens:
             # llama.cpp feeds the generation prompt's tokens to the grammar, which
             # starts with it as a literal. Tokenizers that add a space after a special
             # token make those pieces differ from the text (the grammar then throws in
-            # C++). The literal is dropped from the root rule instead: same language
+            # C++). The literal is dropped from the root rule instead: the same language
             # for what is generated, nothing to feed.
-            grammar, prefill = _without_generation_prompt(grammar, prompt.generation_prompt), ()
+            grammar = _without_generation_prompt(grammar, prompt.generation_prompt)
         constraint = GrammarConstraint(grammar, prompt.grammar_lazy, tuple(prompt.trigger_patterns),
-                                       tuple(prompt.trigger_tokens), prefill)
+                                       tuple(prompt.trigger_tokens))
     legacy = opts.reasoning_format == "deepseek-legacy"
 
     def new_parser(streaming: bool) -> OutputParser:

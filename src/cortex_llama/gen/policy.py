@@ -32,9 +32,6 @@ class GrammarConstraint:
     lazy: bool = False
     trigger_patterns: tuple[str, ...] = field(default=())
     trigger_tokens: tuple[int, ...] = field(default=())
-    #: the generation prompt's tokens, which the template already wrote and the
-    #: grammar starts with: accepted by the grammar before sampling
-    prefill_tokens: tuple[int, ...] = field(default=())
 
 
 def build_sampler(model: Model, p: GenerationParams, *, default_seed: int | None, n_ctx: int,
@@ -62,11 +59,6 @@ def build_sampler(model: Model, p: GenerationParams, *, default_seed: int | None
         presence_penalty=p.presence_penalty, penalty_last_n=p.penalty_last_n, seed=seed,
         logit_bias=p.logit_bias, grammar=grammar, n_ctx=n_ctx, grammar_lazy=lazy,
         trigger_patterns=patterns, trigger_tokens=tokens)
-    if constraint is not None and constraint.prefill_tokens and grammar:
-        for sampler in chain.samplers:
-            if sampler.name == "grammar":
-                for tok in constraint.prefill_tokens:
-                    sampler.accept(tok)
     if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
         last_n = p.penalty_last_n
         chain.accept_history(prompt if last_n < 0 else prompt[max(0, len(prompt) - last_n):])

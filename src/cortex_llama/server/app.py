@@ -178,55 +178,27 @@ async def _deltas(req: Request) -> AsyncIterator[str]:
             req.cancel()
 
 
-async def _merge(reqs: Sequence[Request]) -> AsyncIterator[tuple[int, str | None]]:
-    """(choice index, text) of several requests as they come; (i, None) once
-    request i has finished."""
-    if len(reqs) == 1:
-        async for d in _deltas(reqs[0]):
-            yield 0, d
+async def _merge_iters(iters: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T | None]]:
+    """(index, item) of several async iterators as items come; (i, None) once
+    iterator i has ended. An iterator's error is raised after its items."""
+    if len(iters) == 1:
+        async for item in iters[0]:
+            yield 0, item
         yield 0, None
         return
-    queue: asyncio.Queue[tuple[int, str | None | BaseException]] = asyncio.Queue()
-
-    async def pump(i: int, r: Request) -> None:
-        try:
-            async for d in _deltas(r):
-                queue.put_nowait((i, d))
-            queue.put_nowait((i, None))
-        except Exception as exc:  # noqa: BLE001 - handed to the consumer
-            queue.put_nowait((i, exc))
-
-    tasks = [asyncio.ensure_future(pump(i, r)) for i, r in enumerate(reqs)]
-    try:
-        left = len(reqs)
-        while left:
-            i, item = await queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            if item is None:
-                left -= 1
-            yield i, item
-    finally:
-        for t in tasks:
-            t.cancel()
-
-
-async def _merge_chat(streams: Sequence[Any]) -> AsyncIterator[tuple[int, Any]]:
-    """(choice index, ChatDelta) of several chat streams as they come; (i, None)
-    once stream i has ended."""
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
 
-    async def pump(i: int, stream: Any) -> None:
+    async def pump(i: int, it: AsyncIterator[T]) -> None:
         try:
-            async for d in stream:
-                queue.put_nowait((i, d))
+            async for item in it:
+                queue.put_nowait((i, item))
             queue.put_nowait((i, None))
         except Exception as exc:  # noqa: BLE001 - handed to the consumer
             queue.put_nowait((i, exc))
 
-    tasks = [asyncio.ensure_future(pump(i, st)) for i, st in enumerate(streams)]
+    tasks = [asyncio.ensure_future(pump(i, it)) for i, it in enumerate(iters)]
     try:
-        left = len(streams)
+        left = len(iters)
         while left:
             i, item = await queue.get()
             if isinstance(item, BaseException):
@@ -237,6 +209,12 @@ async def _merge_chat(streams: Sequence[Any]) -> AsyncIterator[tuple[int, Any]]:
     finally:
         for t in tasks:
             t.cancel()
+
+
+def _merge(reqs: Sequence[Request]) -> AsyncIterator[tuple[int, str | None]]:
+    """(choice index, text) of several requests as they come; (i, None) once
+    request i has finished."""
+    return _merge_iters([_deltas(r) for r in reqs])
 
 
 def _cancel_all(reqs: Sequence[Request]) -> None:
@@ -747,7 +725,7 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
 
         for i in range(len(job.reqs)):
             yield chunk(i, ChatDelta(role="assistant", content=""))
-        async for i, d in _merge_chat(streams):
+        async for i, d in _merge_iters(streams):
             if d is not None:
                 if d.tool_calls:
                     called[i] = True
