@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cortex_llama import (AbortedError, Batch, Context, KVCacheFullError, LlamaError, Model)
-from cortex_llama.errors import DecodeError, FatalDecodeError, InvalidBatchError, raise_for_decode
+from cortex_llama.errors import DecodeError, FatalDecodeError, GrammarError, InvalidBatchError, raise_for_decode
 
 from .helpers import prefill
 
@@ -184,3 +184,31 @@ def test_invalid_batch_carries_llama_cpp_reason(ctx: Context) -> None:
     assert "consecutive" in str(info.value)
     ctx.clear()
     prefill(ctx, [1, 2, 3])
+
+
+def test_llama_cpp_messages_reach_the_thread_that_caused_them(tiny: Model) -> None:
+    """llama.cpp's log is captured per thread: another thread taking its log problems
+    at the same time never swallows this thread's parse error."""
+    import threading
+
+    from cortex_llama import _lib
+    from cortex_llama.sampling import Sampler
+
+    stop = threading.Event()
+    seen_elsewhere: list[str] = []
+
+    def drain() -> None:
+        while not stop.is_set():
+            seen_elsewhere.extend(_lib.take_log_problems())
+
+    other = threading.Thread(target=drain)
+    other.start()
+    try:
+        for _ in range(20):
+            with pytest.raises(GrammarError) as exc:
+                Sampler.grammar(tiny, 'root ::= "unterminated')
+            assert "invalid GBNF grammar: " in str(exc.value), exc.value  # with llama.cpp's reason
+    finally:
+        stop.set()
+        other.join()
+    assert seen_elsewhere == []

@@ -177,16 +177,25 @@ class _LogState:
 
 _log_state = _LogState()
 _log_lock = threading.Lock()
-# llama.cpp reports why a load or a parse failed only through its log; the last
-# warnings and errors are kept so that exceptions can quote them.
-_recent_problems: collections.deque[str] = collections.deque(maxlen=16)
+# llama.cpp reports why a load or a parse failed only through its log, on the thread
+# that made the call; the last warnings and errors are kept per thread so that the
+# exception raised in that thread quotes them, and no other thread can take them.
+_thread_logs = threading.local()
+
+
+def _problems() -> collections.deque[str]:
+    problems = getattr(_thread_logs, "problems", None)
+    if problems is None:
+        problems = _thread_logs.problems = collections.deque(maxlen=16)
+    return problems
 
 
 def take_log_problems() -> list[str]:
-    """The warnings and errors llama.cpp logged since the last call (and forget them)."""
-    with _log_lock:
-        lines = list(_recent_problems)
-        _recent_problems.clear()
+    """The warnings and errors llama.cpp logged on this thread since its last call
+    (and forget them)."""
+    problems = _problems()
+    lines = list(problems)
+    problems.clear()
     return lines
 
 
@@ -206,7 +215,7 @@ def _log_callback(level: int, text: Any, _user: Any) -> None:
             *lines, rest = buffered.split("\n")
             _log_state.buffer = rest
             if problem:
-                _recent_problems.extend(line.strip() for line in lines if line.strip())
+                _problems().extend(line.strip() for line in lines if line.strip())
         for line in lines:
             if line.strip():
                 logger.log(py_level, "%s", line)
