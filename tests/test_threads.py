@@ -55,3 +55,18 @@ def test_shared_context_is_serialized(tiny: Model) -> None:
 
         run_in_threads(work, 2)
         assert ctx.seq_pos_max(0) == ctx.seq_pos_max(1) == 63
+
+
+def test_engine_counters_stay_consistent_under_32_submitters(tiny_path: Any) -> None:
+    from cortex_llama import LLM
+
+    with LLM(tiny_path, context_size=1024, n_seq_max=8, threads=2, embeddings=False) as llm:
+        def work(i: int) -> list[int]:
+            return [len(llm.complete(f"prompt {i} {j}", max_tokens=3, temperature=0).tokens)
+                    for j in range(4)]
+
+        counts = run_in_threads(work, 32)
+        m = llm.metrics()
+        assert m["requests_total"] == m["requests_finished"] == 128
+        assert m["generated_tokens_total"] == sum(sum(c) for c in counts)
+        assert m["requests_failed"] == m["requests_cancelled"] == 0

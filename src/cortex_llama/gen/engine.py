@@ -140,10 +140,10 @@ class Engine:
                 raise QueueFullError(f"{len(self._queue)} requests are already waiting "
                                      f"(ModelConfig.max_queue={self.max_queue})")
             for req in reqs:
-                self.stats["requests_total"] += 1
-                self.stats["prompt_tokens_total"] += len(req.prompt_tokens)
+                self._count("requests_total")
+                self._count("prompt_tokens_total", len(req.prompt_tokens))
                 if req.params.max_tokens == 0:
-                    self.stats["requests_finished"] += 1
+                    self._count("requests_finished")
                     req.admitted(0)
                     req.finish(FINISH_LENGTH)
             self._queue.extend(waiting)
@@ -167,9 +167,16 @@ class Engine:
         else:
             self._fail_everything()
 
+    def _count(self, name: str, n: int = 1) -> None:
+        """Add to a counter. Every counter changes here, under the engine's lock
+        (submitters count from their threads, the loop from its own)."""
+        with self._cv:
+            self.stats[name] += n
+
     def metrics(self) -> dict[str, float]:
         """Counters and gauges (see ``LLM.metrics``)."""
-        out: dict[str, float] = {k: float(v) for k, v in self.stats.items()}
+        with self._cv:
+            out: dict[str, float] = {k: float(v) for k, v in self.stats.items()}
         busy = sum(1 for s in self._slots if s.job is not None)
         out.update(requests_running=float(len(self._jobs)), queue_depth=float(len(self._queue)),
                    slots_busy=float(busy), slots_total=float(len(self._slots)),
@@ -200,7 +207,7 @@ class Engine:
         for job in list(self._jobs):
             self._end_job(job, error=ClosedError("the LLM was closed while this request ran"))
         for req in waiting:
-            self.stats["requests_failed"] += 1
+            self._count("requests_failed")
             req.fail(ClosedError("the LLM was closed while this request waited"))
 
     def _fail_running(self, exc: BaseException) -> None:
@@ -238,7 +245,7 @@ class Engine:
             for r in gone:
                 self._queue.remove(r)
         for r in gone:
-            self.stats["requests_cancelled"] += 1
+            self._count("requests_cancelled")
             r.finish(FINISH_CANCELLED)
 
     # -- admission ------------------------------------------------------------------------
@@ -263,7 +270,7 @@ class Engine:
                 self.ctx.seq_cp(src.seq_id, slot.seq_id, 0, shared)
                 slot.cached[:] = feed[:shared]
                 reuse = shared
-                self.stats["prefix_copies_total"] += 1
+                self._count("prefix_copies_total")
             # cells after admission: running jobs' + this prefix; idle caches can go
             running = sum(len(j.slot.cached) for j in self._jobs)
             need = len(feed) - reuse + 1 + len(self._jobs)
@@ -280,7 +287,7 @@ class Engine:
             slot.job = job
             slot.last_used = self._tick
             self._jobs.append(job)
-            self.stats["prompt_tokens_reused"] += reuse
+            self._count("prompt_tokens_reused", reuse)
             req.admitted(reuse)
 
     def _best_slot(self, free: list[_Slot], feed: list[int]) -> tuple[_Slot, int]:
@@ -329,7 +336,7 @@ class Engine:
         job.slot.cached.clear()
         job.slot.job = None
         self._jobs.remove(job)
-        self.stats["preemptions_total"] += 1
+        self._count("preemptions_total")
         with self._cv:
             self._queue.appendleft(job.req)
 
@@ -441,9 +448,9 @@ class Engine:
                 continue
             job.slot.cached.extend(job.feed[a: a + n])
             job.slot.last_used = self._tick
-            self.stats["decodes_total"] += 1
-            self.stats["decode_tokens_total"] += n
-            self.stats["prompt_tokens_evaluated"] += n
+            self._count("decodes_total")
+            self._count("decode_tokens_total", n)
+            self._count("prompt_tokens_evaluated", n)
         return rest
 
     def _decode_failed(self, plan: list[tuple[_Job, int]], exc: BaseException) -> None:
@@ -496,7 +503,7 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - this request's failure only
                 self._end_job(job, error=exc)
                 continue
-            self.stats["generated_tokens_total"] += 1
+            self._count("generated_tokens_total")
             if req.add_token(tok, logits):
                 self._end_job(job, reason=req.finish_reason)
                 continue
@@ -515,13 +522,13 @@ class Engine:
             job.slot.job = None
         req = job.req
         if error is not None:
-            self.stats["requests_failed"] += 1
+            self._count("requests_failed")
             req.fail(error)
         elif reason == FINISH_CANCELLED:
-            self.stats["requests_cancelled"] += 1
+            self._count("requests_cancelled")
             req.finish(FINISH_CANCELLED)
         else:
-            self.stats["requests_finished"] += 1
+            self._count("requests_finished")
             req.finish(reason or FINISH_LENGTH)
 
 
