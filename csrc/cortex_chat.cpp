@@ -12,7 +12,6 @@
 #include "log.h"
 
 #include <algorithm>
-#include <cctype>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -282,22 +281,6 @@ void add_triggers(json & out, const common_chat_params & params, const llama_voc
     out["trigger_tokens"]      = tokens;
     out["preserved_tokens"]    = params.preserved_tokens;
     out["preserved_token_ids"] = preserved;
-
-    // A template's grammar (not lazy) starts with the generation prompt the template
-    // already wrote: common_sampler_init feeds its tokens to the grammar first.
-    json prefill = json::array();
-    if (vocab != nullptr && !params.grammar.empty() && !params.grammar_lazy && !params.generation_prompt.empty()) {
-        auto ids = common_tokenize(vocab, params.generation_prompt, false, true);
-        for (size_t i = 0; i < ids.size(); i++) {
-            std::string piece = common_token_to_piece(vocab, ids[i], true);
-            if (i == 0 && !piece.empty() && std::isspace((unsigned char) piece[0]) &&
-                !std::isspace((unsigned char) params.generation_prompt[0])) {
-                continue;  // a space some tokenizers put before the first special token
-            }
-            prefill.push_back(ids[i]);
-        }
-    }
-    out["grammar_prefill_tokens"] = prefill;
 }
 
 std::string apply(const cortex_chat_templates * t, const llama_vocab * vocab, const char * request_json) {

@@ -51,7 +51,7 @@ CORTEX_CHAT_API int cortex_chat_templates_info(const struct cortex_chat_template
 //   "use_jinja" (false: llama.cpp's built-in template of that name, no tools)}
 // vocab (may be NULL) turns single-token trigger words into trigger tokens.
 // Result: {"prompt", "format", "format_name", "grammar", "grammar_lazy", "trigger_patterns",
-//   "trigger_tokens", "grammar_prefill_tokens", "preserved_tokens", "preserved_token_ids", "additional_stops",
+//   "trigger_tokens", "preserved_tokens", "preserved_token_ids", "additional_stops",
 //   "generation_prompt", "supports_thinking", "thinking_start_tag", "thinking_end_tags",
 //   "enable_thinking", "parser": {parser params for cortex_chat_parser_init}}
 CORTEX_CHAT_API int cortex_chat_apply(const struct cortex_chat_templates * templates, const struct llama_vocab * vocab,

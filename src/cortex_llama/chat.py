@@ -87,7 +87,6 @@ class ChatPrompt:
     grammar_triggers: list[dict[str, str]] = field(default_factory=list)
     trigger_patterns: list[str] = field(default_factory=list)  # regexes for a lazy grammar
     trigger_tokens: list[int] = field(default_factory=list)  # token ids for a lazy grammar
-    grammar_prefill_tokens: list[int] = field(default_factory=list)  # fed to the grammar first
     preserved_tokens: list[str] = field(default_factory=list)
     preserved_token_ids: list[int] = field(default_factory=list)  # printed even when special
     additional_stops: list[str] = field(default_factory=list)
@@ -172,7 +171,6 @@ class ChatTemplates(Owned):
         return ChatPrompt.from_json(json.loads(text))
 
 
-
 @dataclass
 class ChatDelta:
     """One OpenAI-shaped piece of a streamed assistant message."""
@@ -210,16 +208,15 @@ class ChatParser(Owned):
 
     def feed(self, text: str, *, partial: bool = True) -> list[ChatDelta]:
         """Add ``text`` to the output and parse it all (``partial=False`` for the
-        last call). Raises :class:`ChatRequestError` when the finished output does
-        not parse in the template's format (e.g. a tool call whose arguments are
-        not JSON), :class:`ClosedError` after close."""
+        last call). Raises :class:`TemplateError` when the finished output does
+        not match the template's format (e.g. a tool call whose arguments are not
+        JSON), :class:`ClosedError` after close."""
         ptr = self._check()
         data = text.encode()
         result = json.loads(_call(lambda out: _shim().cortex_chat_parser_feed(ptr, data, int(partial), out),
                                   "chat output"))
         self.message = result["message"]
         return [ChatDelta.from_json(d) for d in result["deltas"]]
-
 
 
 #: the JSON-schema keywords llama.cpp's converter turns into grammar (common/json-schema.cpp)
@@ -286,11 +283,12 @@ def _convert(schema: Any) -> str:
     return str(json.loads(text)["grammar"])
 
 
-def schema_to_grammar(schema: Mapping[str, Any] | str) -> str:
+def schema_to_grammar(schema: Mapping[str, Any] | str, where: str = "json_schema") -> str:
     """GBNF for a JSON schema, by llama.cpp's converter (``json_schema_to_grammar``).
 
     Raises :class:`GrammarError` naming what the converter cannot express (see
-    :func:`check_schema`): a constraint is never dropped silently.
+    :func:`check_schema`; ``where`` is the field named): a constraint is never
+    dropped silently.
     """
     if isinstance(schema, str):
         try:
@@ -301,7 +299,7 @@ def schema_to_grammar(schema: Mapping[str, Any] | str) -> str:
         json.dumps(schema)
     except (TypeError, ValueError) as exc:
         raise GrammarError(f"json_schema is not JSON-serializable: {exc}") from None
-    check_schema(schema)
+    check_schema(schema, where)
     return _convert(schema)
 
 

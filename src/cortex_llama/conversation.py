@@ -238,9 +238,8 @@ def plan_chat(templates: ChatTemplates, messages: Messages, opts: ChatOptions, *
             schema = json.loads(schema)
         except ValueError as exc:
             raise GrammarError(f"json_schema is not valid JSON: {exc}") from None
-    if schema is not None:  # converted once alone, so that its errors name the schema
-        check_schema(schema, "response_format" if opts.response_format is not None else "json_schema")
-        schema_to_grammar(schema)
+    if schema is not None:  # converted once alone, so that its errors name the schema's field
+        schema_to_grammar(schema, "response_format" if opts.response_format is not None else "json_schema")
     if use_tools and (schema is not None or grammar):
         raise ChatRequestError("tools: a json_schema, response_format or grammar cannot be combined with tools")
     media: list[Any] = []
@@ -254,7 +253,7 @@ def plan_chat(templates: ChatTemplates, messages: Messages, opts: ChatOptions, *
     constraint = None
     if prompt.grammar:
         grammar = prompt.grammar
-        if prompt.grammar_prefill_tokens:
+        if not prompt.grammar_lazy and prompt.generation_prompt:
             # llama.cpp feeds the generation prompt's tokens to the grammar, which
             # starts with it as a literal. Tokenizers that add a space after a special
             # token make those pieces differ from the text (the grammar then throws in
