@@ -159,21 +159,23 @@ def test_metrics_keys(llm: LLM) -> None:
                 "prompt_tokens_reused", "generated_tokens_total", "decodes_total", "decode_tokens_total",
                 "batched_decodes_total", "kv_cells_used", "kv_cells_total"):
         assert isinstance(m[key], float), key
-    assert m["slots_total"] == 8 and m["kv_cells_total"] == 2048
+    # a KV stream of context_size cells per slot (ModelConfig.kv_unified=False)
+    assert m["slots_total"] == 8 and m["kv_cells_per_request"] == 2048
+    assert m["kv_cells_total"] == 8 * 2048
 
 
 # -- KV pressure ------------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["tiny", "small_q4"])
 def test_kv_pressure_preempts_and_loses_nothing(which: str, request: pytest.FixtureRequest) -> None:
-    """4 requests of ~10 + 100 tokens in a 256-cell cache: the youngest are preempted
+    """(Unified cache) 4 requests of ~10 + 100 tokens in a 256-cell cache: the youngest are preempted
     and resumed; every request ends with its full, unchanged output (the issue's
     generate() that used to raise KVCacheFullError and return nothing)."""
     path = request.getfixturevalue(f"{which}_path")
     prompts = ["Hello world, this is", "The quick brown fox", "Once upon a time", "zz top and more"]
     p = _greedy(100)
-    with LLM(path, context_size=256, threads=2, n_seq_max=4) as fresh:
+    with LLM(path, context_size=256, threads=2, n_seq_max=4, kv_unified=True) as fresh:
         solo = [fresh.submit(x, p, logprobs=2).result(WAIT) for x in prompts]
-    with LLM(path, context_size=256, threads=2, n_seq_max=4) as m:
+    with LLM(path, context_size=256, threads=2, n_seq_max=4, kv_unified=True) as m:
         out = m.generate(prompts, p)
         metrics = m.metrics()
     assert len(out) == 4
@@ -182,6 +184,23 @@ def test_kv_pressure_preempts_and_loses_nothing(which: str, request: pytest.Fixt
         assert _same(path, c, s), (c.tokens, s.tokens)
         if c.tokens == s.tokens:
             assert c.finish_reason == s.finish_reason
+
+
+@pytest.mark.parametrize("which", ["tiny", "small_q4"])
+def test_per_slot_streams_never_preempt(which: str, request: pytest.FixtureRequest) -> None:
+    """(A KV stream per slot, the default) the same 4 requests with 256 cells per
+    slot: nobody is preempted, each equals its solo run on a fresh LLM."""
+    path = request.getfixturevalue(f"{which}_path")
+    prompts = ["Hello world, this is", "The quick brown fox", "Once upon a time", "zz top and more"]
+    p = _greedy(100)
+    with LLM(path, context_size=256, threads=2, n_seq_max=4) as m:
+        out = m.generate(prompts, p)
+        metrics = m.metrics()
+    assert metrics["preemptions_total"] == 0 and metrics["kv_cells_total"] == 4 * 256
+    for c, x in zip(out, prompts):
+        with LLM(path, context_size=256, threads=2, n_seq_max=4) as fresh:
+            s = fresh.submit(x, p, logprobs=2).result(WAIT)
+        assert _same(path, c, s), (c.tokens, s.tokens)
 
 
 def _no_eog(m: LLM) -> dict[int, float]:
@@ -370,7 +389,7 @@ def test_bad_input_raises_before_queueing(llm: LLM) -> None:
 
 def test_queue_full(tiny_path: Path) -> None:
     with LLM(tiny_path, context_size=512, threads=2, n_seq_max=1, max_queue=1) as m:
-        running = m.submit("long one", _greedy(400))
+        running = m.submit("long one", _greedy(400, logit_bias=_no_eog(m)))
         _wait_until(lambda: m.metrics()["requests_running"] == 1, "the first request to start")
         waiting = m.submit("waits", _greedy(2))
         with pytest.raises(QueueFullError, match="max_queue=1"):

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import cortex_llama
 from cortex_llama import Context, Model, Sampler, SamplerChain
 
-from .conftest import VENDOR, have_cc
+from .conftest import have_cc
 from .helpers import generate, greedy_argmax, prefill
+from .native_reference import build_greedy_reference, run_greedy_reference
 
 PROMPTS = ["Hello world", "The quick brown fox jumps", "a", "Once upon a time, in a land far away"]
 
@@ -181,41 +180,6 @@ def test_set_n_threads_and_perf(tiny: Model) -> None:
             ctx.set_n_threads(0)
 
 
-NATIVE_GREEDY_C = r"""
-#include "llama.h"
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-static void quiet(enum ggml_log_level l, const char * t, void * u) { (void)l; (void)t; (void)u; }
-int main(int argc, char ** argv) {
-    const char * prompt = argv[2];
-    int n_predict = atoi(argv[3]), n_threads = atoi(argv[4]);
-    llama_log_set(quiet, NULL);
-    if (ggml_backend_reg_count() == 0) ggml_backend_load_all_from_path(argv[5]);  /* GGML_BACKEND_DL */
-    llama_backend_init();
-    struct llama_model * model = llama_model_load_from_file(argv[1], llama_model_default_params());
-    if (!model) return 2;
-    const struct llama_vocab * vocab = llama_model_get_vocab(model);
-    int n = -llama_tokenize(vocab, prompt, (int) strlen(prompt), NULL, 0, true, false);
-    llama_token * toks = malloc(sizeof(llama_token) * n);
-    llama_tokenize(vocab, prompt, (int) strlen(prompt), toks, n, true, false);
-    struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = 512; cp.n_batch = 512; cp.n_threads = n_threads; cp.n_threads_batch = n_threads;
-    struct llama_context * ctx = llama_init_from_model(model, cp);
-    struct llama_sampler * smpl = llama_sampler_chain_init(llama_sampler_chain_default_params());
-    llama_sampler_chain_add(smpl, llama_sampler_init_greedy());
-    struct llama_batch batch = llama_batch_get_one(toks, n);
-    llama_token tok;
-    for (int i = 0; i < n_predict; i++) {
-        if (llama_decode(ctx, batch)) return 3;
-        tok = llama_sampler_sample(smpl, ctx, -1);
-        printf("%d\n", tok);
-        batch = llama_batch_get_one(&tok, 1);
-    }
-    llama_sampler_free(smpl); llama_free(ctx); llama_model_free(model); free(toks);
-    return 0;
-}
-"""
 
 
 @pytest.mark.skipif(have_cc() is None, reason="no C compiler")
@@ -223,17 +187,8 @@ int main(int argc, char ** argv) {
 def test_greedy_equals_native_llama_cpp(preset_path: str, request, tmp_path: Path) -> None:
     """A C program linked against the same libllama gives the same greedy tokens."""
     model_path = request.getfixturevalue(preset_path)
-    libdir = cortex_llama._lib.lib_dir
-    src = tmp_path / "greedy.c"
-    src.write_text(NATIVE_GREEDY_C)
-    exe = tmp_path / "greedy"
-    subprocess.run([have_cc(), "-std=c11", "-O1", "-I", str(VENDOR / "include"), "-I",
-                    str(VENDOR / "ggml" / "include"), str(src), "-o", str(exe), f"-L{libdir}",
-                    "-lllama", "-lggml", "-lggml-base", f"-Wl,-rpath,{libdir}"], check=True)
     prompt, n = "Native and Python agree", 40
-    out = subprocess.run([str(exe), str(model_path), prompt, str(n), "2", str(libdir)], capture_output=True,
-                         text=True, check=True).stdout
-    native = [int(x) for x in out.split()]
+    native = run_greedy_reference(build_greedy_reference(tmp_path), model_path, prompt, n)
     with Model(model_path) as model, Context(model, n_ctx=512, n_batch=512, n_threads=2) as ctx:
         ours = generate(ctx, SamplerChain([Sampler.greedy()]), model.tokenize(prompt), n)
     assert ours == native

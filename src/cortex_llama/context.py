@@ -174,6 +174,8 @@ class Context(Owned):
         self._n_ctx = int(lib.llama_n_ctx(ptr))
         self._n_batch = int(lib.llama_n_batch(ptr))
         self._n_seq_max = int(lib.llama_n_seq_max(ptr))
+        self._n_ctx_seq = int(lib.llama_n_ctx_seq(ptr))
+        self._kv_unified = bool(p.kv_unified)
         self._n_vocab = model.vocab.n_tokens
         self._n_embd = model.n_embd
         self._n_outputs = 0
@@ -209,6 +211,19 @@ class Context(Owned):
     def n_ctx(self) -> int:
         self._check()
         return self._n_ctx
+
+    @property
+    def n_ctx_seq(self) -> int:
+        """KV cells one sequence may use: ``n_ctx`` with a unified cache, else its
+        stream's share (``n_ctx / n_seq_max``, padded by llama.cpp)."""
+        self._check()
+        return self._n_ctx_seq
+
+    @property
+    def per_slot_streams(self) -> bool:
+        """True when each sequence has a KV stream of its own (``kv_unified=False``)
+        and more than one sequence exists."""
+        return not self._kv_unified and self._n_seq_max > 1
 
     @property
     def n_batch(self) -> int:

@@ -153,18 +153,14 @@ class LLM:
                           use_mlock=c.use_mlock, kv_overrides=c.kv_overrides, progress=self._progress,
                           devices=c.devices, rpc_servers=c.rpc_servers,
                           use_extra_bufts=c.use_extra_bufts, no_host=c.no_host)
-            flash_attn = c.flash_attn
-            if flash_attn is None and c.gpu_layers == 0:
-                # CPU flash attention at this llama.cpp pin depends on the order of a
-                # sequence's KV cells (measured: 0.27 logit error on small Q4_0 when a
-                # sequence's new cell lands in a hole before its older cells, as
-                # slots freeing and reusing cells makes it); without it, results do
-                # not depend on the cache layout.
-                flash_attn = False
+            # llama_context_default_params() everywhere but the sizes: flash attention
+            # auto, and a KV stream per slot unless kv_unified (see ModelConfig)
+            n_ctx = c.context_size if c.kv_unified else c.context_size * c.n_seq_max
             try:
-                ctx = Context(model, n_ctx=c.context_size, n_batch=c.batch_size, n_ubatch=c.ubatch_size,
+                ctx = Context(model, n_ctx=n_ctx, n_batch=c.batch_size, n_ubatch=c.ubatch_size,
                               n_seq_max=c.n_seq_max, n_threads=c.threads, n_threads_batch=c.threads_batch,
-                              flash_attn=flash_attn, type_k=c.type_k, type_v=c.type_v, kv_unified=True)
+                              flash_attn=c.flash_attn, type_k=c.type_k, type_v=c.type_v,
+                              kv_unified=c.kv_unified)
                 projector = self._load_projector(model) if c.mmproj is not None else None
                 engine = Engine(ctx, max_queue=c.max_queue, projector=projector)
             except BaseException:
@@ -172,7 +168,7 @@ class LLM:
                 raise
             self._model, self._ctx, self._engine = model, ctx, engine
             self._projector = projector
-            self._n_ctx = ctx.n_ctx
+            self._n_ctx = engine.capacity  # cells one request may hold
             self._stats = engine.stats  # live counters (prompt_tokens_evaluated/reused, ...)
             if c.embeddings:
                 self._embedder = Embedder(model, batch_size=c.batch_size, n_seq_max=c.n_seq_max,

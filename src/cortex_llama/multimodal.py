@@ -31,7 +31,7 @@ from . import _lib
 from ._base import Owned
 from ._lib import ffi, lib
 from .context import Context
-from .errors import DecodeError, LlamaError, MediaError, ModelLoadError
+from .errors import DecodeError, LlamaError, MediaError, ModelLoadError, raise_for_decode
 from .model import Model, _why
 
 __all__ = ["Projector", "Bitmap", "Chunks", "Chunk", "available", "CHUNK_TYPES"]
@@ -524,8 +524,10 @@ class Projector(Owned):
             _lib.take_log_problems()
             rc = call(ptr, context.handle, out)
         if rc != 0:
-            raise DecodeError(_why(f"libmtmd could not evaluate {n_tokens} prompt tokens/embeddings "
-                                   f"(rc {rc})"), int(rc))
+            # libmtmd returns llama_decode's code: the same check as any decode
+            # (1 is a full KV cache, which the engine answers by making room)
+            raise_for_decode(int(rc), f"libmtmd evaluating {n_tokens} prompt tokens/embeddings",
+                             n_tokens, context.n_ctx, _lib.take_log_problems())
         return int(out[0])
 
     def encode(self, chunk: Chunk) -> np.ndarray:

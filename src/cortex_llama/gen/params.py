@@ -21,12 +21,18 @@ FINISH_CANCELLED = "cancelled"  # Request.cancel(), or its stream was closed ear
 class ModelConfig:
     """How to load a model and size its context (the design's ``ModelConfig``).
 
-    ``context_size`` is the **total** KV-cache budget (cells) of the unified
-    cache that the ``n_seq_max`` concurrent requests share; one request may use
-    all of it (prompt + generated tokens <= context_size). ``n_seq_max`` is the
-    number of requests decoded together (slots); it does not multiply the KV
-    memory. ``max_queue`` bounds the requests waiting for a slot (``None``:
-    unbounded; beyond it ``LLM.submit`` raises :class:`QueueFullError`).
+    ``context_size`` is the context of **one request** (prompt + generated
+    tokens <= context_size, in KV cells). ``n_seq_max`` is the number of
+    requests decoded together (slots). By default each slot has a KV stream of
+    its own (``kv_unified=False``, llama.cpp's default): the KV cache holds
+    ``context_size * n_seq_max`` cells (llama.cpp's ``n_ctx``), a request's
+    attention covers its own cells only, and a request's output does not depend
+    on what runs beside it or ran before it. ``kv_unified=True`` makes one
+    cache of ``context_size`` cells that the slots share (less memory; one long
+    request may use all of it, and under pressure the youngest request is
+    preempted and resumed later). ``flash_attn=None`` is llama.cpp's "auto".
+    ``max_queue`` bounds the requests waiting for a slot (``None``: unbounded;
+    beyond it ``LLM.submit`` raises :class:`QueueFullError`).
 
     Raises ``ValueError`` naming the field for impossible values.
     """
@@ -39,10 +45,11 @@ class ModelConfig:
     seed: int | None = None
     threads_batch: int | None = None
     ubatch_size: int | None = None
-    n_seq_max: int = 8  # concurrent requests (slots) sharing every decode
+    n_seq_max: int = 4  # concurrent requests (slots) sharing every decode (llama-server's -np auto)
+    kv_unified: bool = False  # one KV cache shared by the slots instead of a stream per slot
     embeddings: bool = True  # allow embed() (a second, embedding context, made on demand)
     pooling: str | None = None  # embed() pooling: None = the model's, or mean/cls/last
-    flash_attn: bool | None = None
+    flash_attn: bool | None = None  # None: llama.cpp's auto (on where the backend supports it)
     use_mmap: bool = True
     use_mlock: bool = False
     type_k: str | None = None

@@ -1,0 +1,125 @@
+"""The runner: applies a :class:`StepPlan` to the ``Context`` and decodes it.
+
+KV operations go to ``seq_rm``/``seq_cp``; media spans to the projector (encode,
+then decode the embeddings at their cells); the token spans of the step to one
+``llama_decode`` (the single-token fast path when the step is one token). Every
+C call reports through the context's one rc-to-exception check
+(:func:`cortex_llama.errors.raise_for_decode`), so a full cache is a
+:class:`KVCacheFullError` for media and tokens alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..batch import Batch
+from ..context import Context
+from .scheduler import KVOp, Span, StepPlan
+
+__all__ = ["Runner", "Executed"]
+
+
+@dataclass
+class Executed:
+    """What a step did: ``outputs`` are (span, batch row, output index) for the
+    spans whose logits were computed; ``done`` the spans evaluated;
+    ``failed`` (spans, exception) for what could not be."""
+
+    outputs: list[tuple[Span, int, int]] = field(default_factory=list)
+    done: list[Span] = field(default_factory=list)
+    failed: list[tuple[list[Span], BaseException]] = field(default_factory=list)
+    n_tokens: int = 0
+    n_decodes: int = 0
+
+
+class Runner:
+    """Executes plans on ``ctx`` (and ``projector`` for media), from one thread."""
+
+    def __init__(self, ctx: Context, projector: Any = None, *, per_slot: bool) -> None:
+        self.ctx = ctx
+        self.projector = projector
+        self.per_slot = per_slot
+        self._batch: Batch = ctx.new_batch()
+
+    def apply(self, ops: list[KVOp]) -> None:
+        """Run KV operations in order."""
+        ctx = self.ctx
+        for op in ops:
+            if op.kind == "clear":
+                ctx.seq_rm(op.seq_id, -1, -1)
+            elif op.kind == "trim":
+                ctx.seq_rm(op.seq_id, op.start, -1)
+            elif op.kind == "copy":
+                if self.per_slot:  # another stream: llama.cpp copies whole streams only
+                    ctx.seq_cp(op.src, op.seq_id, -1, -1)
+                else:  # the same cells gain this sequence: nothing is computed
+                    ctx.seq_cp(op.src, op.seq_id, 0, op.start)
+            else:
+                raise ValueError(f"unknown KV operation {op.kind!r}")
+
+    def execute(self, plan: StepPlan) -> Executed:
+        """Apply ``plan``'s ops, evaluate its media spans, then decode its token
+        spans together. Failures are reported in the result, not raised."""
+        self.apply(plan.ops)
+        result = Executed()
+        tokens: list[Span] = []
+        for span in plan.spans:
+            if span.is_media:
+                self._eval_media(span, result)
+            else:
+                tokens.append(span)
+        if tokens:
+            self._decode(tokens, result)
+        return result
+
+    def _eval_media(self, span: Span, result: Executed) -> None:
+        job = span.job
+        req: Any = job.req
+        try:
+            self.projector.eval_chunk(self.ctx, req.media[span.start], span.start, job.slot.seq_id)
+        except BaseException as exc:  # noqa: BLE001 - this request's failure only
+            result.failed.append(([span], exc))
+            return
+        result.done.append(span)
+        result.n_tokens += span.n
+        result.n_decodes += 1
+
+    def _decode(self, spans: list[Span], result: Executed) -> None:
+        ctx = self.ctx
+        outputs: list[tuple[Span, int, int]] = []
+        try:
+            if len(spans) == 1 and spans[0].n == 1:  # one token: the single-token fast path
+                span = spans[0]
+                ctx.decode_one(span.job.feed[span.start], span.start, span.job.slot.seq_id)
+                outputs.append((span, 0, 0))
+                n_tokens = 1
+            else:
+                n_tokens = self._fill(spans, outputs)
+                ctx.decode(self._batch)
+        except BaseException as exc:  # noqa: BLE001 - the step's failure, handled by the engine
+            result.failed.append((spans, exc))
+            return
+        result.outputs.extend(outputs)
+        result.done.extend(spans)
+        result.n_tokens += n_tokens
+        result.n_decodes += 1
+
+    def _fill(self, spans: list[Span], outputs: list[tuple[Span, int, int]]) -> int:
+        """Put ``spans`` into the batch; (span, row, output index) of those with logits."""
+        batch = self._batch
+        batch.clear()
+        # every request's next token in one vectorized add (most of a step)
+        singles = [s for s in spans if s.n == 1 and s.last]
+        if singles:
+            batch.add_many([s.job.feed[s.start] for s in singles], [s.start for s in singles],
+                           [s.job.slot.seq_id for s in singles], logits=True)
+            outputs.extend((s, i, i) for i, s in enumerate(singles))
+        for s in spans:
+            if s.n == 1 and s.last:
+                continue
+            rows = batch.add_many(s.job.feed[s.start: s.start + s.n], s.start, s.job.slot.seq_id,
+                                  logits="last" if s.last else False)
+            if s.last:
+                outputs.append((s, rows.stop - 1, len(outputs)))
+        return batch.n_tokens

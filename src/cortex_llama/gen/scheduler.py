@@ -1,0 +1,350 @@
+"""The engine's scheduler: plain data in, a plain step plan out, no C calls.
+
+It owns the waiting queue, the slots (one KV sequence each) and what each slot
+holds, and turns them into a :class:`StepPlan` per step: the KV operations to run
+first (drop a slot's cells, trim them, copy another slot's prefix), then the
+token spans to decode, each with whether its last entry needs logits. The
+runner (:mod:`.runner`) applies a plan to the ``Context``; the engine tells the
+scheduler what happened (:meth:`Scheduler.committed`, :meth:`Scheduler.grow`,
+:meth:`Scheduler.release`). Nothing here touches llama.cpp, so the policy is
+tested without a model (``tests/test_scheduler.py``).
+
+**KV layouts.** With one stream per slot (``per_slot=True``, llama.cpp's
+``kv_unified=false``) each slot has ``capacity`` cells of its own: a request's
+attention covers only its own cells, which start at position 0 as in a fresh
+context; nothing is shared or preempted, and a request that fills its slot ends
+with ``finish_reason="length"``. With one unified cache (``per_slot=False``) the
+slots share ``capacity`` cells: idle slots' prefixes are dropped least recently
+used first when room is needed, and when the running requests outgrow the cache
+the youngest is preempted (its cells freed, back to the head of the queue with
+its tokens; it resumes by re-evaluating them).
+
+**Policy.** Admission is FIFO. A request gets the free slot whose cached tokens
+share the longest prefix with it (those tokens are not evaluated again); when a
+running slot shares a longer one, its cells are copied instead. Each step
+decodes the next token of every running request, then spends the rest of the
+``n_batch`` budget on prompt chunks, oldest request first: a new prompt starts
+prefilling in the step after it arrives, and a long one delays the running
+streams by at most one chunk per step.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from . import media
+
+__all__ = ["Scheduler", "StepPlan", "KVOp", "Span", "SlotState", "Job", "Schedulable",
+           "common_prefix"]
+
+
+class Schedulable(Protocol):
+    """What the scheduler reads of a request."""
+
+    prompt_tokens: list[int]
+    tokens: list[int]
+
+    @property
+    def cancel_requested(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class KVOp:
+    """One KV-cache operation on sequence ``seq_id``, run before the step's decode:
+    ``clear`` drops all its cells, ``trim`` those at positions >= ``start``,
+    ``copy`` gives it sequence ``src``'s cells at positions < ``start`` (in
+    per-slot streams: the whole stream is copied; a ``trim`` follows)."""
+
+    kind: str
+    seq_id: int
+    start: int = 0
+    src: int = -1
+
+
+@dataclass
+class SlotState:
+    """One KV sequence: the tokens cached at its positions 0.. and the job using it."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)
+    job: Job | None = None
+    last_used: int = 0
+
+
+@dataclass(eq=False)
+class Job:
+    """An admitted request in a slot: ``feed`` (prompt + generated tokens) is what
+    its sequence must hold; ``slot.cached`` is the part already decoded."""
+
+    req: Schedulable
+    slot: SlotState
+    feed: list[int]
+    order: int  # admission order: the largest is the youngest
+
+    @property
+    def pending(self) -> int:
+        """Entries of ``feed`` not decoded yet."""
+        return len(self.feed) - len(self.slot.cached)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Entries ``feed[start:start + n]`` of ``job`` at positions ``start..`` of its
+    sequence. ``last``: the span ends the feed, so its last entry's logits pick
+    the next token. ``is_media``: an image/audio span (evaluated by the projector)."""
+
+    job: Job
+    start: int
+    n: int
+    last: bool
+    is_media: bool = False
+
+
+@dataclass
+class StepPlan:
+    """What one step does: ``ops`` first, then ``spans`` in one decode (media spans
+    through the projector). ``admitted`` (job, cached tokens reused) and
+    ``preempted`` are for the engine to report."""
+
+    ops: list[KVOp] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    admitted: list[tuple[Job, int]] = field(default_factory=list)
+    preempted: list[Job] = field(default_factory=list)
+    prefix_copies: int = 0
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(s.n for s in self.spans if not s.is_media)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading entries ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    differ = np.asarray(a[:n], dtype=np.int64) != np.asarray(b[:n], dtype=np.int64)
+    i = int(differ.argmax())
+    return i if differ[i] else n
+
+
+class Scheduler:
+    """Queue, slots and KV budget; :meth:`plan` makes each step's :class:`StepPlan`.
+
+    ``capacity``: cells per slot (``per_slot``) or of the whole shared cache.
+    ``window_dropped(seq_id)`` tells whether a sliding-window cache dropped a
+    sequence's early positions (then its prefix cannot be reused); it is the only
+    fact asked of the KV cache.
+    """
+
+    def __init__(self, n_slots: int, capacity: int, n_batch: int, *, per_slot: bool,
+                 window_dropped: Callable[[int], bool] | None = None) -> None:
+        if n_slots < 1 or capacity < 1 or n_batch < 1:
+            raise ValueError(f"bad scheduler sizes: n_slots={n_slots}, capacity={capacity}, "
+                             f"n_batch={n_batch}")
+        self.capacity = capacity
+        self.n_batch = n_batch
+        self.per_slot = per_slot
+        self._window_dropped = window_dropped or (lambda _seq: False)
+        self.slots = [SlotState(i) for i in range(n_slots)]
+        self.jobs: list[Job] = []  # running, in admission order
+        self.queue: collections.deque[Schedulable] = collections.deque()  # waiting, FIFO
+        self._order = 0
+        self._tick = 0
+
+    # -- state the engine reads ----------------------------------------------------------
+    @property
+    def cells_used(self) -> int:
+        """Cells held by all slots (an overestimate where a copy shares cells)."""
+        return sum(len(s.cached) for s in self.slots)
+
+    @property
+    def total_cells(self) -> int:
+        return self.capacity * len(self.slots) if self.per_slot else self.capacity
+
+    @property
+    def slots_busy(self) -> int:
+        return sum(1 for s in self.slots if s.job is not None)
+
+    def has_work(self) -> bool:
+        return bool(self.queue or self.jobs)
+
+    # -- the engine reports ------------------------------------------------------------------
+    def committed(self, span: Span) -> None:
+        """``span`` was evaluated: its entries are now cached in its slot."""
+        job = span.job
+        job.slot.cached.extend(job.feed[span.start: span.start + span.n])
+        job.slot.last_used = self._tick
+
+    def grow(self, job: Job, token: int) -> bool:
+        """``job`` generated ``token``, to be decoded next step. False when that
+        token would need a cell beyond the request's capacity (it then ends)."""
+        job.feed.append(token)
+        return len(job.feed) <= self.capacity
+
+    def release(self, job: Job, *, keep_cache: bool = True) -> list[KVOp]:
+        """``job`` ended: free its slot. Its cells stay for prefix reuse unless
+        ``keep_cache`` is False (then the returned op drops them)."""
+        if job in self.jobs:
+            self.jobs.remove(job)
+        slot = job.slot
+        if slot.job is job:
+            slot.job = None
+        if keep_cache:
+            return []
+        slot.cached.clear()
+        return [KVOp("clear", slot.seq_id)]
+
+    def take_cancelled(self) -> tuple[list[Job], list[Schedulable]]:
+        """The running jobs and the waiting requests whose cancel was requested
+        (the waiting ones leave the queue; the engine releases the jobs)."""
+        jobs = [j for j in self.jobs if j.req.cancel_requested]
+        waiting = [r for r in self.queue if r.cancel_requested]
+        for r in waiting:
+            self.queue.remove(r)
+        return jobs, waiting
+
+    # -- planning ------------------------------------------------------------------------------
+    def plan(self) -> StepPlan:
+        """The next step: admissions (with their KV ops), preemptions, then spans."""
+        self._tick += 1
+        plan = StepPlan()
+        self._admit(plan)
+        if self.jobs:
+            self._make_room(plan)
+        self._spans(plan)
+        return plan
+
+    def _admit(self, plan: StepPlan) -> None:
+        while self.queue:
+            free = [s for s in self.slots if s.job is None]
+            if not free:
+                return
+            req = self.queue[0]
+            feed = req.prompt_tokens + req.tokens  # a preempted request resumes from here
+            slot, reuse = self._best_slot(free, feed, plan)
+            src, shared = self._best_running(feed)
+            need = len(feed) - max(reuse, shared) + 1 + len(self.jobs)
+            if not self.per_slot and self.jobs:
+                running = sum(len(j.slot.cached) for j in self.jobs)
+                if self.capacity - running - max(reuse, shared) < need:
+                    return  # wait for room (FIFO: the head blocks the rest)
+            self.queue.popleft()
+            if src is not None and shared > reuse:
+                plan.ops.append(KVOp("clear", slot.seq_id))
+                plan.ops.append(KVOp("copy", slot.seq_id, start=shared, src=src.seq_id))
+                if self.per_slot:
+                    plan.ops.append(KVOp("trim", slot.seq_id, start=shared))
+                slot.cached[:] = feed[:shared]
+                reuse = shared
+                plan.prefix_copies += 1
+            elif reuse < len(slot.cached):
+                plan.ops.append(KVOp("trim", slot.seq_id, start=reuse))
+                del slot.cached[reuse:]
+            if not self.per_slot:
+                self._evict_idle(min(need, self.capacity - reuse), plan, keep=slot)
+            self._order += 1
+            job = Job(req, slot, feed, self._order)
+            slot.job = job
+            slot.last_used = self._tick
+            self.jobs.append(job)
+            plan.admitted.append((job, reuse))
+
+    def _usable(self, cached: Sequence[int], seq_id: int, feed: Sequence[int]) -> int:
+        """How many of ``cached`` can serve ``feed``: at least one entry is left to
+        evaluate (its logits are needed), an image is reused whole or not at all,
+        and nothing when a sliding window dropped early positions."""
+        n = min(common_prefix(cached, feed), len(feed) - 1)
+        n = media.span_start(feed, n)
+        if n > 0 and self._window_dropped(seq_id):
+            return 0
+        return max(n, 0)
+
+    def _best_slot(self, free: list[SlotState], feed: list[int], plan: StepPlan
+                   ) -> tuple[SlotState, int]:
+        """The free slot sharing the longest usable prefix with ``feed`` (least
+        recently used among equals), and that prefix's length."""
+        best, best_n = free[0], -1
+        for s in sorted(free, key=lambda s: s.last_used):
+            n = self._usable(s.cached, s.seq_id, feed)
+            if n > best_n:
+                best, best_n = s, n
+        if best_n == 0 and best.cached:
+            plan.ops.append(KVOp("clear", best.seq_id))
+            best.cached.clear()
+        return best, best_n
+
+    def _best_running(self, feed: list[int]) -> tuple[SlotState | None, int]:
+        """The running slot sharing the longest usable prefix with ``feed``."""
+        best: SlotState | None = None
+        best_n = 0
+        for j in self.jobs:
+            n = self._usable(j.slot.cached, j.slot.seq_id, feed)
+            if n > best_n:
+                best, best_n = j.slot, n
+        return best, best_n
+
+    def _evict_idle(self, need: int, plan: StepPlan, keep: SlotState | None = None) -> None:
+        """(Unified cache) drop idle slots' prefixes, least recently used first,
+        until ``need`` cells are free."""
+        idle = [s for s in self.slots if s.job is None and s is not keep and s.cached]
+        for s in sorted(idle, key=lambda s: s.last_used):
+            if self.capacity - self.cells_used >= need:
+                return
+            plan.ops.append(KVOp("clear", s.seq_id))
+            s.cached.clear()
+
+    def preempt_youngest(self, plan: StepPlan) -> None:
+        """(Unified cache) free the youngest running job's cells; its request goes
+        back to the head of the queue (it resumes by re-evaluating its tokens)."""
+        job = self.jobs[-1]
+        plan.ops.append(KVOp("clear", job.slot.seq_id))
+        job.slot.cached.clear()
+        self.release(job)
+        plan.preempted.append(job)
+        self.queue.appendleft(job.req)
+
+    def _make_room(self, plan: StepPlan) -> None:
+        """(Unified cache) every running request's next entry gets a cell: drop
+        idle prefixes, then preempt the youngest, until they do."""
+        if self.per_slot:
+            return
+        while self.jobs:
+            need = max(1, sum(1 for j in self.jobs if j.pending == 1))
+            if self.capacity - self.cells_used >= need:
+                return
+            self._evict_idle(need, plan)
+            if self.capacity - self.cells_used >= need:
+                return
+            if len(self.jobs) == 1:
+                return  # alone: it may use the whole cache, and ends at its capacity
+            self.preempt_youngest(plan)
+
+    def _spans(self, plan: StepPlan) -> None:
+        """Every running request's next token, then prompt chunks (oldest first)
+        within ``n_batch`` tokens and the free cells."""
+        decoding = [j for j in self.jobs if j.pending == 1]
+        budget = self.n_batch - len(decoding)
+        if not self.per_slot:
+            budget = min(budget, self.capacity - self.cells_used - len(decoding))
+        for j in decoding:
+            a = len(j.slot.cached)
+            plan.spans.append(Span(j, a, 1, True, j.feed[a] < 0))
+        for j in self.jobs:
+            left = j.pending
+            if left <= 1:
+                continue
+            a = len(j.slot.cached)
+            room = min(left, budget)
+            if self.per_slot:
+                room = min(room, self.capacity - a)
+            if room <= 0:
+                if budget <= 0:
+                    break
+                continue
+            n = media.cut(j.feed, a, room)  # an image is evaluated whole (by the projector)
+            plan.spans.append(Span(j, a, n, a + n == len(j.feed), j.feed[a] < 0))
+            budget -= n
