@@ -53,7 +53,8 @@ def build_native(jobs: int, build: Path = BUILD, cmake_args: tuple[str, ...] = (
                  tools: tuple[str, ...] = TOOLS) -> Path:
     """Build the native tools into ``build`` (cached: rebuilt only when the pinned
     commit or the CMake arguments change); returns the folder of the binaries."""
-    cmake_args = (*cmake_args, *os.environ.get("CMAKE_ARGS", "").split())
+    no_amx = f"-DCMAKE_PROJECT_INCLUDE={ROOT / 'cmake' / 'native_no_amx.cmake'}"
+    cmake_args = (no_amx, *cmake_args, *os.environ.get("CMAKE_ARGS", "").split())
     commit = (ROOT / "LLAMA_CPP_COMMIT").read_text().strip()
     key = " ".join((commit, *cmake_args))
     bindir = build / "bin"
