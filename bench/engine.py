@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from run import interleaved  # noqa: E402  (native and ours alternated, medians)
 BIN = HERE / ".build-server" / "bin"
 N_GEN = 128
 N_PROMPT = 128
@@ -88,14 +90,6 @@ def ours_batched(model: Path, threads: int, npl: int, unified: bool) -> float:
         end = time.perf_counter()
         first = max(t0 + c.timings.first_token_ms / 1000 for c in done)
         return npl * (N_GEN - 1) / (end - first)
-
-
-def interleaved(reps: int, native, ours) -> tuple[float, float]:
-    n, o = [], []
-    for _ in range(reps):
-        n.append(native())
-        o.append(ours())
-    return statistics.median(n), statistics.median(o)
 
 
 def main() -> int:
