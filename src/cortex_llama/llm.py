@@ -48,8 +48,9 @@ from .gen.params import (FINISH_CANCELLED, FINISH_EOG, FINISH_LENGTH, FINISH_STO
 from .conversation import (AsyncChatStream, ChatCompletion, ChatPlan, ChatStream, finish_chat, plan_chat,
                            split_options)
 from .gen.policy import GrammarConstraint, build_sampler
-from .gen.request import (AsyncTextStream, Request, StopMatcher, TextStream, log_softmax_norm,
-                          top_logprobs)
+from .gen.output import log_softmax_norm, top_logprobs
+from .gen.request import Request
+from .gen.streams import AsyncTextStream, TextStream
 from .model import Model
 from .multimodal import Projector
 from .sampling import SamplerChain
@@ -60,7 +61,6 @@ __all__ = ["LLM", "ModelConfig", "GenerationParams", "Completion", "Usage", "Tim
            "log_softmax_norm", "top_logprobs"]
 
 # old private names, kept importable
-_StopMatcher = StopMatcher
 _with_overrides = with_overrides
 
 Messages = Sequence[Mapping[str, Any]]
