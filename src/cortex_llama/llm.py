@@ -14,10 +14,11 @@ step. Up to ``ModelConfig.n_seq_max`` requests run at once; more wait in a FIFO
 queue (bounded by ``ModelConfig.max_queue``). Greedy output is the same as
 running each request alone.
 
-``ModelConfig.context_size`` is the total KV budget shared by the running
-requests; one request may use all of it. Under KV pressure the youngest
-running request is preempted (re-queued and resumed later, its output
-unchanged); see :mod:`cortex_llama.gen.engine`.
+``ModelConfig.context_size`` is the context of one request. By default each
+slot has a KV stream of that size (llama.cpp's ``kv_unified=false``); with
+``kv_unified=True`` the slots share one cache of ``context_size`` cells and,
+under KV pressure, the youngest running request is preempted (re-queued and
+resumed later, its output unchanged); see :mod:`cortex_llama.gen.scheduler`.
 
 Sync calls block on a thread-safe future (fine inside a running event loop,
 though that blocks the loop); async calls never use a thread per request.
