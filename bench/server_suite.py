@@ -67,6 +67,8 @@ SUITE_IMPORTS = ("pytest", "requests", "wget", "filelock", "openai", "numpy", "a
 #: files whose every test runs the server in router mode or with MCP servers
 OUT_OF_SCOPE_FILES = frozenset({"test_router.py", "test_mcp_servers.py"})
 MODES = ("native", "cortex")
+#: characters of a failing test's captured output kept in the results JSON
+TAIL_SAVED = 800
 
 
 def _main_worktree() -> Path | None:
@@ -139,10 +141,17 @@ def free_port() -> int:
 
 def prepare(suite: Path, work: Path, mode: str, model: Path, native_bin: Path | None,
             threads: int) -> tuple[Path, dict[str, str]]:
-    """A copy of the suite in ``work/tests`` with the plugin beside its conftest, the
-    launcher wrapper, and the environment the suite and the launcher read."""
-    tests = work / "tests"
+    """A copy of the suite in ``work/llama.cpp/tools/server/tests`` with the plugin beside
+    its conftest, the launcher wrapper, and the environment the suite and the launcher
+    read. The suite names files relative to its place in the llama.cpp tree
+    (``../../../models/templates/*.jinja``, ``../mtmd/test-1.jpeg``), so the copy sits at
+    the same depth, with ``models`` and ``tools/mtmd`` linked (not copied) from the tree."""
+    tree = suite.parent.parent.parent
+    tests = work / "llama.cpp" / "tools" / "server" / "tests"
     shutil.copytree(suite, tests, ignore=shutil.ignore_patterns("tmp", "__pycache__", ".pytest_cache"))
+    for rel in ("models", "tools/mtmd"):
+        if (tree / rel).exists():
+            (work / "llama.cpp" / rel).symlink_to(tree / rel, target_is_directory=True)
     (tests / "tmp").mkdir(exist_ok=True)
     shutil.copy2(PLUGIN, tests / PLUGIN.name)
     wrapper = work / "llama-server"
@@ -335,6 +344,15 @@ def classify(run: Run) -> None:
         t["out_of_scope"] = reason_of(nodeid, {}, launches, always) == OUT_OF_SCOPE
         if t["outcome"] in ("failed", "error"):
             t["reason"] = reason_of(nodeid, t, launches, always)
+            if t["reason"] == "server did not start":
+                t["detail"] = startup_error(t.get("output_tail", ""))
+
+
+def startup_error(output: str) -> str:
+    """The server's own last error line from a failed start's captured output."""
+    lines = [ln.strip() for ln in output.splitlines()
+             if re.search(r"error|Error|unrecognized|invalid|exception", ln) and "tests: starting" not in ln]
+    return lines[-1][:300] if lines else ""
 
 
 def dropped_flags(run: Run) -> list[dict[str, Any]]:
@@ -365,6 +383,9 @@ def counts(run: Run, *, in_scope_only: bool = False) -> dict[str, int]:
 
 def save(run: Run, path: Path, meta: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    for t in run.tests.values():  # the server log's last lines are enough to tell why
+        if "output_tail" in t:
+            t["output_tail"] = t["output_tail"][-TAIL_SAVED:]
     data = {"mode": run.mode, "meta": meta, "counts": counts(run), "counts_in_scope": counts(run, in_scope_only=True),
             "files": [vars(f) for f in run.files], "dropped_flags": dropped_flags(run), "tests": run.tests}
     path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
@@ -445,7 +466,8 @@ def report(native: dict[str, Any], cortex: dict[str, Any]) -> str:
                 "|---|---|---|"]
         for n in names:
             t = ct.get(n, {})
-            out.append(f"| `{n}` | {_md_escape(t.get('error', '')[:200])} | "
+            detail = f" ({t['detail']})" if t.get("detail") else ""
+            out.append(f"| `{n}` | {_md_escape(t.get('error', '')[:200] + detail)} | "
                        f"{' '.join(t.get('dropped', [])) or ''} |")
         out.append("")
     by_file: Counter[str] = Counter(n.split("::")[0] for n in gaps)

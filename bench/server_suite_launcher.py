@@ -210,6 +210,21 @@ def cortex_argv(p: Parsed, python: str, model: str, threads: str | None) -> tupl
     return argv, dropped
 
 
+def _die_with_parent() -> None:
+    """SIGTERM this process (the server after exec) when its parent, the test's pytest,
+    dies: a pytest killed by the harness's timeout must not leave servers behind.
+    Linux only (prctl PR_SET_PDEATHSIG survives execve); elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def log(record: dict[str, object]) -> None:
     path = os.environ.get("SERVER_SUITE_LOG")
     if not path:
@@ -238,6 +253,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     sys.stdout.flush()
+    _die_with_parent()
     os.execv(cmd[0], cmd)
     return 127  # not reached
 
