@@ -449,7 +449,7 @@ def report(native: dict[str, Any], cortex: dict[str, Any]) -> str:
         "",
         "Wall time per mode: native "
         f"{sum(f['seconds'] for f in native['files']):.0f} s, cortex {sum(f['seconds'] for f in cortex['files']):.0f} s "
-        f"(2 shared cores).",
+        f"({os.cpu_count()} cores{', ' + meta['note'] if meta.get('note') else ''}).",
         "",
         "## Native passes, cortex fails (by reason)",
         "",
@@ -539,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-timeout", type=int, default=120, help="seconds per test phase")
     ap.add_argument("--out", type=Path, default=None,
                     help="results JSON (default: bench/results/server_suite_<mode>.json)")
+    ap.add_argument("--note", default=None, help="a remark on the run's conditions for the report")
     ap.add_argument("--no-save", action="store_true", help="print the summary only")
     ap.add_argument("--report", action="store_true", help="write bench/results/server_suite.md from both JSONs")
     ap.add_argument("-v", "--verbose", action="store_true", help="pytest's output on the terminal")
@@ -584,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         commit = (ROOT / "LLAMA_CPP_COMMIT").read_text().strip() if (ROOT / "LLAMA_CPP_COMMIT").is_file() else "?"
         out = args.out or RESULTS / f"server_suite_{args.mode}.json"
         save(run, out, {"model": str(model), "native_bin": str(native_bin), "suite": str(suite),
-                        "threads": args.threads, "llama_cpp_commit": commit, "files": files, "k": args.k})
+                        "threads": args.threads, "llama_cpp_commit": commit, "files": files, "k": args.k,
+                        "note": args.note})
         print(f"wrote {out}")
         if args.out is None:
             md = write_report()
