@@ -52,7 +52,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -193,7 +193,10 @@ class Run:
 
 def run_suite(mode: str, files: list[str], *, k: str | None, junit: Path | None, per_file_timeout: int,
               test_timeout: int, threads: int, model: Path, native_bin: Path | None, python: str,
-              suite: Path, verbose: bool, extra: list[str]) -> Run:
+              suite: Path, verbose: bool, extra: list[str],
+              after_file: Callable[[Run], None] | None = None) -> Run:
+    """Each file in its own pytest under ``timeout``; ``after_file`` gets the results so
+    far after every file (the caller saves them, so a run cut short keeps what it did)."""
     run = Run(mode)
     with tempfile.TemporaryDirectory(prefix=f"server-suite-{mode}-") as tmp:
         work = Path(tmp)
@@ -219,20 +222,24 @@ def run_suite(mode: str, files: list[str], *, k: str | None, junit: Path | None,
                   f" {tail[0] if tail else ''}", flush=True)
             if out.returncode not in (0, 1, 5, 124, 137) and not verbose:
                 print((out.stdout or "")[-3000:], flush=True)
-        run.tests = collect_results(work / "results.jsonl")
-        for f in run.files:
-            if f.timed_out:  # tests of a file killed midway: the one running is the culprit
-                for nodeid, t in run.tests.items():
-                    if nodeid.startswith(f"unit/{f.file}::") and t["outcome"] == "running":
-                        t.update(outcome="failed", error=f"file timed out after {per_file_timeout} s")
-        run.launches = read_jsonl(work / "launches.jsonl")
+            _collect(run, work, per_file_timeout)
+            if after_file is not None:
+                after_file(run)
         if junit:
             merge_junit(sorted(work.glob("junit-*.xml")), junit)
-    for t in run.tests.values():
-        if t["outcome"] == "running":
-            t.update(outcome="failed", error="no report (the pytest process died)")
-    classify(run)
     return run
+
+
+def _collect(run: Run, work: Path, per_file_timeout: int) -> None:
+    run.tests = collect_results(work / "results.jsonl")
+    timed_out = {f.file for f in run.files if f.timed_out}
+    for nodeid, t in run.tests.items():
+        if t["outcome"] == "running":  # the test a killed file was running
+            file = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            t.update(outcome="failed", error=f"file timed out after {per_file_timeout} s" if file in timed_out
+                     else "no report (the pytest process died)")
+    run.launches = read_jsonl(work / "launches.jsonl")
+    classify(run)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -387,8 +394,25 @@ def save(run: Run, path: Path, meta: dict[str, Any]) -> None:
         if "output_tail" in t:
             t["output_tail"] = t["output_tail"][-TAIL_SAVED:]
     data = {"mode": run.mode, "meta": meta, "counts": counts(run), "counts_in_scope": counts(run, in_scope_only=True),
-            "files": [vars(f) for f in run.files], "dropped_flags": dropped_flags(run), "tests": run.tests}
+            "files": [vars(f) for f in run.files], "dropped_flags": dropped_flags(run), "tests": run.tests,
+            "launches": [{k: r.get(k) for k in ("test", "dropped", "router", "mcp")} for r in run.launches]}
     path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+
+def merged(previous: Path, run: Run) -> Run:
+    """``run`` on top of an earlier results JSON: the earlier files this run did not repeat are kept."""
+    if not previous.is_file():
+        return run
+    data = json.loads(previous.read_text())
+    redone = {f.file for f in run.files}
+    keep = lambda nodeid: nodeid.split("::", 1)[0].rsplit("/", 1)[-1] not in redone  # noqa: E731
+    out = Run(run.mode)
+    out.files = [FileRun(**f) for f in data.get("files", []) if f["file"] not in redone] + run.files
+    out.launches = [r for r in data.get("launches", []) if keep(r.get("test", ""))] + run.launches
+    out.tests = {n: t for n, t in data.get("tests", {}).items() if keep(n)}
+    out.tests.update(run.tests)
+    classify(out)
+    return out
 
 
 def summary_text(run: Run) -> str:
@@ -540,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="results JSON (default: bench/results/server_suite_<mode>.json)")
     ap.add_argument("--note", default=None, help="a remark on the run's conditions for the report")
+    ap.add_argument("--merge", action="store_true", help="keep the results JSON's other files "
+                    "(run the suite in chunks: --files A B --merge, then --files C --merge)")
     ap.add_argument("--no-save", action="store_true", help="print the summary only")
     ap.add_argument("--report", action="store_true", help="write bench/results/server_suite.md from both JSONs")
     ap.add_argument("-v", "--verbose", action="store_true", help="pytest's output on the terminal")
@@ -576,22 +602,33 @@ def main(argv: list[str] | None = None) -> int:
     files = args.files or sorted(p.name for p in (suite / "unit").glob("test_*.py"))
     files = [f if f.endswith(".py") else f + ".py" for f in (Path(f).name for f in files)]
     t0 = time.monotonic()
+    out = args.out or RESULTS / f"server_suite_{args.mode}.json"
+    previous = out.read_text() if args.merge and out.is_file() else None
+    commit = (ROOT / "LLAMA_CPP_COMMIT").read_text().strip() if (ROOT / "LLAMA_CPP_COMMIT").is_file() else "?"
+
+    def after_file(run: Run) -> None:
+        if args.no_save:
+            return
+        if previous is not None:
+            tmp = out.with_suffix(".previous.json")
+            tmp.write_text(previous)
+            run = merged(tmp, run)
+            tmp.unlink()
+        save(run, out, {"model": str(model), "native_bin": str(native_bin), "suite": str(suite),
+                        "threads": args.threads, "llama_cpp_commit": commit,
+                        "files": [f.file for f in run.files], "k": args.k, "note": args.note})
+        if args.out is None:
+            write_report()
+
     run = run_suite(args.mode, files, k=args.k, junit=args.junit, per_file_timeout=args.file_timeout,
                     test_timeout=args.test_timeout, threads=args.threads, model=model, native_bin=native_bin,
-                    python=python, suite=suite, verbose=args.verbose, extra=args.pytest_args)
+                    python=python, suite=suite, verbose=args.verbose, extra=args.pytest_args,
+                    after_file=after_file)
     print(summary_text(run))
     print(f"[{args.mode}] {time.monotonic() - t0:.0f} s")
     if not args.no_save:
-        commit = (ROOT / "LLAMA_CPP_COMMIT").read_text().strip() if (ROOT / "LLAMA_CPP_COMMIT").is_file() else "?"
-        out = args.out or RESULTS / f"server_suite_{args.mode}.json"
-        save(run, out, {"model": str(model), "native_bin": str(native_bin), "suite": str(suite),
-                        "threads": args.threads, "llama_cpp_commit": commit, "files": files, "k": args.k,
-                        "note": args.note})
-        print(f"wrote {out}")
-        if args.out is None:
-            md = write_report()
-            if md:
-                print(f"wrote {md}")
+        print(f"wrote {out}" + (" and bench/results/server_suite.md" if args.out is None and
+                                 all((RESULTS / f"server_suite_{m}.json").is_file() for m in MODES) else ""))
     c = counts(run)
     return 0 if c.get("failed", 0) + c.get("error", 0) == 0 else 1
 
