@@ -525,6 +525,14 @@ def report(native: dict[str, Any], cortex: dict[str, Any]) -> str:
     out += ["", "Flags dropped on every start (the suite's defaults, e.g. `--temp`, `--no-slots`) are not "
             "counted against a test in the column 'gap tests using it'.", ""]
 
+    suite = find_suite_dir()
+    ran = {f["file"] for f in native["files"]} & {f["file"] for f in cortex["files"]}
+    not_run = sorted(p.name for p in (suite / "unit").glob("test_*.py") if p.name not in ran) if suite else []
+    if not_run:
+        out += ["## Files not run in both modes yet", "",
+                f"{len(ran)} of {len(ran) + len(not_run)} test files are in this report. Continue with "
+                "`python3 bench/server_suite.py --mode native --merge --files ...` (and `--mode cortex`): "
+                + ", ".join(f"`{f}`" for f in not_run) + ".", ""]
     out += ["## Timings (s per file)", "", "| file | native | cortex |", "|---|---|---|"]
     ctimes = {f["file"]: f for f in cortex["files"]}
     for f in native["files"]:
