@@ -522,8 +522,9 @@ def report(native: dict[str, Any], cortex: dict[str, Any]) -> str:
     for d in cortex.get("dropped_flags", []):
         out.append(f"| `{d['flag']}` | {d['starts']} | {d['tests']} | {gap_flags.get(d['flag'], 0)} | "
                    f"{_md_escape(' '.join(d['values']))} |")
-    out += ["", "Flags dropped on every start (the suite's defaults, e.g. `--temp`, `--no-slots`) are not "
-            "counted against a test in the column 'gap tests using it'.", ""]
+    out += ["", "'gap tests using it' counts the native-passing tests that fail on cortex and passed the "
+            "flag: a correlation, not a cause (`--n-predict`, `--no-slots` ride along with most tests). Flags "
+            "dropped on every start (`--temp`) are left out of it.", ""]
 
     suite = find_suite_dir()
     ran = {f["file"] for f in native["files"]} & {f["file"] for f in cortex["files"]}
