@@ -490,7 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", "--parallel", type=int, default=8, help="parallel sequences (slots)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $CORTEX_LLAMA_API_KEY)")
-    p.add_argument("--model-alias", default=None, help="the model id answers carry (any requested name is accepted)")
+    p.add_argument("-a", "--alias", "--model-alias", dest="model_alias", default=None,
+                   help="the model id /v1/models lists and answers carry (default: a slug of the GGUF file "
+                        "name); any requested model name is accepted")
     p.add_argument("--reasoning-format", default="auto", choices=["none", "auto", "deepseek", "deepseek-legacy"],
                    help="llama-server's --reasoning-format: where a model's thoughts go (default: auto, "
                         "message.reasoning_content)")

@@ -14,7 +14,7 @@ from ..llm import LLM
 from . import routes_admin, routes_native, routes_openai
 from .handlers import install_handlers
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, CountingMiddleware, JSONBodyMiddleware
-from .state import ServerState
+from .state import ServerState, model_slug
 
 __all__ = ["create_app", "DEFAULT_MAX_BODY"]
 
@@ -29,8 +29,9 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
     run it with uvicorn). The caller keeps ownership of ``llm`` (load and close it).
 
     ``api_key`` requires ``Authorization: Bearer <api_key>`` on every route but
-    ``/health`` and the docs; ``model_alias`` is the model id answers carry (any
-    ``model`` a client sends is accepted); bodies longer than ``max_body_bytes``
+    ``/health`` and the docs; ``model_alias`` is the model id answers carry
+    (default: :func:`.state.model_slug` of the GGUF file name; any ``model`` a
+    client sends is accepted); bodies longer than ``max_body_bytes``
     are answered 413; ``reasoning_format`` is llama-server's
     ``--reasoning-format`` (none, auto, deepseek, deepseek-legacy), which a
     request's own ``reasoning_format`` overrides. Never raises.
@@ -40,7 +41,7 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
     app = FastAPI(title=title, version=__version__,
                   description="OpenAI-compatible API of cortex-llama (llama.cpp through cffi) on a "
                               "continuous-batching engine.")
-    state = ServerState(llm=llm, model_id=model_alias or llm.name,
+    state = ServerState(llm=llm, model_id=model_alias or model_slug(llm.config.model_path),
                         reasoning_format=reasoning_format)
     app.state.server = state
     app.state.llm = llm
