@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from cortex_llama import Batch, Context, SamplerChain
@@ -63,3 +72,109 @@ def same_greedy(got, solo, gap: float = 2e-3, first: int | None = None) -> bool:
             return False
     top = solo.logprobs[k].top
     return len(top) >= 2 and top[0][1] - top[1][1] < gap
+
+
+# -- the HTTP server in a subprocess (httpx and openai are imported where used) ---------------
+KEY = "test-key-123"
+START_TIMEOUT = 60.0
+HTTP_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """`python -m cortex_llama serve` in a subprocess, environment passed through."""
+
+    def __init__(self, model: Path, log: Path, *args: str, api_key: str | None = KEY) -> None:
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api_key = api_key
+        self.log = log
+        self.quantized = False
+        cmd = [sys.executable, "-m", "cortex_llama", "serve", str(model), "--port", str(self.port),
+               "--threads", "2", "--log-level", "warning", *args]
+        if api_key:
+            cmd += ["--api-key", api_key]
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server did not become healthy:\n{self.output()}")
+            time.sleep(0.1)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def client(self) -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.api_key or "none", max_retries=0,
+                             timeout=HTTP_TIMEOUT)
+
+    def aclient(self) -> Any:
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=self.api_key or "none", max_retries=0,
+                                  timeout=HTTP_TIMEOUT)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Any:
+        import httpx
+
+        headers = {**self.headers, **kw.pop("headers", {})}
+        if body is not None and "content" not in kw:
+            kw["json"] = body
+        return httpx.post(self.url + path, headers=headers, timeout=HTTP_TIMEOUT, **kw)
+
+    def get(self, path: str, **kw: Any) -> Any:
+        import httpx
+
+        headers = {**self.headers, **kw.pop("headers", {})}
+        return httpx.get(self.url + path, headers=headers, timeout=HTTP_TIMEOUT, **kw)
+
+    def metrics(self) -> dict[str, float]:
+        out = {}
+        for line in self.get("/metrics").text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name.split("{")[0].removeprefix("cortex_llama_")] = float(value)
+        return out
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+        return self.proc.returncode
+
+
+def wait_for(cond: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

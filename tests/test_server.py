@@ -6,16 +6,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+
+from .helpers import HTTP_TIMEOUT, Server, wait_for
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -24,10 +21,6 @@ httpx = pytest.importorskip("httpx")
 jsonschema = pytest.importorskip("jsonschema")
 
 pytestmark = pytest.mark.server
-
-KEY = "test-key-123"
-START_TIMEOUT = 60.0
-HTTP_TIMEOUT = 60.0
 
 # A Hermes/Qwen-style template: tools in the system turn, calls as <tool_call> blocks,
 # tool results as <tool_response> blocks in a user turn.
@@ -75,87 +68,6 @@ CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {
     "type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"]}}}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """`python -m cortex_llama serve` in a subprocess, environment passed through."""
-
-    def __init__(self, model: Path, log: Path, *args: str, api_key: str | None = KEY) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api_key = api_key
-        self.log = log
-        self.quantized = False
-        cmd = [sys.executable, "-m", "cortex_llama", "serve", str(model), "--port", str(self.port),
-               "--threads", "2", "--log-level", "warning", *args]
-        if api_key:
-            cmd += ["--api-key", api_key]
-        self._log = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the server did not become healthy:\n{self.output()}")
-            time.sleep(0.1)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
-    def client(self) -> Any:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.api_key or "none", max_retries=0,
-                             timeout=HTTP_TIMEOUT)
-
-    def aclient(self) -> Any:
-        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=self.api_key or "none", max_retries=0,
-                                  timeout=HTTP_TIMEOUT)
-
-    def post(self, path: str, body: Any = None, **kw: Any) -> Any:
-        headers = {**self.headers, **kw.pop("headers", {})}
-        if body is not None and "content" not in kw:
-            kw["json"] = body
-        return httpx.post(self.url + path, headers=headers, timeout=HTTP_TIMEOUT, **kw)
-
-    def get(self, path: str) -> Any:
-        return httpx.get(self.url + path, headers=self.headers, timeout=HTTP_TIMEOUT)
-
-    def metrics(self) -> dict[str, float]:
-        out = {}
-        for line in self.get("/metrics").text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name.split("{")[0].removeprefix("cortex_llama_")] = float(value)
-        return out
-
-    def output(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
-        return self.proc.returncode
-
-
 def test_exposure_warning() -> None:
     from cortex_llama.server.run import exposure_warning
 
@@ -163,14 +75,6 @@ def test_exposure_warning() -> None:
     assert exposure_warning("::1", None) is None and exposure_warning("0.0.0.0", "key") is None
     assert "WARNING" in (exposure_warning("0.0.0.0", None) or "")
     assert "--api-key" in (exposure_warning("192.168.1.5", None) or "")
-
-
-def wait_for(cond: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module", params=["small", "small_q4"])
@@ -196,8 +100,9 @@ def test_models_health_docs(server: Server) -> None:
     assert ids == ["test-model"]
     h = httpx.get(server.url + "/health", timeout=HTTP_TIMEOUT)  # no key needed
     assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["slots_total"] == 8
-    assert httpx.get(server.url + "/docs", timeout=HTTP_TIMEOUT).status_code == 200
-    spec = httpx.get(server.url + "/openapi.json", timeout=HTTP_TIMEOUT).json()
+    assert httpx.get(server.url + "/docs", timeout=HTTP_TIMEOUT).status_code == 401  # behind the key
+    assert server.get("/docs").status_code == 200
+    spec = server.get("/openapi.json").json()
     assert "/v1/chat/completions" in spec["paths"] and "ChatCompletionRequest" in spec["components"]["schemas"]
 
 

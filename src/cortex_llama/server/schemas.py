@@ -471,3 +471,8 @@ UNION_MEMBER_NAMES = frozenset({
     "str", "int", "float", "bool", "dict", "list", "none", "NamedToolChoice", "ContentPart",
     "JSONSchemaFormat", "ResponseFormat", "StreamOptions",
 })
+
+
+# the error answers of a route, for its OpenAPI ``responses``
+ERROR_RESPONSES: dict[Union[int, str], dict[str, Any]] = {
+    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 415, 503)}

@@ -1,0 +1,197 @@
+"""OpenAI's routes: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``,
+``/v1/embeddings``, each also at llama-server's unprefixed path (``/models``,
+``/completions``, ``/chat/completions``, ``/embeddings``; not in the schema)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import time
+from typing import TYPE_CHECKING, Any, Callable, Union
+
+import numpy as np
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from starlette.requests import Request as HTTPRequest
+
+from .errors import APIError, from_exception
+from .plumbing import (Job, chat_inputs, check_counts, check_model, choice_params, constraint, gen_params,
+                       results_or_disconnect, stream_response, submit, submit_each, cancel_all)
+from .schemas import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, Embedding,
+                      EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, ERROR_RESPONSES, ModelCard, ModelList)
+from .shaping import ChatStream, chat_choices, completion_choices, stream_completion
+from .state import ServerState, get_state
+
+if TYPE_CHECKING:
+    from ..gen.request import Request
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+def _route(method: str, path: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a handler at ``/v1`` + ``path`` (in the schema) and at ``path`` (not)."""
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        router.add_api_route("/v1" + path, fn, methods=[method], responses=ERROR_RESPONSES, **kw)
+        router.add_api_route(path, fn, methods=[method], responses=ERROR_RESPONSES, include_in_schema=False, **kw)
+        return fn
+    return register
+
+
+# -- models -----------------------------------------------------------------------------------
+def _card(state: ServerState) -> ModelCard:
+    llm = state.llm
+    return ModelCard(id=state.model_id, created=state.created,
+                     meta={"n_ctx": llm.config.context_size, "n_parallel": llm.config.n_seq_max,
+                           "n_vocab": llm.model.n_vocab, "n_embd": llm.model.n_embd,
+                           "path": str(llm.config.model_path)})
+
+
+@_route("GET", "/models", response_model=ModelList, tags=["models"])
+async def list_models(state: ServerState = Depends(get_state)) -> ModelList:
+    """The one model this server serves."""
+    return ModelList(data=[_card(state)])
+
+
+@_route("GET", "/models/{model}", response_model=ModelCard, tags=["models"])
+async def get_model(model: str, state: ServerState = Depends(get_state)) -> ModelCard:
+    """The served model, whatever name is asked for (one model is served)."""
+    check_model(model)
+    return _card(state)
+
+
+# -- completions ----------------------------------------------------------------------------------
+def _prompts(body: CompletionRequest) -> list[Union[str, list[int]]]:
+    prompts: list[Union[str, list[int]]]
+    if isinstance(body.prompt, str):
+        prompts = [body.prompt]
+    elif body.prompt and isinstance(body.prompt[0], int):
+        prompts = [list(body.prompt)]  # type: ignore[arg-type]
+    else:
+        prompts = list(body.prompt)  # type: ignore[arg-type]
+    for i, pr in enumerate(prompts):
+        if not pr:
+            raise APIError(400, f"prompt[{i}]: must not be empty", param="prompt", code="invalid_value")
+    return prompts
+
+
+@_route("POST", "/completions", response_model=CompletionResponse, tags=["completions"])
+async def completions(body: CompletionRequest, raw: HTTPRequest, state: ServerState = Depends(get_state)) -> Any:
+    """Text completion; ``stream`` answers Server-Sent Events ending with ``data: [DONE]``."""
+    check_model(body.model)
+    llm = state.llm
+    prompts = _prompts(body)
+    max_tokens = body.max_tokens if body.max_tokens is not None else llm.config.context_size
+    check_counts(state, body.n, max_tokens, "max_tokens")
+    grammar, schema, gparam = constraint(body)
+    params = gen_params(state, body, max_tokens, body.logprobs, grammar, schema)
+    reqs = await submit(lambda: submit_each(state, prompts, body.n, params), "prompt", gparam)
+    echo = [p if isinstance(p, str) else llm.detokenize(p) for p in prompts] if body.echo else None
+    job = Job(reqs, body.n, top_logprobs=body.logprobs, echo=echo)
+    rid, now = "cmpl-" + secrets.token_hex(12), int(time.time())
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return stream_response(stream_completion(state, job, rid, now, include_usage), job)
+    results = await results_or_disconnect(raw, job)
+    if results is None:
+        return Response(status_code=499)
+    return CompletionResponse(id=rid, created=now, model=state.model_id,
+                              choices=completion_choices(state, job, results), usage=job.usage(results))
+
+
+# -- chat completions: the LLM's chat pipeline (llama.cpp's chat layer) ----------------------------
+@_route("POST", "/chat/completions", response_model=ChatCompletionResponse, tags=["chat"])
+async def chat_completions(body: ChatCompletionRequest, raw: HTTPRequest,
+                           state: ServerState = Depends(get_state)) -> Any:
+    """Chat completion through the model's chat template (llama.cpp's chat layer):
+    tools and tool calls, reasoning_content, JSON output, streaming."""
+    check_model(body.model)
+    llm = state.llm
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    check_counts(state, body.n, max_tokens, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
+    messages, opts = chat_inputs(state, body)
+    top = (body.top_logprobs or 0) if body.logprobs else None
+    params = gen_params(state, body, max_tokens or llm.config.context_size, top, body.grammar, None)
+    gparam = ("grammar" if body.grammar is not None else "response_format" if "response_format" in opts
+              else "tools" if body.tools else None)
+    streams: list[Any] = []
+
+    def make() -> list[Request]:
+        reqs: list[Request] = []
+        try:
+            for p in choice_params(params, body.n):
+                if body.stream:
+                    streams.append(llm.astream_chat(messages, p, **opts))
+                    reqs.append(streams[-1].request)
+                else:
+                    reqs.append(llm.submit_chat(messages, p, **opts))
+        except BaseException:
+            cancel_all(reqs)
+            raise
+        return reqs
+
+    job = Job(await submit(make, "messages", gparam), body.n, top_logprobs=top)
+    rid, now = "chatcmpl-" + secrets.token_hex(12), int(time.time())
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return stream_response(ChatStream(state, job, streams, rid, now).events(include_usage), job)
+    results = await results_or_disconnect(raw, job)
+    if results is None:
+        return Response(status_code=499)
+    return ChatCompletionResponse(id=rid, created=now, model=state.model_id,
+                                  choices=chat_choices(state, job, results), usage=job.usage(results))
+
+
+# -- embeddings -----------------------------------------------------------------------------------
+def _texts(body: EmbeddingRequest) -> list[str]:
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts:
+        raise APIError(400, "input: must not be empty", param="input", code="invalid_value")
+    if not all(isinstance(t, str) for t in texts):
+        raise APIError(400, "input: token arrays are not supported, send text", param="input",
+                       code="invalid_value")
+    strs = [str(t) for t in texts]
+    for i, t in enumerate(strs):
+        if not t:
+            raise APIError(400, f"input[{i}]: must not be an empty string", param=f"input[{i}]",
+                           code="invalid_value")
+    return strs
+
+
+def _shorten(vecs: np.ndarray, dimensions: int | None) -> np.ndarray:
+    if dimensions is None:
+        return vecs
+    if dimensions > vecs.shape[1]:
+        raise APIError(400, f"dimensions: {dimensions} is more than the model's {vecs.shape[1]}",
+                       param="dimensions", code="invalid_value")
+    vecs = vecs[:, :dimensions]
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    return vecs / np.where(norms == 0, 1, norms)
+
+
+@_route("POST", "/embeddings", response_model=EmbeddingResponse, tags=["embeddings"])
+async def embeddings(body: EmbeddingRequest, state: ServerState = Depends(get_state)) -> EmbeddingResponse:
+    """Normalized embeddings of a string or a list of strings."""
+    check_model(body.model)
+    llm = state.llm
+    if not llm.config.embeddings:
+        raise APIError(400, "embeddings are disabled on this server (start it with --embeddings)",
+                       code="embeddings_disabled")
+    strs = _texts(body)
+    try:
+        vecs = np.atleast_2d(await llm.aembed(strs))
+        n_tokens = await asyncio.to_thread(lambda: sum(llm.count_tokens(t) for t in strs))
+    except Exception as exc:  # noqa: BLE001
+        raise from_exception(exc, prompt_param="input") from None
+    data = []
+    for i, v in enumerate(_shorten(vecs, body.dimensions)):
+        emb: Union[list[float], str]
+        if body.encoding_format == "base64":
+            emb = base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
+        else:
+            emb = [float(x) for x in v]
+        data.append(Embedding(index=i, embedding=emb))
+    return EmbeddingResponse(data=data, model=state.model_id,
+                             usage=EmbeddingUsage(prompt_tokens=n_tokens, total_tokens=n_tokens))

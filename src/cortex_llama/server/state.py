@@ -1,0 +1,67 @@
+"""What every route of one app shares: :class:`ServerState`, kept in ``app.state``
+and handed to the routes by the :func:`get_state` dependency."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request as HTTPRequest
+
+from ..content import MediaPolicy
+
+from ..llm import LLM
+from .metrics import ServerMetrics
+
+__all__ = ["ServerState", "get_state", "model_slug"]
+
+
+def model_slug(model_path: str | os.PathLike[str]) -> str:
+    """The model id derived from a GGUF file name: ``SmolLM2-135M-Instruct-Q4_1.gguf``
+    gives ``smollm2-135m-instruct-q4_1`` (lower case; runs of characters other than
+    letters, digits, ``.``, ``_`` and ``-`` become one ``-``)."""
+    stem = Path(os.fspath(model_path)).name
+    if stem.lower().endswith(".gguf"):
+        stem = stem[:-len(".gguf")]
+    slug = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-.")
+    return slug or "model"
+
+
+@dataclass
+class ServerState:
+    """The served model and the settings the routes read.
+
+    ``model_id`` is the id answers carry (any requested name is accepted);
+    ``media`` the policy for local media files in chat messages (the default
+    allows none).
+    """
+
+    llm: LLM
+    model_id: str
+    reasoning_format: str = "auto"
+    media: MediaPolicy = field(default_factory=MediaPolicy)
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    created: int = field(default_factory=lambda: int(time.time()))
+    _pieces: dict[int, str] = field(default_factory=dict, repr=False)
+
+    def piece(self, tok: int) -> str:
+        """The text of token ``tok`` (cached). Raises ``ValueError`` for an id
+        outside the vocabulary."""
+        p = self._pieces.get(tok)
+        if p is None:
+            p = self._pieces[tok] = self.llm.model.vocab.token_to_piece(tok).decode("utf-8", "replace")
+        return p
+
+    def engine_metrics(self) -> dict[str, Any]:
+        """The engine's gauges and counters (empty once the model is closed)."""
+        return dict(self.llm.metrics()) if self.llm.is_loaded else {}
+
+
+def get_state(raw: HTTPRequest) -> ServerState:
+    """The FastAPI dependency giving a route its app's :class:`ServerState`."""
+    state: ServerState = raw.app.state.server
+    return state
