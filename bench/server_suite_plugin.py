@@ -17,11 +17,12 @@ conftest.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
-from typing import Any, Generator
+from typing import Any, Generator, Iterator
 
 import pytest
 
@@ -53,31 +54,32 @@ def _deadline() -> int:
     return int(os.environ.get("SERVER_SUITE_TEST_TIMEOUT", "120"))
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+@contextlib.contextmanager
+def _alarm() -> Iterator[None]:
+    """SIGALRM after the deadline while one test phase runs."""
     signal.alarm(_deadline())
     try:
         yield
     finally:
         signal.alarm(0)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    with _alarm():
+        yield
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    signal.alarm(_deadline())
-    try:
+    with _alarm():
         yield
-    finally:
-        signal.alarm(0)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    signal.alarm(_deadline())
-    try:
+    with _alarm():
         yield
-    finally:
-        signal.alarm(0)
 
 
 def _first_error_line(report: pytest.TestReport) -> str:
