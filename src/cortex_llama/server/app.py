@@ -8,6 +8,8 @@ with an OpenAI-style error body naming the field.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from fastapi import FastAPI
 
 from ..llm import LLM
@@ -24,7 +26,7 @@ OPEN_PATHS = ("/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.j
 
 def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY, title: str = "cortex-llama",
-               reasoning_format: str = "auto") -> FastAPI:
+               reasoning_format: str = "auto", settings: Mapping[str, Any] | None = None) -> FastAPI:
     """A FastAPI app serving ``llm`` with OpenAI's API (mount it in your own app or
     run it with uvicorn). The caller keeps ownership of ``llm`` (load and close it).
 
@@ -34,7 +36,10 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
     client sends is accepted); bodies longer than ``max_body_bytes``
     are answered 413; ``reasoning_format`` is llama-server's
     ``--reasoning-format`` (none, auto, deepseek, deepseek-legacy), which a
-    request's own ``reasoning_format`` overrides. Never raises.
+    request's own ``reasoning_format`` overrides; ``settings`` sets more
+    :class:`.state.ServerState` fields (``n_predict``, ``sampling``,
+    ``slots_endpoint``, ``metrics_endpoint``, ``enable_thinking``,
+    ``slot_save_path``). Raises ``TypeError`` for an unknown settings name.
     """
     from .. import __version__
 
@@ -42,7 +47,7 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
                   description="OpenAI-compatible API of cortex-llama (llama.cpp through cffi) on a "
                               "continuous-batching engine.")
     state = ServerState(llm=llm, model_id=model_alias or model_slug(llm.config.model_path),
-                        reasoning_format=reasoning_format)
+                        reasoning_format=reasoning_format, **dict(settings or {}))
     app.state.server = state
     app.state.llm = llm
     app.state.metrics = state.metrics

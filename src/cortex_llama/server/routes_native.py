@@ -1,16 +1,21 @@
-"""llama-server's own routes: ``/health``, ``/tokenize``, ``/detokenize`` and
-``/apply-template``."""
+"""llama-server's own routes: ``/health``, ``/tokenize``, ``/detokenize``,
+``/apply-template`` and ``/completion``."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import Request as HTTPRequest
 
 from .errors import APIError, from_exception
-from .plumbing import chat_inputs
+from .plumbing import (Job, cancel_all, chat_inputs, native_n_predict, native_params, native_prompts,
+                       results_or_disconnect, stream_response, submit)
 from .schemas import (ERROR_RESPONSES, ApplyTemplateResponse, ChatCompletionRequest, DetokenizeRequest, DetokenizeResponse,
-                      HealthResponse, TokenizeRequest, TokenizeResponse, TokenPiece)
+                      HealthResponse, NativeCompletionRequest, TokenizeRequest, TokenizeResponse, TokenPiece)
+from .shaping import generation_settings, native_final, stream_native
 from .state import ServerState, get_state
 
 __all__ = ["router"]
@@ -61,3 +66,48 @@ async def apply_template(body: ChatCompletionRequest, state: ServerState = Depen
     except Exception as exc:  # noqa: BLE001 - mapped to an HTTP status
         raise from_exception(exc, prompt_param="messages") from None
     return ApplyTemplateResponse(prompt=prompt)
+
+
+@router.post("/completion", responses=ERROR_RESPONSES, tags=["completions"])
+async def completion(body: NativeCompletionRequest, raw: HTTPRequest, state: ServerState = Depends(get_state)) -> Any:
+    """llama-server's native completion: one body (a list of bodies for a list of
+    prompts) with ``content``, ``stop_type``, ``timings``, ``generation_settings``...;
+    ``stream`` answers one SSE event per token, then the final body. Raises
+    :class:`APIError`: 400 naming the field (``exceed_context_size_error`` for a
+    prompt over the context), 503 for a full queue."""
+    llm = state.llm
+    prompts = await submit_prompts(state, body.prompt)
+    params = native_params(state, body)
+    settings = generation_settings(state, body, params, native_n_predict(
+        state, body.n_predict if body.n_predict is not None else body.max_tokens))
+
+    def make() -> list[Any]:
+        reqs: list[Any] = []
+        try:
+            for toks in prompts:
+                reqs.append(llm.submit(toks, params))
+        except BaseException:
+            cancel_all(reqs)
+            raise
+        return reqs
+
+    job = Job(await submit(make, "prompt", "grammar" if body.grammar is not None else "json_schema"), 1)
+    if body.stream:
+        return stream_response(stream_native(state, body, job.reqs, settings), job)
+    results = await results_or_disconnect(raw, job)
+    if results is None:
+        return Response(status_code=499)
+    out = [native_final(state, body, settings, toks, c, i) for i, (toks, c) in enumerate(zip(prompts, results))]
+    return JSONResponse(out[0] if len(out) == 1 else out)
+
+
+async def submit_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
+    """The token lists of a native prompt, tokenized in a worker thread. Raises
+    :class:`APIError` (400) like :func:`.plumbing.native_prompts`."""
+    try:
+        return await asyncio.to_thread(native_prompts, state, prompt)
+    except APIError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - mapped to an HTTP status
+        raise from_exception(exc, prompt_param="prompt") from None
+
