@@ -207,15 +207,16 @@ def generation_settings(state: ServerState, body: NativeCompletionRequest, p: Ge
 
 
 def native_timings(prompt_tokens: int, cached: int, n_gen: int, t: Timings) -> dict[str, Any]:
-    """llama-server's ``timings`` object. Never raises."""
+    """llama-server's ``timings`` object (the first token comes with the prompt, so
+    the generation rate is over the tokens after it). Never raises."""
     n_prompt = max(prompt_tokens - cached, 0)
     return {
         "cache_n": cached, "prompt_n": n_prompt, "prompt_ms": t.prompt_ms,
         "prompt_per_token_ms": t.prompt_ms / n_prompt if n_prompt else 0.0,
         "prompt_per_second": 1e3 * n_prompt / t.prompt_ms if t.prompt_ms > 0 else 0.0,
-        "predicted_n": n_gen, "predicted_ms": t.generation_ms,
-        "predicted_per_token_ms": t.generation_ms / n_gen if n_gen else 0.0,
-        "predicted_per_second": 1e3 * n_gen / t.generation_ms if t.generation_ms > 0 else 0.0,
+        "predicted_n": n_gen, "predicted_ms": t.generation_ms,  
+        "predicted_per_token_ms": t.generation_ms / (n_gen - 1) if n_gen > 1 else 0.0,
+        "predicted_per_second": 1e3 * (n_gen - 1) / t.generation_ms if n_gen > 1 and t.generation_ms > 0 else 0.0,
     }
 
 
