@@ -292,19 +292,34 @@ def _native_chunk(state: ServerState, body: NativeCompletionRequest, req: Reques
 
 async def stream_native(state: ServerState, body: NativeCompletionRequest, reqs: Sequence[Request],
                         settings: dict[str, Any]) -> AsyncIterator[str]:
-    """llama-server's ``/completion`` SSE events: one per token (``stop``: false),
-    then the final body per prompt; no ``[DONE]``. Raises the engine's error."""
+    """llama-server's ``/completion`` SSE events: one per token (``stop``: false;
+    text released at the end, held for a stop string or a partial UTF-8
+    character, joins the last token's event), then the final body per prompt;
+    no ``[DONE]``. Raises the engine's error."""
     sent = [0] * len(reqs)
+    # each prompt's latest token and text, sent once the next item shows its text is complete
+    held: list[tuple[list[int], str] | None] = [None] * len(reqs)
+
+    def event(i: int) -> str:
+        toks, text = held[i] or ([], "")
+        held[i] = None
+        sent[i] += len(toks)
+        return sse(_native_chunk(state, body, reqs[i], i, toks, text, sent[i] - len(toks)))
+
     async for i, item in merge_iters([token_chunks(r) for r in reqs]):
-        req = reqs[i]
         if item is None:
-            yield sse(native_final(state, body, settings, req.prompt_tokens, await req.aresult(), i))
+            if held[i] is not None:
+                yield event(i)
+            yield sse(native_final(state, body, settings, reqs[i].prompt_tokens, await reqs[i].aresult(), i))
             continue
         toks, text = item
-        if not toks:  # text released at the end (held for a stop string): no new token
-            yield sse(_native_chunk(state, body, req, i, [], text, sent[i]))
+        prev = held[i]
+        if not toks and prev is not None:
+            held[i] = (prev[0], prev[1] + text)
             continue
-        for k, tok in enumerate(toks):  # one event per token, its text on the last
-            last = k == len(toks) - 1
-            yield sse(_native_chunk(state, body, req, i, [tok], text if last else "", sent[i]))
-            sent[i] += 1
+        if prev is not None:
+            yield event(i)
+        for tok in toks[:-1]:
+            held[i] = ([tok], "")
+            yield event(i)
+        held[i] = (toks[-1:], text)
