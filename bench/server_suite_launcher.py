@@ -167,6 +167,10 @@ def _reasoning_format(v: str | None) -> list[str] | None:
     return ["--reasoning-format", v] if v in ("none", "auto", "deepseek", "deepseek-legacy") else None
 
 
+def _reasoning(v: str | None) -> list[str] | None:
+    return ["--reasoning", v] if v in ("on", "off", "auto") else None
+
+
 CORTEX_FLAGS: dict[str, Mapper] = {
     "--host": _same("--host"),
     "--port": _same("--port"),
@@ -184,6 +188,14 @@ CORTEX_FLAGS: dict[str, Mapper] = {
     "--embedding": lambda v: ["--embeddings"], "--embeddings": lambda v: ["--embeddings"],
     "--mmproj": _same("--mmproj"),
     "--rpc": _same("--rpc"),
+    "-n": _same("-n"), "--n-predict": _same("-n"), "--predict": _same("-n"),
+    "--temp": _same("--temp"), "--top-k": _same("--top-k"), "--top-p": _same("--top-p"),
+    "--min-p": _same("--min-p"), "--repeat-penalty": _same("--repeat-penalty"),
+    "--repeat-last-n": _same("--repeat-last-n"),
+    "--slots": _same("--slots"), "--no-slots": _same("--no-slots"), "--metrics": _same("--metrics"),
+    "--slot-save-path": _same("--slot-save-path"),
+    "--jinja": _same("--jinja"), "--no-jinja": _same("--no-jinja"),
+    "-rea": _reasoning, "--reasoning": _reasoning,
 }
 #: flags the harness itself consumed (model resolution): not counted as dropped
 CONSUMED: frozenset[str] = frozenset({"--offline"})

@@ -85,7 +85,8 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     tmpl = tmp / "hermes.jinja"
     tmpl.write_text(HERMES_TEMPLATE)
     srv = Server(model, tmp / "server.log", "--ctx-size", "4096", "--parallel", "8", "--embeddings",
-                 "--chat-template-file", str(tmpl), "--model-alias", "test-model", "--max-body", "1000000")
+                 "--chat-template-file", str(tmpl), "--model-alias", "test-model", "--max-body", "1000000",
+                 "--metrics")
     srv.quantized = request.param.endswith("q4")
     yield srv
     rc = srv.stop()
@@ -347,7 +348,7 @@ def test_32_concurrent_streams_equal_solo(server: Server) -> None:
 def edge(small_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("server-edge")
     srv = Server(small_path, tmp / "server.log", "--ctx-size", "8192", "--parallel", "2", "--max-queue", "1",
-                 "--max-body", "100000", "--shutdown-timeout", "60")
+                 "--max-body", "100000", "--shutdown-timeout", "60", "--metrics")
     yield srv
     srv.stop()
 

@@ -403,6 +403,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     template = Path(args.chat_template_file).read_text() if args.chat_template_file else args.chat_template
     rpc_servers = [s for s in args.rpc.split(",") if s] if args.rpc else None
+    settings = _serve_settings(args)
     with LLM(args.model, context_size=_slot_context(args), threads=args.threads, gpu_layers=args.gpu_layers,
              batch_size=args.batch_size, ubatch_size=args.ubatch_size, seed=args.seed, chat_template=template,
              n_seq_max=args.parallel, kv_unified=args.kv_unified,
@@ -413,13 +414,54 @@ def cmd_serve(args: argparse.Namespace) -> int:
               model_alias=args.model_alias, max_body_bytes=args.max_body, log_level=args.log_level,
               shutdown_timeout=args.shutdown_timeout, reasoning_format=args.reasoning_format,
               media_path=args.media_path, allowed_hosts=_list_arg(args.allowed_hosts),
-              cors_origins=_list_arg(args.cors_origins))
+              cors_origins=_list_arg(args.cors_origins), settings=settings)
     return 0
 
 
 def _list_arg(values: Sequence[str] | None) -> list[str]:
     """The items of a repeatable, comma-separated option."""
     return [v.strip() for value in values or () for v in value.split(",") if v.strip()]
+
+
+_SAMPLING_FLAGS = {"temp": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
+                   "repeat_penalty": "repeat_penalty", "repeat_last_n": "penalty_last_n",
+                   "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty"}
+
+
+def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The server's defaults and switches from serve's llama-server flags. Raises
+    ``ValueError`` for an impossible sampling default."""
+    from .llm import GenerationParams
+
+    sampling = {field: getattr(args, flag) for flag, field in _SAMPLING_FLAGS.items()
+                if getattr(args, flag) is not None}
+    GenerationParams(**sampling)  # checks the values
+    return {"n_predict": args.n_predict, "sampling": sampling, "slots_endpoint": args.slots,
+            "metrics_endpoint": args.metrics, "slot_save_path": args.slot_save_path,
+            "enable_thinking": {"on": True, "off": False, "auto": None}[args.reasoning]}
+
+
+def _serve_llama_flags(p: argparse.ArgumentParser) -> None:
+    """llama-server's flags for the server's defaults and endpoints."""
+    p.add_argument("-n", "--n-predict", type=int, default=-1,
+                   help="tokens a request may generate at most (-1: until the context is full)")
+    p.add_argument("--temp", type=float, default=None, help="default temperature (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="default top-k (default: 40)")
+    p.add_argument("--top-p", type=float, default=None, help="default top-p (default: 0.95)")
+    p.add_argument("--min-p", type=float, default=None, help="default min-p (default: 0.05)")
+    p.add_argument("--repeat-penalty", type=float, default=None, help="default repeat penalty (default: 1.0)")
+    p.add_argument("--repeat-last-n", type=int, default=None, help="tokens the penalties look back over")
+    p.add_argument("--presence-penalty", type=float, default=None)
+    p.add_argument("--frequency-penalty", type=float, default=None)
+    p.add_argument("--slots", action=argparse.BooleanOptionalAction, default=True,
+                   help="GET /slots (default: on, as llama-server)")
+    p.add_argument("--metrics", action="store_true", help="GET /metrics (Prometheus; default: off, 501)")
+    p.add_argument("--slot-save-path", default=None, help="llama-server's slot save folder (accepted; the "
+                   "save/restore actions answer 501 on this engine)")
+    p.add_argument("--jinja", action=argparse.BooleanOptionalAction, default=True,
+                   help="accepted for llama-server's sake: chat templates always run through Jinja")
+    p.add_argument("-rea", "--reasoning", choices=["on", "off", "auto"], default="auto",
+                   help="thinking in chat templates: on/off set enable_thinking (default: auto)")
 
 
 def _model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
@@ -558,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--shutdown-timeout", type=int, default=30,
                    help="seconds running requests may take to finish on SIGTERM")
+    _serve_llama_flags(p)
     p.set_defaults(func=cmd_serve)
     return parser
 

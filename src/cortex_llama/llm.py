@@ -262,7 +262,10 @@ class LLM:
         slots_busy, slots_total, prompt_tokens_total, prompt_tokens_reused,
         prompt_tokens_evaluated, generated_tokens_total, decodes_total,
         decode_tokens_total, batched_decodes_total (decodes serving >= 2
-        requests), preemptions_total, kv_cells_used, kv_cells_total.
+        requests), preemptions_total, prompt_us_total and generation_us_total
+        (the requests' Timings summed, in microseconds), tokens_max (the longest
+        prompt + output), decode_requests_total (the requests each decode
+        served, summed), kv_cells_used, kv_cells_total.
 
         Raises :class:`ClosedError` when unloaded.
         """

@@ -46,7 +46,8 @@ __all__ = ["Engine"]
 METRIC_COUNTERS = ("requests_total", "requests_finished", "requests_failed", "requests_cancelled",
                    "prompt_tokens_total", "prompt_tokens_reused", "prompt_tokens_evaluated",
                    "generated_tokens_total", "decodes_total", "decode_tokens_total",
-                   "batched_decodes_total", "preemptions_total", "prefix_copies_total")
+                   "batched_decodes_total", "preemptions_total", "prefix_copies_total",
+                   "prompt_us_total", "generation_us_total", "tokens_max", "decode_requests_total")
 
 
 class Engine:
@@ -212,7 +213,9 @@ class Engine:
                 st["decodes_total"] += executed.n_decodes
                 st["decode_tokens_total"] += executed.n_tokens
                 st["prompt_tokens_evaluated"] += evaluated
-                if len({id(s.job) for s in executed.done}) >= 2:
+                n_jobs = len({id(s.job) for s in executed.done})
+                st["decode_requests_total"] += n_jobs * executed.n_decodes  # the step's requests, per decode
+                if n_jobs >= 2:
                     st["batched_decodes_total"] += 1
 
     def _update(self, job: Job, pick: Pick) -> None:
@@ -299,3 +302,9 @@ class Engine:
         else:
             self._count("requests_finished")
             req.finish(reason or FINISH_LENGTH)
+        if error is None:
+            with self._cv:  # the request's timings are final now
+                st = self.stats
+                st["prompt_us_total"] += round(req.timings.prompt_ms * 1000)
+                st["generation_us_total"] += round(req.timings.generation_ms * 1000)
+                st["tokens_max"] = max(st["tokens_max"], len(req.prompt_tokens) + len(req.tokens))

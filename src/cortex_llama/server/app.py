@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -34,7 +34,7 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
                max_body_bytes: int = DEFAULT_MAX_BODY, title: str = "cortex-llama",
                reasoning_format: str = "auto", media_path: str | os.PathLike[str] | None = None,
                host: str = "127.0.0.1", allowed_hosts: Sequence[str] = (),
-               cors_origins: Sequence[str] = ()) -> FastAPI:
+               cors_origins: Sequence[str] = (), settings: Mapping[str, Any] | None = None) -> FastAPI:
     """A FastAPI app serving ``llm`` with OpenAI's API (mount it in your own app or
     run it with uvicorn). The caller keeps ownership of ``llm`` (load and close it).
 
@@ -50,7 +50,11 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
     file). The ``Host`` header must name loopback, ``host`` (the bound address;
     a wildcard one lets any IP literal through) or one of ``allowed_hosts``
     (``"*"``: no check), else 403. ``cors_origins`` get CORS headers (none by
-    default). Raises ``ValueError`` when ``media_path`` is not a directory.
+    default). ``settings`` sets more
+    :class:`.state.ServerState` fields (``n_predict``, ``sampling``,
+    ``slots_endpoint``, ``metrics_endpoint``, ``enable_thinking``,
+    ``slot_save_path``). Raises ``ValueError`` when ``media_path`` is not a directory and
+    ``TypeError`` for an unknown settings name.
     """
     from .. import __version__
 
@@ -61,7 +65,8 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
                               "continuous-batching engine.")
     state = ServerState(llm=llm, model_id=model_alias or model_slug(llm.config.model_path),
                         reasoning_format=reasoning_format,
-                        media=MediaPolicy(Path(media_path) if media_path is not None else None))
+                        media=MediaPolicy(Path(media_path) if media_path is not None else None),
+                        **dict(settings or {}))
     app.state.server = state
     app.state.llm = llm
     app.state.metrics = state.metrics

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from ..errors import (ChatRequestError, ClosedError, GrammarError, LlamaError, MediaError, QueueFullError,
                       TemplateError)
 
-__all__ = ["APIError", "error_body", "from_exception", "RETRY_AFTER_S"]
+__all__ = ["APIError", "error_body", "from_exception", "exceed_context", "RETRY_AFTER_S"]
 
 RETRY_AFTER_S = 1  # seconds a client is told to wait when the queue is full
 
@@ -26,11 +26,13 @@ class APIError(Exception):
     """An HTTP error answered with an OpenAI-style body.
 
     ``param`` names the request field at fault (``"messages[0].content"``),
-    ``code`` a short machine-readable reason.
+    ``code`` a short machine-readable reason; ``extra`` fields go into the error
+    object beside them (llama-server's ``n_prompt_tokens`` and ``n_ctx``).
     """
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str | None = None, headers: Mapping[str, str] | None = None) -> None:
+                 type: str | None = None, headers: Mapping[str, str] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -38,13 +40,24 @@ class APIError(Exception):
         self.code = code
         self.type = type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
         self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.param, self.code)
+        body = error_body(self.message, self.type, self.param, self.code)
+        body["error"].update(self.extra)
+        return body
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def exceed_context(n_prompt: int, n_ctx: int, param: str = "prompt") -> APIError:
+    """llama-server's 400 for a prompt that does not fit a slot's context: type
+    ``exceed_context_size_error`` with ``n_prompt_tokens`` and ``n_ctx``."""
+    return APIError(400, f"request ({n_prompt} tokens) exceeds the available context size ({n_ctx} tokens), "
+                         "try increasing it (--ctx-size)", param=param, code="exceed_context_size",
+                    type="exceed_context_size_error", extra={"n_prompt_tokens": n_prompt, "n_ctx": n_ctx})
 
 
 # GenerationParams field named in a ValueError -> the request field it came from
@@ -86,6 +99,9 @@ def from_exception(exc: BaseException, *, prompt_param: str = "prompt",
                         code="template_error")
     if isinstance(exc, (ValueError, TypeError)):
         msg = str(exc)
+        fit = re.search(r"prompt of (\d+) tokens does not fit the context of (\d+)", msg)
+        if fit:
+            return exceed_context(int(fit.group(1)), int(fit.group(2)), prompt_param)
         m = re.search(r"GenerationParams\.(\w+)", msg)
         if m and m.group(1) in _PARAM_FIELDS:
             return APIError(400, msg, param=_PARAM_FIELDS[m.group(1)], code="invalid_value")

@@ -4,7 +4,8 @@
 of :meth:`cortex_llama.LLM.metrics` as ``cortex_llama_<name>`` (a counter when
 the name ends in ``_total``, else a gauge), HTTP requests per route and status,
 and the generation and prompt throughput (tokens/s) measured between two
-scrapes (since the server started, for the first scrape).
+scrapes (since the server started, for the first scrape); then llama-server's
+own ``llamacpp:*`` metrics (:func:`render_llamacpp`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections import Counter
 from typing import Mapping
 
-__all__ = ["ServerMetrics", "CONTENT_TYPE"]
+__all__ = ["ServerMetrics", "CONTENT_TYPE", "render_llamacpp"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -105,3 +106,44 @@ class ServerMetrics:
         metric("http_requests_total", "counter", "HTTP requests answered, by route and status.",
                [(f'{{route="{_label(r)}",status="{s}"}}', n) for (r, s), n in http])
         return "\n".join(lines) + "\n"
+
+
+def _per(n: float, d: float) -> float:
+    return n / d if d > 0 else 0.0
+
+
+def render_llamacpp(engine: Mapping[str, float]) -> str:
+    """llama-server's ``llamacpp:*`` metrics (its names, help and types) from the
+    engine's counters: prompt tokens exclude those reused from the cache; the
+    throughput gauges are averages since start; speculative decoding is absent (0)."""
+    e = {k: float(v) for k, v in engine.items()}
+    prompt_s, gen_s = e.get("prompt_us_total", 0.0) / 1e6, e.get("generation_us_total", 0.0) / 1e6
+    evaluated, predicted = e.get("prompt_tokens_evaluated", 0.0), e.get("generated_tokens_total", 0.0)
+    counters = [
+        ("prompt_tokens_total", "Number of prompt tokens processed, excluding cached tokens", evaluated),
+        ("prompt_tokens_cached_total", "Number of prompt tokens reused from the cache",
+         e.get("prompt_tokens_reused", 0.0)),
+        ("prompt_seconds_total", "Total time spent processing prompts", prompt_s),
+        ("tokens_predicted_total", "Number of generation tokens processed", predicted),
+        ("tokens_predicted_seconds_total", "Total time spent generating tokens", gen_s),
+        ("n_decode_total", "Total number of llama_decode() calls", e.get("decodes_total", 0.0)),
+        ("n_tokens_max", "Largest observed sequence length (prompt + generation)", e.get("tokens_max", 0.0)),
+        ("spec_decode_num_draft_tokens_total", "Speculative: Total draft tokens generated", 0.0),
+        ("spec_decode_num_accepted_tokens_total", "Speculative: Total draft tokens accepted by the target model",
+         0.0),
+        ("spec_decode_num_drafts_total", "Speculative: Total speculative decoding verification steps", 0.0),
+    ]
+    gauges = [
+        ("prompt_tokens_seconds", "Average prompt throughput in tokens/s", _per(evaluated, prompt_s)),
+        ("predicted_tokens_seconds", "Average generation throughput in tokens/s", _per(predicted, gen_s)),
+        ("requests_processing", "Number of requests processing", e.get("requests_running", 0.0)),
+        ("requests_deferred", "Number of requests deferred", e.get("queue_depth", 0.0)),
+        ("n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call",
+         _per(e.get("decode_requests_total", 0.0), e.get("decodes_total", 0.0))),
+    ]
+    lines = []
+    for kind, items in (("counter", counters), ("gauge", gauges)):
+        for name, help_, value in items:
+            lines += [f"# HELP llamacpp:{name} {help_}", f"# TYPE llamacpp:{name} {kind}",
+                      f"llamacpp:{name} {_num(value)}"]
+    return "\n".join(lines) + "\n"

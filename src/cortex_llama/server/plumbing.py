@@ -20,8 +20,9 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import Request as HTTPRequest
 
 from ..llm import Completion, GenerationParams
-from .errors import APIError, from_exception
-from .schemas import ChatCompletionRequest, CompletionRequest, NamedToolChoice, PromptTokensDetails, Usage
+from .errors import APIError, exceed_context, from_exception
+from .schemas import (ChatCompletionRequest, CompletionRequest, NamedToolChoice, NativeCompletionRequest,
+                      PromptTokensDetails, Usage)
 from .state import ServerState
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FINISH", "Job", "SSETemplate", "sse", "check_model", "check_counts", "gen_params", "constraint",
            "choice_params", "submit", "submit_each", "results_or_disconnect", "stream_response", "merge",
-           "merge_iters", "cancel_all", "chat_inputs"]
+           "merge_iters", "cancel_all", "chat_inputs", "native_prompts", "native_logit_bias",
+           "native_n_predict", "native_params", "token_chunks"]
 
 FINISH = {"stop": "stop", "end-of-generation": "stop", "length": "length", "cancelled": "cancelled"}
 T = TypeVar("T")
@@ -101,7 +103,7 @@ def gen_params(state: ServerState, body: Union[CompletionRequest, ChatCompletion
                logprobs: int | None, grammar: str | None, json_schema: dict[str, Any] | None) -> GenerationParams:
     """The GenerationParams of a request body. Raises :class:`APIError` (400) naming
     the field of a bad value."""
-    kw: dict[str, Any] = {}
+    kw: dict[str, Any] = dict(state.sampling)  # the server's defaults (--temp, ...)
     for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "frequency_penalty",
                  "presence_penalty"):
         v = getattr(body, name)
@@ -334,9 +336,170 @@ def chat_inputs(state: ServerState, body: ChatCompletionRequest) -> tuple[list[d
     for name in ("parallel_tool_calls", "reasoning_effort", "chat_template_kwargs"):
         if getattr(body, name) is not None:
             opts[name] = getattr(body, name)
+    if state.enable_thinking is not None and "enable_thinking" not in (body.chat_template_kwargs or {}):
+        opts["enable_thinking"] = state.enable_thinking  # --reasoning on|off
     rf = body.response_format
     if rf is not None and rf.type != "text":
         schema = rf.json_schema.schema_ if rf.json_schema is not None else rf.schema_
         opts["response_format"] = ({"type": "json_object", "schema": schema} if rf.type == "json_object"
                                    else {"type": "json_schema", "json_schema": {"schema": schema}})
     return messages, opts
+
+
+# -- llama-server's native /completion ---------------------------------------------------------
+_PROMPT_STRING = "prompt_string"
+_MULTIMODAL = "multimodal_data"
+
+
+def _is_mixed(items: list[Any]) -> bool:
+    """A list of token ids and strings (at least one id): one prompt, not several."""
+    return any(isinstance(x, int) and not isinstance(x, bool) for x in items) and \
+        all(isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool)) for x in items)
+
+
+def _one_prompt(state: ServerState, prompt: Any, param: str) -> list[int]:
+    """The tokens of one native prompt: a string (BOS added, special tokens parsed),
+    a list of ids and strings, or ``{"prompt_string": ...}``. Raises :class:`APIError`
+    (400) naming ``param``."""
+    llm = state.llm
+    if isinstance(prompt, dict):
+        if prompt.get(_MULTIMODAL):
+            raise APIError(400, f"{param}.{_MULTIMODAL}: this /completion does not take media "
+                                "(send images in /v1/chat/completions messages)", param=param,
+                           code="invalid_value")
+        text = prompt.get(_PROMPT_STRING)
+        if not isinstance(text, str):
+            raise APIError(400, f"{param}.{_PROMPT_STRING}: must be a string", param=param, code="invalid_value")
+        prompt = text
+    if isinstance(prompt, str):
+        toks = llm.tokenize(prompt, add_special=True, parse_special=True)
+    elif isinstance(prompt, list) and (not prompt or _is_mixed(prompt)):
+        toks = []
+        for i, part in enumerate(prompt):
+            toks += llm.tokenize(part, add_special=i == 0, parse_special=True) if isinstance(part, str) else [part]
+    else:
+        raise APIError(400, f"{param}: must be a string, a list of token ids and strings, or an object "
+                            f"with {_PROMPT_STRING!r}", param=param, code="invalid_value")
+    if not toks:
+        raise APIError(400, f"{param}: must not be empty", param=param, code="invalid_value")
+    n_vocab = llm.model.n_vocab
+    bad = next((t for t in toks if not 0 <= t < n_vocab), None)
+    if bad is not None:
+        raise APIError(400, f"{param}: token {bad} is not in [0, {n_vocab})", param=param, code="invalid_value")
+    return toks
+
+
+def native_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
+    """The token lists of a native ``prompt`` (one per answer), each checked
+    against the context. Raises :class:`APIError`: 400 naming ``prompt[i]``, and
+    400 of type ``exceed_context_size_error`` for a prompt that does not fit."""
+    single = isinstance(prompt, (str, dict)) or (isinstance(prompt, list) and _is_mixed(prompt))
+    if single:
+        prompts = [_one_prompt(state, prompt, "prompt")]
+    elif not prompt:
+        raise APIError(400, "prompt: must not be an empty list", param="prompt", code="invalid_value")
+    else:
+        prompts = [_one_prompt(state, p, f"prompt[{i}]") for i, p in enumerate(prompt)]
+    n_ctx = state.llm.config.context_size
+    for toks in prompts:
+        if len(toks) >= n_ctx:
+            raise exceed_context(len(toks), n_ctx)
+    return prompts
+
+
+def _bias_value(v: Any, where: str) -> float:
+    if v is False:
+        return float("-inf")
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
+        return float(v)
+    raise APIError(400, f"logit_bias: {where}: the bias must be a number or false (never), got {v!r}",
+                   param="logit_bias", code="invalid_value")
+
+
+def native_logit_bias(state: ServerState, raw: Union[list[list[Any]], dict[str, Any]]) -> dict[int, float]:
+    """llama-server's ``logit_bias``: ``[[token_or_text, bias], ...]`` or
+    ``{"token_or_text": bias}``; a text biases each of its tokens, ``false`` is
+    -inf. Raises :class:`APIError` (400) naming the entry."""
+    pairs = list(raw.items()) if isinstance(raw, dict) else raw
+    n_vocab = state.llm.model.n_vocab
+    bias: dict[int, float] = {}
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise APIError(400, f"logit_bias[{i}]: must be a [token, bias] pair", param="logit_bias",
+                           code="invalid_value")
+        key, value = pair
+        b = _bias_value(value, f"entry {i}")
+        if isinstance(key, str) and key.lstrip("-").isdigit() and isinstance(raw, dict):
+            key = int(key)
+        toks = state.llm.tokenize(key, add_special=False) if isinstance(key, str) else [key]
+        for t in toks:
+            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < n_vocab:
+                raise APIError(400, f"logit_bias[{i}]: token {t!r} is not in [0, {n_vocab})",
+                               param="logit_bias", code="invalid_value")
+            bias[t] = b
+    return bias
+
+
+def native_n_predict(state: ServerState, requested: int | None) -> int:
+    """The tokens a native request may generate: its ``n_predict`` (else the
+    server's ``-n``), capped by the server's ``-n``; -1 means no limit. Never raises."""
+    n = state.n_predict if requested is None else requested
+    if state.n_predict >= 0 and (n < 0 or n > state.n_predict):
+        n = state.n_predict
+    return n
+
+
+def native_params(state: ServerState, body: NativeCompletionRequest) -> GenerationParams:
+    """The GenerationParams of a native body (the server's defaults beneath).
+    Raises :class:`APIError` (400) naming the field of a bad value."""
+    kw: dict[str, Any] = dict(state.sampling)
+    for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "frequency_penalty",
+                 "presence_penalty"):
+        if getattr(body, name) is not None:
+            kw[name] = getattr(body, name)
+    if body.repeat_last_n is not None:
+        kw["penalty_last_n"] = body.repeat_last_n
+    if body.stop:
+        kw["stop"] = [body.stop] if isinstance(body.stop, str) else list(body.stop)
+    if body.seed is not None and body.seed >= 0:
+        kw["seed"] = body.seed % 2**32
+    bias = native_logit_bias(state, body.logit_bias) if body.logit_bias else {}
+    if body.ignore_eos:
+        bias.update({t: float("-inf") for t in state.eog_tokens()})
+    n = native_n_predict(state, body.n_predict if body.n_predict is not None else body.max_tokens)
+    try:
+        return GenerationParams(max_tokens=n if n >= 0 else state.llm.config.context_size,
+                                logprobs=body.n_probs or None, grammar=body.grammar,
+                                json_schema=body.json_schema, logit_bias=bias or None, **kw)
+    except (ValueError, TypeError) as exc:
+        raise from_exception(exc) from None
+
+
+async def token_chunks(req: Request) -> AsyncIterator[tuple[list[int], str]]:
+    """(new tokens, new text) of a request as they come: every token once, the
+    text that became ready with it (text held back for a stop string comes with
+    a later token). Leaving early cancels the request; its error is raised at the end."""
+    event = asyncio.Event()
+    waker = (asyncio.get_running_loop(), event.set)
+    req.add_waker(waker)
+    i = sent = 0
+    try:
+        while True:
+            event.clear()
+            done = req.done
+            parts = []
+            while (d := req.next_delta(i, block=False)) is not None:
+                parts.append(d)
+                i += 1
+            n = len(req.tokens)
+            if n > sent or parts:
+                yield list(req.tokens[sent:n]), "".join(parts)
+                sent = n
+            elif done:
+                return
+            else:
+                await event.wait()
+    finally:
+        req.remove_waker(waker)
+        if not req.done:
+            req.cancel()

@@ -1,16 +1,21 @@
-"""llama-server's own routes: ``/health``, ``/tokenize``, ``/detokenize`` and
-``/apply-template``."""
+"""llama-server's own routes: ``/health``, ``/tokenize``, ``/detokenize``,
+``/apply-template`` and ``/completion``."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import Request as HTTPRequest
 
 from .errors import APIError, from_exception
-from .plumbing import chat_inputs
+from .plumbing import (Job, cancel_all, chat_inputs, native_n_predict, native_params, native_prompts,
+                       results_or_disconnect, stream_response, submit)
 from .schemas import (ERROR_RESPONSES, ApplyTemplateResponse, ChatCompletionRequest, DetokenizeRequest, DetokenizeResponse,
-                      HealthResponse, TokenizeRequest, TokenizeResponse, TokenPiece)
+                      HealthResponse, NativeCompletionRequest, TokenizeRequest, TokenizeResponse, TokenPiece)
+from .shaping import generation_settings, native_final, stream_native
 from .state import ServerState, get_state
 
 __all__ = ["router"]
@@ -61,3 +66,127 @@ async def apply_template(body: ChatCompletionRequest, state: ServerState = Depen
     except Exception as exc:  # noqa: BLE001 - mapped to an HTTP status
         raise from_exception(exc, prompt_param="messages") from None
     return ApplyTemplateResponse(prompt=prompt)
+
+
+@router.post("/completion", responses=ERROR_RESPONSES, tags=["completions"])
+async def completion(body: NativeCompletionRequest, raw: HTTPRequest, state: ServerState = Depends(get_state)) -> Any:
+    """llama-server's native completion: one body (a list of bodies for a list of
+    prompts) with ``content``, ``stop_type``, ``timings``, ``generation_settings``...;
+    ``stream`` answers one SSE event per token, then the final body. Raises
+    :class:`APIError`: 400 naming the field (``exceed_context_size_error`` for a
+    prompt over the context), 503 for a full queue."""
+    llm = state.llm
+    prompts = await submit_prompts(state, body.prompt)
+    params = native_params(state, body)
+    settings = generation_settings(state, body, params, native_n_predict(
+        state, body.n_predict if body.n_predict is not None else body.max_tokens))
+
+    def make() -> list[Any]:
+        reqs: list[Any] = []
+        try:
+            for toks in prompts:
+                reqs.append(llm.submit(toks, params))
+        except BaseException:
+            cancel_all(reqs)
+            raise
+        return reqs
+
+    job = Job(await submit(make, "prompt", "grammar" if body.grammar is not None else "json_schema"), 1)
+    if body.stream:
+        return stream_response(stream_native(state, body, job.reqs, settings), job)
+    results = await results_or_disconnect(raw, job)
+    if results is None:
+        return Response(status_code=499)
+    out = [native_final(state, body, settings, toks, c, i) for i, (toks, c) in enumerate(zip(prompts, results))]
+    return JSONResponse(out[0] if len(out) == 1 else out)
+
+
+async def submit_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
+    """The token lists of a native prompt, tokenized in a worker thread. Raises
+    :class:`APIError` (400) like :func:`.plumbing.native_prompts`."""
+    try:
+        return await asyncio.to_thread(native_prompts, state, prompt)
+    except APIError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - mapped to an HTTP status
+        raise from_exception(exc, prompt_param="prompt") from None
+
+
+
+# -- server state: /props, /slots -------------------------------------------------------------
+def _default_settings(state: ServerState) -> dict[str, Any]:
+    """The generation settings of a request that sets nothing (the server's defaults)."""
+    body = NativeCompletionRequest.model_validate({"prompt": ""})
+    return generation_settings(state, body, native_params(state, body), native_n_predict(state, None))
+
+
+def _token_text(state: ServerState, tok: int | None) -> str:
+    return state.piece(tok) if tok is not None else ""
+
+
+@router.get("/props", tags=["server"])
+async def props(state: ServerState = Depends(get_state)) -> dict[str, Any]:
+    """llama-server's server properties: default generation settings, slots, model,
+    chat template, modalities. Raises :class:`APIError` 503 when the model is not loaded."""
+    from .. import __version__
+    from .._build_info import LLAMA_CPP_COMMIT
+
+    llm = state.llm
+    if not llm.is_loaded:
+        raise APIError(503, "the model is not loaded", code="model_not_loaded")
+    tmpl = await asyncio.to_thread(lambda: llm.chat_templates().info)
+    proj = llm.projector
+    vocab = llm.model.vocab
+    return {
+        "default_generation_settings": {"params": _default_settings(state), "n_ctx": llm.config.context_size},
+        "total_slots": llm.config.n_seq_max, "model_alias": state.model_id,
+        "model_path": str(llm.config.model_path),
+        "modalities": {"vision": bool(proj and proj.supports_vision), "video": False,
+                       "audio": bool(proj and proj.supports_audio)},
+        "endpoint_slots": state.slots_endpoint, "endpoint_props": False, "endpoint_metrics": state.metrics_endpoint,
+        "chat_template": tmpl.get("source", ""), "chat_template_caps": tmpl.get("caps", {}),
+        **({"chat_template_tool_use": tmpl["tool_use_source"]} if tmpl.get("tool_use_source") else {}),
+        "bos_token": _token_text(state, vocab.bos), "eos_token": _token_text(state, vocab.eos),
+        "build_info": f"cortex-llama {__version__} (llama.cpp {LLAMA_CPP_COMMIT[:12]})", "is_sleeping": False,
+    }
+
+
+@router.post("/props", responses=ERROR_RESPONSES, tags=["server"])
+async def set_props() -> None:
+    """Changing server properties is not supported. Raises :class:`APIError` 501."""
+    raise APIError(501, "this server does not support changing its properties (llama-server's --props)",
+                   type="not_supported_error", code="not_supported")
+
+
+@router.get("/slots", responses=ERROR_RESPONSES, tags=["server"])
+async def slots(state: ServerState = Depends(get_state)) -> list[dict[str, Any]]:
+    """llama-server's slot states: ``id``, ``n_ctx``, ``is_processing`` (the engine
+    reports how many slots are busy, not which: the first ones are shown busy).
+    Raises :class:`APIError` 501 when started with ``--no-slots``."""
+    if not state.slots_endpoint:
+        raise APIError(501, "this server does not serve /slots: start it without --no-slots",
+                       type="not_supported_error", code="slots_disabled")
+    busy = int(state.engine_metrics().get("slots_busy", 0))
+    n_ctx = state.llm.config.context_size
+    return [{"id": i, "n_ctx": n_ctx, "speculative": False, "is_processing": i < busy}
+            for i in range(state.llm.config.n_seq_max)]
+
+
+@router.post("/slots/{id_slot}", responses=ERROR_RESPONSES, tags=["server"])
+async def slot_action(id_slot: int, action: str = "", state: ServerState = Depends(get_state)) -> None:
+    """llama-server's ``?action=save|restore|erase`` of a slot. Raises
+    :class:`APIError`: 400 for another action or slot id, 501 otherwise (without
+    ``--slot-save-path`` as llama-server; with it, because the engine owns its
+    slots' KV state and has no save/restore)."""
+    if action not in ("save", "restore", "erase"):
+        raise APIError(400, f"action: {action!r} is not save, restore or erase", param="action",
+                       code="invalid_value")
+    if not 0 <= id_slot < state.llm.config.n_seq_max:
+        raise APIError(400, f"id_slot: {id_slot} is not in [0, {state.llm.config.n_seq_max})", param="id_slot",
+                       code="invalid_value")
+    if state.slot_save_path is None:
+        raise APIError(501, "this server does not support slot actions: start it with --slot-save-path",
+                       type="not_supported_error", code="not_supported")
+    raise APIError(501, f"slot {action}: not supported by this engine (its scheduler owns the slots' KV "
+                        "cache); --slot-save-path is accepted only", type="not_supported_error",
+                   code="not_supported")

@@ -113,7 +113,8 @@ async def chat_completions(body: ChatCompletionRequest, raw: HTTPRequest,
     check_counts(state, body.n, max_tokens, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
     messages, opts = chat_inputs(state, body)
     top = (body.top_logprobs or 0) if body.logprobs else None
-    params = gen_params(state, body, max_tokens or llm.config.context_size, top, body.grammar, None)
+    default = state.n_predict if state.n_predict >= 0 else llm.config.context_size  # -n
+    params = gen_params(state, body, max_tokens or default, top, body.grammar, None)
     gparam = ("grammar" if body.grammar is not None else "response_format" if "response_format" in opts
               else "tools" if body.tools else None)
     streams: list[Any] = []

@@ -21,7 +21,7 @@ __all__ = [
     "ChatTokenLogprob", "ChatLogprobs", "ChatChoice", "ChatCompletionResponse", "ToolCallDelta",
     "ChatDelta", "ChatChunkChoice", "ChatCompletionChunk", "Embedding", "EmbeddingUsage",
     "EmbeddingResponse", "TokenPiece", "TokenizeResponse", "DetokenizeResponse", "HealthResponse",
-    "ErrorDetail", "ErrorResponse", "UNION_MEMBER_NAMES",
+    "ErrorDetail", "ErrorResponse", "UNION_MEMBER_NAMES", "NativeCompletionRequest",
 ]
 
 MAX_STOP = 16  # stop strings per request
@@ -476,3 +476,50 @@ UNION_MEMBER_NAMES = frozenset({
 # the error answers of a route, for its OpenAPI ``responses``
 ERROR_RESPONSES: dict[Union[int, str], dict[str, Any]] = {
     s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 415, 503)}
+
+
+# ---------------------------------------------------------------------------
+# llama-server's native /completion
+# ---------------------------------------------------------------------------
+class NativeCompletionRequest(_Request):
+    """llama-server's ``/completion`` body. ``prompt``: a string, token ids, a mix of
+    both in one list, ``{"prompt_string": ...}``, or a list of those (one answer each)."""
+
+    prompt: Union[str, list[Any], dict[str, Any]]
+    n_predict: int | None = Field(None, ge=-1, description="tokens to generate (-1: until the context is full)")
+    max_tokens: int | None = Field(None, ge=-1, description="n_predict's other name")
+    temperature: float | None = Field(None, ge=0, le=100)
+    top_k: int | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, gt=0)
+    repeat_last_n: int | None = Field(None, ge=-1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = Field(None, description="-1: a random seed")
+    stop: Union[str, list[str], None] = None
+    stream: bool = False
+    cache_prompt: bool = True
+    n_probs: int = Field(0, ge=0, le=MAX_LOGPROBS)
+    post_sampling_probs: bool = False
+    return_tokens: bool = False
+    ignore_eos: bool = False
+    logit_bias: Union[list[list[Any]], dict[str, Any], None] = None
+    timings_per_token: bool = False
+    return_progress: bool = False
+    response_fields: list[str] | None = None
+    grammar: str | None = None
+    json_schema: dict[str, Any] | None = None
+    id_slot: int = -1
+    model: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> NativeCompletionRequest:
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"stop: at most {MAX_STOP} stop strings, got {len(stops)}")
+        if self.grammar is not None and self.json_schema is not None:
+            raise ValueError("grammar: give grammar or json_schema, not both")
+        if self.seed is not None and self.seed < -1:
+            raise ValueError(f"seed: {self.seed} is not -1 (random) or a seed >= 0")
+        return self

@@ -3,18 +3,23 @@ logprobs, and their Server-Sent Event streams (ending with ``data: [DONE]``)."""
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Sequence
+import math
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 from ..conversation import ChatCompletion
-from ..llm import Completion
-from .plumbing import FINISH, Job, SSETemplate, merge, merge_iters, sse
+from ..llm import Completion, GenerationParams, Timings, TokenLogprob
+from .plumbing import FINISH, Job, SSETemplate, merge, merge_iters, sse, token_chunks
 from .schemas import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs,
                       ChatTokenLogprob, CompletionChoice, CompletionLogprobs, CompletionResponse, ToolCall,
-                      ToolCallDelta, ToolCallFunction, ToolCallFunctionDelta, TopLogprob)
+                      NativeCompletionRequest, ToolCallDelta, ToolCallFunction, ToolCallFunctionDelta, TopLogprob)
 from .state import ServerState
 
+if TYPE_CHECKING:
+    from ..gen.request import Request
+
 __all__ = ["completion_logprobs", "chat_logprobs", "completion_choices", "chat_choices", "stream_completion",
-           "ChatStream"]
+           "ChatStream", "generation_settings", "native_timings", "native_probs", "pick_fields", "native_final",
+           "stream_native", "DEFAULT_SEED"]
 
 
 def _finish(reason: str) -> str:
@@ -170,3 +175,151 @@ class ChatStream:
             yield sse(ChatCompletionChunk(id=self.rid, object="chat.completion.chunk", created=self.now,
                                           model=self.state.model_id, choices=[], usage=self.job.usage()))
         yield "data: [DONE]\n\n"
+
+
+# -- llama-server's native /completion ---------------------------------------------------------
+_STOP_TYPES = {"end-of-generation": "eos", "stop": "word", "length": "limit"}
+#: the sampler settings llama-server reports that this engine does not have, at their "off" values
+_SAMPLERS_OFF: dict[str, Any] = {
+    "dynatemp_range": 0.0, "dynatemp_exponent": 1.0, "top_n_sigma": -1.0, "xtc_probability": 0.0,
+    "xtc_threshold": 0.1, "typical_p": 1.0, "dry_multiplier": 0.0, "dry_base": 1.75, "dry_allowed_length": 2,
+    "dry_penalty_last_n": -1, "mirostat": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1,
+    "adaptive_target": -1.0, "adaptive_decay": 0.9, "n_keep": 0, "n_discard": 0, "min_keep": 0,
+}
+DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: a random seed
+
+
+def generation_settings(state: ServerState, body: NativeCompletionRequest, p: GenerationParams,
+                        n_predict: int) -> dict[str, Any]:
+    """llama-server's ``generation_settings`` of a request. Never raises."""
+    seed = p.seed if p.seed is not None else state.llm.config.seed
+    bias = [{"bias": None if math.isinf(b) else b, "token": t} for t, b in (p.logit_bias or {}).items()]
+    return {
+        "seed": DEFAULT_SEED if seed is None else seed, "temperature": p.temperature, "top_k": p.top_k,
+        "top_p": p.top_p, "min_p": p.min_p, "repeat_last_n": p.penalty_last_n, "repeat_penalty": p.repeat_penalty,
+        "presence_penalty": p.presence_penalty, "frequency_penalty": p.frequency_penalty, **_SAMPLERS_OFF,
+        "max_tokens": n_predict, "n_predict": n_predict, "ignore_eos": body.ignore_eos, "stream": body.stream,
+        "n_probs": body.n_probs, "stop": list(p.stop), "logit_bias": bias, "grammar": p.grammar or "",
+        "samplers": ["penalties", "top_k", "top_p", "min_p", "temperature"],
+        "timings_per_token": body.timings_per_token, "post_sampling_probs": body.post_sampling_probs,
+        "model": state.model_id,
+    }
+
+
+def native_timings(prompt_tokens: int, cached: int, n_gen: int, t: Timings) -> dict[str, Any]:
+    """llama-server's ``timings`` object (the first token comes with the prompt, so
+    the generation rate is over the tokens after it). Never raises."""
+    n_prompt = max(prompt_tokens - cached, 0)
+    return {
+        "cache_n": cached, "prompt_n": n_prompt, "prompt_ms": t.prompt_ms,
+        "prompt_per_token_ms": t.prompt_ms / n_prompt if n_prompt else 0.0,
+        "prompt_per_second": 1e3 * n_prompt / t.prompt_ms if t.prompt_ms > 0 else 0.0,
+        "predicted_n": n_gen, "predicted_ms": t.generation_ms,  
+        "predicted_per_token_ms": t.generation_ms / (n_gen - 1) if n_gen > 1 else 0.0,
+        "predicted_per_second": 1e3 * (n_gen - 1) / t.generation_ms if n_gen > 1 and t.generation_ms > 0 else 0.0,
+    }
+
+
+def native_probs(state: ServerState, lps: Sequence[TokenLogprob], top: int, post: bool) -> list[dict[str, Any]]:
+    """llama-server's ``completion_probabilities``: logprobs, or probabilities
+    with ``post`` (``post_sampling_probs``; of the model's distribution)."""
+    key, top_key = ("prob", "top_probs") if post else ("logprob", "top_logprobs")
+
+    def val(lp: float) -> float:
+        return math.exp(lp) if post else max(lp, -3.4028234663852886e38)
+
+    def entry(tok: int, text: str, lp: float) -> dict[str, Any]:
+        return {"id": tok, "token": text, "bytes": list(text.encode()), key: val(lp)}
+
+    return [{**entry(lp.token, lp.text, lp.logprob),
+             top_key: [entry(t, state.piece(t), v) for t, v in lp.top[:top]]} for lp in lps]
+
+
+def _stopping_word(state: ServerState, c: Completion, stops: Sequence[str]) -> str:
+    if c.finish_reason != "stop":
+        return ""
+    rest = state.llm.detokenize(c.tokens)[len(c.text):]
+    return next((s for s in stops if rest.startswith(s) or s in rest), "")
+
+
+def pick_fields(res: dict[str, Any], paths: Sequence[str]) -> dict[str, Any]:
+    """llama-server's ``response_fields``: each ``a/b`` path found in ``res``,
+    keyed by the path itself. Never raises."""
+    out: dict[str, Any] = {}
+    for path in paths:
+        node: Any = res
+        for part in path.split("/"):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            out[path] = node
+    return out
+
+
+def native_final(state: ServerState, body: NativeCompletionRequest, settings: dict[str, Any], prompt: list[int],
+                 c: Completion, index: int) -> dict[str, Any]:
+    """llama-server's final body of one prompt (``content`` and ``tokens`` empty
+    when streaming, as they were sent in the chunks). Never raises."""
+    res: dict[str, Any] = {
+        "index": index, "content": "" if body.stream else c.text,
+        "tokens": list(c.tokens) if body.return_tokens and not body.stream else [], "id_slot": -1,
+        "stop": True, "model": state.model_id, "tokens_predicted": len(c.tokens),
+        "tokens_evaluated": len(prompt), "generation_settings": settings,
+        "prompt": state.llm.detokenize(prompt), "has_new_line": "\n" in c.text, "truncated": False,
+        "stop_type": _STOP_TYPES.get(c.finish_reason, "none"),
+        "stopping_word": _stopping_word(state, c, settings["stop"]), "tokens_cached": len(prompt) + len(c.tokens),
+        "timings": native_timings(len(prompt), c.usage.cached_tokens, len(c.tokens), c.timings),
+    }
+    if c.logprobs and not body.stream:
+        res["completion_probabilities"] = native_probs(state, c.logprobs, body.n_probs, body.post_sampling_probs)
+    return pick_fields(res, body.response_fields) if body.response_fields else res
+
+
+def _native_chunk(state: ServerState, body: NativeCompletionRequest, req: Request, index: int,
+                  toks: list[int], text: str, lp_from: int) -> dict[str, Any]:
+    chunk: dict[str, Any] = {"index": index, "content": text, "tokens": toks, "stop": False, "id_slot": -1,
+                             "tokens_predicted": lp_from + len(toks), "tokens_evaluated": len(req.prompt_tokens)}
+    if body.timings_per_token:
+        chunk["timings"] = native_timings(len(req.prompt_tokens), req.usage.cached_tokens, lp_from + len(toks),
+                                          req.timings)
+    lps = req.logprobs
+    if body.n_probs and lps is not None:
+        chunk["completion_probabilities"] = native_probs(state, lps[lp_from:lp_from + len(toks)], body.n_probs,
+                                                         body.post_sampling_probs)
+    return chunk
+
+
+async def stream_native(state: ServerState, body: NativeCompletionRequest, reqs: Sequence[Request],
+                        settings: dict[str, Any]) -> AsyncIterator[str]:
+    """llama-server's ``/completion`` SSE events: one per token (``stop``: false;
+    text released at the end, held for a stop string or a partial UTF-8
+    character, joins the last token's event), then the final body per prompt;
+    no ``[DONE]``. Raises the engine's error."""
+    sent = [0] * len(reqs)
+    # each prompt's latest token and text, sent once the next item shows its text is complete
+    held: list[tuple[list[int], str] | None] = [None] * len(reqs)
+
+    def event(i: int) -> str:
+        toks, text = held[i] or ([], "")
+        held[i] = None
+        sent[i] += len(toks)
+        return sse(_native_chunk(state, body, reqs[i], i, toks, text, sent[i] - len(toks)))
+
+    async for i, item in merge_iters([token_chunks(r) for r in reqs]):
+        if item is None:
+            if held[i] is not None:
+                yield event(i)
+            yield sse(native_final(state, body, settings, reqs[i].prompt_tokens, await reqs[i].aresult(), i))
+            continue
+        toks, text = item
+        prev = held[i]
+        if not toks and prev is not None:
+            held[i] = (prev[0], prev[1] + text)
+            continue
+        if prev is not None:
+            yield event(i)
+        for tok in toks[:-1]:
+            held[i] = ([tok], "")
+            yield event(i)
+        held[i] = (toks[-1:], text)

@@ -37,7 +37,12 @@ class ServerState:
 
     ``model_id`` is the id answers carry (any requested name is accepted);
     ``media`` the policy for local media files in chat messages (the default
-    allows none).
+    allows none). ``n_predict`` (-1: no limit) and ``sampling`` (GenerationParams fields) are
+    the server's defaults for a request that gives none (``-n``, ``--temp``, ...);
+    ``slots_endpoint`` and ``metrics_endpoint`` enable ``/slots`` and ``/metrics``;
+    ``enable_thinking`` is ``--reasoning on|off`` (None: auto), the chat default a
+    request's ``chat_template_kwargs.enable_thinking`` overrides; ``slot_save_path``
+    is ``--slot-save-path``.
     """
 
     llm: LLM
@@ -46,6 +51,13 @@ class ServerState:
     media: MediaPolicy = field(default_factory=MediaPolicy)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     created: int = field(default_factory=lambda: int(time.time()))
+    n_predict: int = -1
+    sampling: dict[str, Any] = field(default_factory=dict)
+    slots_endpoint: bool = True
+    metrics_endpoint: bool = False
+    enable_thinking: bool | None = None
+    slot_save_path: str | None = None
+    _eog: list[int] | None = field(default=None, repr=False)
     _pieces: dict[int, str] = field(default_factory=dict, repr=False)
 
     def piece(self, tok: int) -> str:
@@ -55,6 +67,14 @@ class ServerState:
         if p is None:
             p = self._pieces[tok] = self.llm.model.vocab.token_to_piece(tok).decode("utf-8", "replace")
         return p
+
+    def eog_tokens(self) -> list[int]:
+        """The vocabulary's end-of-generation tokens (computed once). Raises
+        :class:`ClosedError` when the model is not loaded."""
+        if self._eog is None:
+            vocab = self.llm.model.vocab
+            self._eog = [t for t in range(self.llm.model.n_vocab) if vocab.is_eog(t)]
+        return self._eog
 
     def engine_metrics(self) -> dict[str, Any]:
         """The engine's gauges and counters (empty once the model is closed)."""

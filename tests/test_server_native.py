@@ -1,0 +1,140 @@
+"""llama-server's native API on `cortex-llama serve`: /completion, /props, /slots,
+/metrics (with --metrics), the exceed-context error and the serve flags -n / --temp /
+--no-slots. A real server subprocess on the Q4_0 synthetic model, driven by httpx."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from .helpers import Server
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def native(small_q4_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """2 slots of 512 cells, -n 16, --temp 0 (greedy), --metrics, a seed."""
+    tmp = tmp_path_factory.mktemp("server-native")
+    srv = Server(small_q4_path, tmp / "server.log", "--ctx-size", "1024", "--parallel", "2", "-n", "16",
+                 "--temp", "0", "--metrics", "--seed", "42", api_key=None)
+    yield srv
+    assert srv.stop() == 0, srv.output()
+
+
+def _events(srv: Server, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with httpx.stream("POST", srv.url + "/completion", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        return [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+
+
+def test_completion_body_and_server_defaults(native: Server) -> None:
+    r = native.post("/completion", {"prompt": "Once upon a time", "n_predict": 6, "return_tokens": True})
+    assert r.status_code == 200, r.text
+    b = r.json()
+    assert b["stop"] is True and b["stop_type"] == "limit" and b["truncated"] is False
+    assert b["tokens_predicted"] == 6 and len(b["tokens"]) == 6 and b["timings"]["predicted_n"] == 6
+    assert b["timings"]["prompt_n"] + b["timings"]["cache_n"] == b["tokens_evaluated"]
+    assert isinstance(b["content"], str) and isinstance(b["has_new_line"], bool)
+    gs = b["generation_settings"]
+    assert gs["n_predict"] == 6 and gs["temperature"] == 0 and gs["seed"] == 42 and gs["logit_bias"] == []
+    # no n_predict: the server's -n 16; more than -n is capped at it
+    for n in (None, 100):
+        body = {"prompt": "Once upon a time", **({"n_predict": n} if n else {}), "ignore_eos": True}
+        assert native.post("/completion", body).json()["tokens_predicted"] == 16
+
+
+def test_completion_prompt_forms(native: Server) -> None:
+    text = "The quick brown fox"
+    toks = native.post("/tokenize", {"content": text, "add_special": True}).json()["tokens"]
+    one = native.post("/completion", {"prompt": text, "n_predict": 4}).json()["content"]
+    assert native.post("/completion", {"prompt": toks, "n_predict": 4}).json()["content"] == one
+    many = native.post("/completion", {"prompt": [toks, text, {"prompt_string": text}], "n_predict": 4}).json()
+    assert isinstance(many, list) and [m["content"] for m in many] == [one] * 3
+    assert [m["index"] for m in many] == [0, 1, 2]
+    mixed = native.post("/completion", {"prompt": [1, 2, 3, text, 4], "n_predict": 2})
+    assert mixed.status_code == 200 and isinstance(mixed.json()["content"], str)
+    for bad, param in (({"prompt": [[]]}, "prompt[0]"), ({"prompt": {"prompt_string": text, "multimodal_data": "x"}},
+                                                         "prompt"), ({"prompt": [10**9]}, "prompt")):
+        r = native.post("/completion", bad)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_completion_stream_one_event_per_token(native: Server) -> None:
+    body = {"prompt": "Once upon a time", "n_predict": 5, "n_probs": 3}
+    plain = native.post("/completion", body).json()
+    events = _events(native, {**body, "stream": True})
+    tokens, final = events[:-1], events[-1]
+    assert all(e["stop"] is False and len(e["tokens"]) == 1 for e in tokens) and len(tokens) == 5
+    assert all(len(e["completion_probabilities"]) == 1 for e in tokens)
+    assert "".join(e["content"] for e in tokens) == plain["content"]
+    assert final["stop"] is True and final["content"] == "" and final["timings"]["predicted_n"] == 5
+    probs = plain["completion_probabilities"]
+    assert len(probs) == 5 and all(len(p["top_logprobs"]) == 3 and p["logprob"] <= 0 for p in probs)
+    post = native.post("/completion", {**body, "post_sampling_probs": True}).json()["completion_probabilities"]
+    assert all(0 < p["prob"] <= 1 and len(p["top_probs"]) == 3 for p in post)
+
+
+def test_completion_logit_bias_ignore_eos_response_fields(native: Server) -> None:
+    base = {"prompt": "Once upon a time", "n_predict": 4, "return_tokens": True}
+    first = native.post("/completion", base).json()["tokens"][0]
+    for bias in ([[first, False]], {str(first): -1e9}):  # greedy: the best token is banned
+        b = native.post("/completion", {**base, "logit_bias": bias}).json()
+        assert b["tokens_predicted"] == 4 and first not in b["tokens"], b
+    gs = native.post("/completion", {**base, "ignore_eos": True}).json()["generation_settings"]
+    assert gs["ignore_eos"] is True and gs["logit_bias"] and all(e["bias"] is None for e in gs["logit_bias"])
+    picked = native.post("/completion", {**base, "response_fields": ["content", "generation_settings/n_predict"]})
+    assert set(picked.json()) == {"content", "generation_settings/n_predict"}
+    assert picked.json()["generation_settings/n_predict"] == 4
+    r = native.post("/completion", {**base, "logit_bias": [["x", "high"]]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias"
+
+
+def test_exceed_context_size_error(native: Server) -> None:
+    for path, body in (("/completion", {"prompt": "word " * 700}),
+                       ("/v1/completions", {"prompt": "word " * 700, "max_tokens": 1})):
+        r = native.post(path, body)
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["type"] == "exceed_context_size_error", r.text
+        assert err["n_ctx"] == 512 and err["n_prompt_tokens"] > 512
+
+
+def test_props_slots_and_metrics(native: Server) -> None:
+    props = native.get("/props").json()
+    assert props["total_slots"] == 2 and props["model_path"].endswith(".gguf") and props["is_sleeping"] is False
+    assert props["default_generation_settings"]["n_ctx"] == 512
+    assert props["default_generation_settings"]["params"]["seed"] == 42
+    assert native.post("/props", {}).status_code == 501
+    slots = native.get("/slots").json()
+    assert [s["id"] for s in slots] == [0, 1] and all(s["is_processing"] is False and s["n_ctx"] == 512
+                                                      for s in slots)
+    r = native.post("/slots/0?action=save", {})
+    assert r.status_code == 501 and "--slot-save-path" in r.json()["error"]["message"]
+    assert native.post("/slots/0?action=fly", {}).status_code == 400
+    before = native.metrics()
+    native.post("/completion", {"prompt": "Metrics count", "n_predict": 3})
+    r = native.get("/metrics")
+    assert r.status_code == 200 and "Process-Start-Time-Unix" in r.headers
+    after = native.metrics()
+    assert after["llamacpp:tokens_predicted_total"] == before["llamacpp:tokens_predicted_total"] + 3
+    assert after["llamacpp:n_decode_total"] > before["llamacpp:n_decode_total"]
+    assert "# TYPE llamacpp:prompt_tokens_total counter" in r.text
+
+
+def test_no_slots_and_no_metrics_answer_501(small_q4_path: Path, tmp_path: Path) -> None:
+    srv = Server(small_q4_path, tmp_path / "server.log", "--ctx-size", "512", "--parallel", "1", "--no-slots",
+                 "--jinja", "--reasoning", "off", api_key=None)
+    try:
+        for path in ("/slots", "/metrics"):
+            r = srv.get(path)
+            assert r.status_code == 501 and r.json()["error"]["type"] == "not_supported_error", r.text
+        assert srv.get("/props").json()["endpoint_slots"] is False
+    finally:
+        assert srv.stop() == 0
