@@ -112,8 +112,9 @@ def measure(path: Path, n: int, mode: str, n_prompt: int, n_gen: int, threads: i
     from cortex_llama import LLM, GenerationParams
 
     ctx_size = n * (n_prompt + n_gen) + 256
+    # the native side's settings: one unified cache (-kvu), flash attention off
     with LLM(path, context_size=ctx_size, threads=threads, n_seq_max=n, batch_size=max(512, n),
-             embeddings=False) as llm:
+             embeddings=False, kv_unified=True, flash_attn=False) as llm:
         vocab = llm.model.vocab
         no_eog = {t: float("-inf") for t in range(llm.model.n_vocab) if vocab.is_eog(t)}
         params = GenerationParams(temperature=0, max_tokens=n_gen, logit_bias=no_eog)

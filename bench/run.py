@@ -215,7 +215,7 @@ class High:
 
         t0 = time.perf_counter()
         self.llm = LLM(model_path, context_size=8192 + 512, batch_size=2048, ubatch_size=512,
-                       threads=threads, n_seq_max=n_seq, flash_attn=False, gpu_layers=NGL)
+                       threads=threads, n_seq_max=n_seq, flash_attn=False, kv_unified=True, gpu_layers=NGL)
         self.load_s = time.perf_counter() - t0
         self.n_vocab = self.llm.model.n_vocab
         vocab = self.llm.model.vocab

@@ -90,16 +90,19 @@ class Proc:
 
 def start(kind: str, model: Path, args: argparse.Namespace, bindir: Path | None) -> Proc:
     port = free_port()
-    common = ["-c", str(args.ctx), "-t", str(args.threads), "-b", str(args.batch)]
+    # -c is the KV cells in all for both servers (llama-server's meaning); a slot
+    # gets --ctx of them, or shares all of them with --kv-unified
+    total = args.ctx if args.kv_unified else args.ctx * args.parallel
+    common = ["-c", str(total), "-t", str(args.threads), "-b", str(args.batch),
+              *(["-kvu"] if args.kv_unified else [])]
     if kind == "cortex-llama":
         cmd = [sys.executable, "-m", "cortex_llama", "serve", str(model), "--port", str(port), "--parallel",
-               str(args.parallel), "--log-level", "warning", *common]
+               str(args.parallel), "-ub", str(args.batch), "--log-level", "warning", *common]
         return Proc(kind, cmd, port)
     if kind == "llama-server":
         assert bindir is not None
         cmd = [str(bindir / "llama-server"), "-m", str(model), "--port", str(port), "-np", str(args.parallel),
-               "-ub", str(args.batch), "-tb", str(args.threads), "-kvu", "-fa", "off", "--no-webui",
-               *common]
+               "-ub", str(args.batch), "-tb", str(args.threads), "--no-webui", *common]
         return Proc(kind, cmd, port)
     import cortex_llama._lib
 
@@ -213,12 +216,15 @@ def lcp_available() -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="small", help="tiny, small or 1b (bench/run.py's models)")
+    ap.add_argument("--model", default="small", help="tiny, small or 1b (bench/run.py's models), a GGUF "
+                                                      "file or a registry name (smollm2-135m-instruct)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--requests", type=int, default=64, help="requests per measurement")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--parallel", type=int, default=32, help="slots of both servers")
-    ap.add_argument("--ctx", type=int, default=4096)
+    ap.add_argument("--ctx", type=int, default=4096, help="context of one request (KV cells per slot)")
+    ap.add_argument("--kv-unified", action="store_true",
+                    help="both servers share one KV cache of --ctx cells over the slots (-kvu)")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1,
                     help="threads of both servers (1: on a small shared machine, spinning thread pools "
@@ -230,7 +236,12 @@ def main() -> int:
     if args.requests > len(PROMPTS):
         ap.error(f"--requests must be <= {len(PROMPTS)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    model = make_models([args.model])[args.model]
+    if args.model in ("tiny", "small", "1b"):
+        model = make_models([args.model])[args.model]
+    else:  # a GGUF file or a registry name (smollm2-135m-instruct)
+        from cortex_llama import registry
+
+        model = Path(args.model) if Path(args.model).exists() else registry.pull(args.model)
     kinds = ["cortex-llama"]
     bindir = None
     if not args.no_native:
@@ -251,7 +262,7 @@ def main() -> int:
                 from cortex_llama import LLM
 
                 with LLM(model, context_size=args.ctx, threads=args.threads, batch_size=args.batch,
-                         n_seq_max=args.parallel) as llm:
+                         ubatch_size=args.batch, n_seq_max=args.parallel, kv_unified=args.kv_unified) as llm:
                     engine_load(llm, 4, argparse.Namespace(**{**vars(args), "requests": 8}),
                                 {int(k): v for k, v in ban.items()})
                     for c in args.clients:
@@ -276,7 +287,9 @@ def main() -> int:
     med = {k: {c: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
                for c, rs in v.items() if rs} for k, v in runs.items()}
     lines = [f"Machine: {machine()}; model {args.model} ({model.name}); {args.threads} threads; "
-             f"{args.parallel} slots, context {args.ctx}, batch {args.batch}; {args.requests} streamed "
+             f"{args.parallel} slots, context {args.ctx} per slot "
+             f"({'one unified KV cache' if args.kv_unified else 'a KV stream per slot'}), flash attention "
+             f"auto, batch {args.batch}; {args.requests} streamed "
              f"/v1/completions requests of {args.max_tokens} tokens per row, greedy; median of {args.reps} "
              f"alternating runs; {time.strftime('%Y-%m-%d %H:%M:%S')}", "",
              "| server | clients | req/s | tok/s | TTFT p50 ms | TTFT p95 ms | tok/s ratio to llama-server |",

@@ -77,3 +77,23 @@ def test_demo_shows_every_feature() -> None:
 def test_errors_exit_nonzero_with_a_message(tmp_path: Path) -> None:
     out = cli("run", str(tmp_path / "missing.gguf"), "x")
     assert out.returncode == 1 and "model file not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_serve_ctx_size_is_llama_servers_total(tiny_path: Path) -> None:
+    """serve's -c is the KV cells in all, split over the slots (llama-server's -c)."""
+    import pytest
+
+    from cortex_llama.cli import SERVE_SLOT_CONTEXT, _slot_context, build_parser
+
+    def per_slot(*argv: str) -> int:
+        return _slot_context(build_parser().parse_args(["serve", str(tiny_path), *argv]))
+
+    assert per_slot() == SERVE_SLOT_CONTEXT
+    assert per_slot("-c", "8192", "-np", "4") == 2048
+    assert per_slot("-c", "8192", "-np", "4", "-kvu") == 8192
+    from cortex_llama import Model
+
+    with Model(tiny_path) as m:
+        assert per_slot("-c", "0", "-np", "1") == m.n_ctx_train > 0
+    with pytest.raises(ValueError, match="-c 2 over 4 slots"):
+        per_slot("-c", "2", "-np", "4")

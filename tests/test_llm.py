@@ -14,7 +14,8 @@ import pytest
 
 from cortex_llama import (ClosedError, Context, GenerationParams, GrammarError, LLM, Model, ModelConfig,
                           Sampler, SamplerChain, TemplateError)
-from cortex_llama.llm import FINISH_EOG, FINISH_LENGTH, FINISH_STOP, _StopMatcher, top_logprobs
+from cortex_llama.gen.output import StopMatcher as _StopMatcher
+from cortex_llama.llm import FINISH_EOG, FINISH_LENGTH, FINISH_STOP, top_logprobs
 
 from .helpers import generate
 

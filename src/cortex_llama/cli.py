@@ -366,6 +366,29 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVE_SLOT_CONTEXT = 4096  # cells per slot when -c is not given
+
+
+def _slot_context(args: argparse.Namespace) -> int:
+    """The context of one request from serve's ``-c`` (llama-server's meaning: the
+    KV cells in all, split over the slots unless unified). Raises ``ValueError``
+    when a slot would get no cells."""
+    total = args.ctx_size
+    if total is None:
+        return SERVE_SLOT_CONTEXT
+    if total == 0:
+        from .model import Model
+
+        with Model(args.model, vocab_only=True) as m:  # hyperparameters are not loaded: read the GGUF key
+            total = int(m.meta(f"{m.meta('general.architecture')}.context_length") or 0)
+    if total < 0:
+        raise ValueError(f"-c/--ctx-size must be >= 0, got {total}")
+    per_slot = total if args.kv_unified else total // max(1, args.parallel)
+    if per_slot < 1:
+        raise ValueError(f"-c {total} over {args.parallel} slots leaves no KV cell per slot")
+    return per_slot
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """The OpenAI-compatible HTTP server (needs the ``server`` extra)."""
     import os
@@ -380,9 +403,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     template = Path(args.chat_template_file).read_text() if args.chat_template_file else args.chat_template
     rpc_servers = [s for s in args.rpc.split(",") if s] if args.rpc else None
-    with LLM(args.model, context_size=args.ctx_size, threads=args.threads, gpu_layers=args.gpu_layers,
-             batch_size=args.batch_size, seed=args.seed, chat_template=template, n_seq_max=args.parallel,
-             embeddings=args.embeddings, max_queue=args.max_queue, rpc_servers=rpc_servers,
+    with LLM(args.model, context_size=_slot_context(args), threads=args.threads, gpu_layers=args.gpu_layers,
+             batch_size=args.batch_size, ubatch_size=args.ubatch_size, seed=args.seed, chat_template=template,
+             n_seq_max=args.parallel, kv_unified=args.kv_unified,
+             flash_attn={"on": True, "off": False, "auto": None}[args.flash_attn], embeddings=args.embeddings, max_queue=args.max_queue, rpc_servers=rpc_servers,
              mmproj=args.mmproj, progress=_progress()) as llm:
         serve(llm, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("CORTEX_LLAMA_API_KEY"),
               model_alias=args.model_alias, max_body_bytes=args.max_body, log_level=args.log_level,
@@ -392,7 +416,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
     p.add_argument("model", help="path to a GGUF model, or a registry name (cortex-llama models)")
-    p.add_argument("-c", "--ctx-size", type=int, default=4096)
+    if generation:
+        p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context of the request")
+    else:  # the server: llama-server's meaning
+        p.add_argument("-c", "--ctx-size", type=int, default=None,
+                       help="KV cells in all, as llama-server's -c: each slot gets ctx-size / parallel "
+                            "(all of it with --kv-unified); 0: the model's training context "
+                            "(default: 4096 per slot)")
     p.add_argument("-t", "--threads", type=int, default=4)
     p.add_argument("-b", "--batch-size", type=int, default=512)
     p.add_argument("-ngl", "--gpu-layers", type=int, default=0)
@@ -488,6 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("-np", "--parallel", type=int, default=8, help="parallel sequences (slots)")
+    p.add_argument("-kvu", "--kv-unified", action="store_true",
+                   help="one KV cache shared by the slots (default: a stream per slot, as llama-server)")
+    p.add_argument("-fa", "--flash-attn", choices=["on", "off", "auto"], default="auto",
+                   help="flash attention (default: auto, llama.cpp's default)")
+    p.add_argument("-ub", "--ubatch-size", type=int, default=512, help="physical batch size")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: $CORTEX_LLAMA_API_KEY)")
     p.add_argument("-a", "--alias", "--model-alias", dest="model_alias", default=None,

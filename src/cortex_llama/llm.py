@@ -14,10 +14,11 @@ step. Up to ``ModelConfig.n_seq_max`` requests run at once; more wait in a FIFO
 queue (bounded by ``ModelConfig.max_queue``). Greedy output is the same as
 running each request alone.
 
-``ModelConfig.context_size`` is the total KV budget shared by the running
-requests; one request may use all of it. Under KV pressure the youngest
-running request is preempted (re-queued and resumed later, its output
-unchanged); see :mod:`cortex_llama.gen.engine`.
+``ModelConfig.context_size`` is the context of one request. By default each
+slot has a KV stream of that size (llama.cpp's ``kv_unified=false``); with
+``kv_unified=True`` the slots share one cache of ``context_size`` cells and,
+under KV pressure, the youngest running request is preempted (re-queued and
+resumed later, its output unchanged); see :mod:`cortex_llama.gen.scheduler`.
 
 Sync calls block on a thread-safe future (fine inside a running event loop,
 though that blocks the loop); async calls never use a thread per request.
@@ -48,8 +49,9 @@ from .gen.params import (FINISH_CANCELLED, FINISH_EOG, FINISH_LENGTH, FINISH_STO
 from .conversation import (AsyncChatStream, ChatCompletion, ChatPlan, ChatStream, finish_chat, plan_chat,
                            split_options)
 from .gen.policy import GrammarConstraint, build_sampler
-from .gen.request import (AsyncTextStream, Request, StopMatcher, TextStream, log_softmax_norm,
-                          top_logprobs)
+from .gen.output import log_softmax_norm, top_logprobs
+from .gen.request import Request
+from .gen.streams import AsyncTextStream, TextStream
 from .model import Model
 from .multimodal import Projector
 from .sampling import SamplerChain
@@ -60,7 +62,6 @@ __all__ = ["LLM", "ModelConfig", "GenerationParams", "Completion", "Usage", "Tim
            "log_softmax_norm", "top_logprobs"]
 
 # old private names, kept importable
-_StopMatcher = StopMatcher
 _with_overrides = with_overrides
 
 Messages = Sequence[Mapping[str, Any]]

@@ -1,8 +1,10 @@
 """The generation engine: parameters, requests, sampler policy and the step loop.
 
-``params`` (configuration and results) -> ``request`` (one request's state and
-output channel) -> ``policy`` (params to a sampler chain) -> ``engine`` (slots,
-admission, KV budget, prefix cache, the decode loop thread). ``LLM`` in
+``params`` (configuration and results), ``policy`` (params to a sampler chain),
+``output`` (a token's text, stop strings, logprobs), ``request`` (one request's
+state and output channel) and ``streams`` (its consumers); ``scheduler`` (plain
+step plans), ``runner`` (plans to C calls), ``selection`` (token picking) and
+``engine`` (the step loop thread) over them. ``LLM`` in
 :mod:`cortex_llama.llm` is the facade over these.
 """
 

@@ -1,5 +1,7 @@
-"""One generation request: its tokens, text, stop matching, logprobs, finish
-reason, timings and output channel.
+"""One generation request: its state, timings and output channel.
+
+Its tokens' text, stop strings and logprobs come from its
+:class:`~.output.OutputStage`; its consumers are :mod:`.streams`.
 
 A :class:`Request` is created by ``LLM.submit`` in the caller's thread, fed by
 the engine thread (:meth:`Request.add_token`, :meth:`Request.finish`,
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import threading
 import time
 from typing import Any, AsyncIterator, Callable, Iterator, Sequence
@@ -22,74 +23,13 @@ import numpy as np
 
 from ..model import Vocab
 from ..sampling import SamplerChain
-from .params import (FINISH_CANCELLED, FINISH_EOG, FINISH_LENGTH, FINISH_STOP, Completion,
-                     GenerationParams, Timings, TokenLogprob, Usage)
+from .output import OutputStage
+from .params import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, Completion, GenerationParams, Timings, Usage
+from .streams import AsyncTextStream, TextStream, Waker
 
-__all__ = ["Request", "TextStream", "AsyncTextStream", "StopMatcher", "log_softmax_norm",
-           "top_logprobs"]
+__all__ = ["Request"]
 
 _ids = itertools.count(1)
-
-
-def log_softmax_norm(logits: np.ndarray) -> float:
-    """log(sum(exp(logits))), computed stably in float64."""
-    m = float(logits.max())
-    return m + math.log(float(np.exp(logits - m, dtype=np.float64).sum()))
-
-
-def top_logprobs(logits: np.ndarray, n: int, lse: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n`` most likely token ids and their log probabilities, best first.
-
-    Uses ``argpartition`` (O(n_vocab)), never a full sort of the vocabulary.
-    """
-    if lse is None:
-        lse = log_softmax_norm(logits)
-    if n <= 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
-    n = min(n, logits.size)
-    idx = np.argpartition(-logits, n - 1)[:n]
-    idx = idx[np.argsort(-logits[idx], kind="stable")]
-    return idx, logits[idx].astype(np.float64) - lse
-
-
-class StopMatcher:
-    """Finds stop strings in streamed text, holding back only a possible prefix.
-
-    Work per delta is bounded by the longest stop string, whatever the length of
-    the output so far.
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = tuple(stops)
-        self.keep = max((len(s) for s in self.stops), default=0) - 1
-        self.pending = ""
-
-    def feed(self, delta: str) -> tuple[str, bool]:
-        """Returns (text safe to emit, stopped)."""
-        if not self.stops:
-            return delta, False
-        self.pending += delta
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.pending = self.pending[: min(hits)], ""
-            return out, True
-        # hold back the longest suffix that could still start a stop string
-        hold = 0
-        for k in range(min(self.keep, len(self.pending)), 0, -1):
-            tail = self.pending[-k:]
-            if any(s.startswith(tail) for s in self.stops):
-                hold = k
-                break
-        cut = len(self.pending) - hold
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
-
-
-Waker = tuple[asyncio.AbstractEventLoop, Callable[[], None]]
 
 
 class Request:
@@ -114,14 +54,12 @@ class Request:
         self.media: dict[int, Any] = {}
         self.params = params
         self.sampler = sampler
-        self._vocab = vocab
-        self._eog = eog_cache if eog_cache is not None else {}
-        self._detok = vocab.detokenizer(preserved=preserved_tokens)
-        self._stop = StopMatcher(params.stop)
+        self.output = OutputStage(vocab, params, eog_cache, preserved_tokens)
         self._on_cancel = on_cancel
-        self.tokens: list[int] = []
+        #: the generated tokens so far (the output stage's list)
+        self.tokens: list[int] = self.output.tokens
         self._parts: list[str] = []  # text deltas delivered so far
-        self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
+        self.logprobs = self.output.logprobs
         self.finish_reason: str | None = None
         self.usage = Usage(prompt_tokens=len(prompt_tokens))
         self.timings = Timings()
@@ -265,28 +203,15 @@ class Request:
         logprobs); emit its text. Returns True when the request finished."""
         if self._t_first is None:
             self._t_first = time.perf_counter()
-        eog = self._eog.get(tok)
-        if eog is None:
-            eog = self._eog[tok] = self._vocab.is_eog(tok)
-        if eog:
-            self.finish(FINISH_EOG)
-            return True
-        self.tokens.append(tok)
-        if self.logprobs is not None and logits is not None:
-            lse = log_softmax_norm(logits)
-            ids, lps = top_logprobs(logits, self.params.logprobs or 0, lse)
-            self.logprobs.append(TokenLogprob(
-                tok, self._detok.piece(tok).decode("utf-8", "replace"), float(logits[tok]) - lse,
-                list(zip(ids.tolist(), lps.tolist()))))
-        out, stopped = self._stop.feed(self._detok.feed(tok))
-        self._emit(out)
-        if stopped:
-            self._close(FINISH_STOP)
-            return True
-        if len(self.tokens) >= self.params.max_tokens:
-            self.finish(FINISH_LENGTH)
-            return True
-        return False
+        out = self.output.take(tok, logits)
+        self._emit(out.text)
+        if out.finish is None:
+            return False
+        if out.finish == FINISH_STOP:
+            self._close(FINISH_STOP)  # nothing after the stop string is emitted
+        else:
+            self.finish(out.finish)
+        return True
 
     def finish(self, reason: str) -> None:
         """End normally: flush held-back text (unless cancelled) and publish the
@@ -294,11 +219,9 @@ class Request:
         if self.done:
             return
         if reason != FINISH_CANCELLED:
-            out, stopped = self._stop.feed(self._detok.flush())
+            out, stopped = self.output.flush()
             if stopped:
                 reason = FINISH_STOP
-            else:
-                out += self._stop.flush()
             self._emit(out)
         self._close(reason)
 
@@ -335,103 +258,3 @@ class Request:
             self._error = exc
             self._ended.set()
             self._notify(end=True)
-
-
-class TextStream(Iterator[str]):
-    """Blocking iterator over a request's text deltas. :meth:`close` (or garbage
-    collection of an abandoned stream) cancels the request if it still runs."""
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self._i = 0
-        self._closed = False
-
-    def __iter__(self) -> TextStream:
-        return self
-
-    def __next__(self) -> str:
-        if self._closed:
-            raise StopIteration
-        try:
-            delta = self.request.next_delta(self._i, block=True)
-        except BaseException:
-            self.close()
-            raise
-        if delta is None:
-            self._closed = True
-            raise StopIteration
-        self._i += 1
-        return delta
-
-    def close(self) -> None:
-        """Stop reading; cancels the request unless it is done. Idempotent."""
-        if not self._closed:
-            self._closed = True
-            self.request.cancel()
-
-    def __enter__(self) -> TextStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if not self._closed:
-            self.request.cancel()
-
-
-class AsyncTextStream(AsyncIterator[str]):
-    """``async for`` over a request's text deltas, woken through
-    ``loop.call_soon_threadsafe`` (no thread per request). Leaving the loop early
-    (the stream is then collected), :meth:`aclose`, or cancelling the task cancels
-    the request."""
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self._i = 0
-        self._closed = False
-        self._event: asyncio.Event | None = None
-        self._waker: Waker | None = None
-
-    def __aiter__(self) -> AsyncTextStream:
-        return self
-
-    async def __anext__(self) -> str:
-        if self._closed:
-            raise StopAsyncIteration
-        req = self.request
-        if self._event is None:
-            self._event = asyncio.Event()
-            self._waker = (asyncio.get_running_loop(), self._event.set)
-            req.add_waker(self._waker)
-        try:
-            while True:
-                self._event.clear()
-                delta = req.next_delta(self._i, block=False)
-                if delta is not None:
-                    self._i += 1
-                    return delta
-                if req.done:
-                    self._finish()
-                    raise StopAsyncIteration
-                await self._event.wait()
-        except StopAsyncIteration:
-            raise
-        except BaseException:
-            self._finish()
-            raise
-
-    def _finish(self) -> None:
-        if not self._closed:
-            self._closed = True
-            if self._waker is not None:
-                self.request.remove_waker(self._waker)
-            self.request.cancel()
-
-    async def aclose(self) -> None:
-        """Stop reading; cancels the request unless it is done."""
-        self._finish()
-
-    def __del__(self) -> None:
-        if not self._closed:
-            self.request.cancel()
