@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ..llm import LLM
-from . import routes_admin, routes_native, routes_openai, routes_responses
+from . import routes_admin, routes_native, routes_anthropic, routes_openai, routes_responses
 from .handlers import install_handlers
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, CountingMiddleware, JSONBodyMiddleware
 from .state import ServerState, model_slug
@@ -47,7 +47,7 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
     app.state.llm = llm
     app.state.metrics = state.metrics
     install_handlers(app)
-    routers = [m.router for m in (routes_openai, routes_native, routes_admin, routes_responses)]
+    routers = [m.router for m in (routes_openai, routes_native, routes_admin, routes_responses, routes_anthropic)]
     for router in routers:
         app.include_router(router)
     # middleware, outermost last

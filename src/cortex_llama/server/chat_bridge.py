@@ -133,12 +133,12 @@ def matched_stop(state: ServerState, done: ChatCompletion, stops: Sequence[str])
     """The stop string that ended ``done`` (None when none did). Never raises."""
     if done.finish_reason != "stop" or not stops:
         return None
-    try:
-        tail = state.llm.detokenize(done.tokens)[len(done.text):]
+    try:  # the matcher stops at the first stop string in the output: the earliest one in it
+        full = state.llm.detokenize(done.tokens)
     except Exception:  # noqa: BLE001 - only a nicety
-        tail = ""
-    hits = [(tail.find(s), s) for s in stops if s in tail]
-    return min(hits)[1] if hits else (stops[0] if len(stops) == 1 else None)
+        return None
+    hits = [(full.find(s), s) for s in stops if s in full]
+    return min(hits)[1] if hits else None
 
 
 def tool_input(arguments: str) -> dict[str, Any]:
