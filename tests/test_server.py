@@ -100,8 +100,9 @@ def test_models_health_docs(server: Server) -> None:
     assert ids == ["test-model"]
     h = httpx.get(server.url + "/health", timeout=HTTP_TIMEOUT)  # no key needed
     assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["slots_total"] == 8
-    assert httpx.get(server.url + "/docs", timeout=HTTP_TIMEOUT).status_code == 200
-    spec = httpx.get(server.url + "/openapi.json", timeout=HTTP_TIMEOUT).json()
+    assert httpx.get(server.url + "/docs", timeout=HTTP_TIMEOUT).status_code == 401  # behind the key
+    assert server.get("/docs").status_code == 200
+    spec = server.get("/openapi.json").json()
     assert "/v1/chat/completions" in spec["paths"] and "ChatCompletionRequest" in spec["components"]["schemas"]
 
 

@@ -406,12 +406,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with LLM(args.model, context_size=_slot_context(args), threads=args.threads, gpu_layers=args.gpu_layers,
              batch_size=args.batch_size, ubatch_size=args.ubatch_size, seed=args.seed, chat_template=template,
              n_seq_max=args.parallel, kv_unified=args.kv_unified,
-             flash_attn={"on": True, "off": False, "auto": None}[args.flash_attn], embeddings=args.embeddings, max_queue=args.max_queue, rpc_servers=rpc_servers,
+             flash_attn={"on": True, "off": False, "auto": None}[args.flash_attn], embeddings=args.embeddings,
+             max_queue=args.max_queue, rpc_servers=rpc_servers,
              mmproj=args.mmproj, progress=_progress()) as llm:
         serve(llm, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("CORTEX_LLAMA_API_KEY"),
               model_alias=args.model_alias, max_body_bytes=args.max_body, log_level=args.log_level,
-              shutdown_timeout=args.shutdown_timeout, reasoning_format=args.reasoning_format)
+              shutdown_timeout=args.shutdown_timeout, reasoning_format=args.reasoning_format,
+              media_path=args.media_path, allowed_hosts=_list_arg(args.allowed_hosts),
+              cors_origins=_list_arg(args.cors_origins))
     return 0
+
+
+def _list_arg(values: Sequence[str] | None) -> list[str]:
+    """The items of a repeatable, comma-separated option."""
+    return [v.strip() for value in values or () for v in value.split(",") if v.strip()]
 
 
 def _model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:
@@ -524,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flash attention (default: auto, llama.cpp's default)")
     p.add_argument("-ub", "--ubatch-size", type=int, default=512, help="physical batch size")
     p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' (default: $CORTEX_LLAMA_API_KEY)")
+                   help="require 'Authorization: Bearer KEY' or 'X-Api-Key: KEY' on all but /health "
+                        "(default: $CORTEX_LLAMA_API_KEY)")
     p.add_argument("-a", "--alias", "--model-alias", dest="model_alias", default=None,
                    help="the model id /v1/models lists and answers carry (default: a slug of the GGUF file "
                         "name); any requested model name is accepted")
@@ -535,6 +544,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", action="store_true", help="enable /v1/embeddings")
     p.add_argument("--mmproj", default=None,
                    help="a multimodal projector GGUF: image_url / input_audio parts in chat messages")
+    p.add_argument("--media-path", default=None, metavar="DIR",
+                   help="a directory chat media parts may read files from (file://NAME or a path "
+                        "inside it; default: no local file, data: URLs only)")
+    p.add_argument("--allowed-hosts", action="append", default=None, metavar="NAME,...",
+                   help="Host header values answered besides loopback and the bound address "
+                        "(repeatable; '*': no Host check)")
+    p.add_argument("--cors-origins", action="append", default=None, metavar="ORIGIN,...",
+                   help="origins that get CORS headers, e.g. http://localhost:3000 (repeatable; "
+                        "default: none)")
     p.add_argument("--max-queue", type=int, default=None, help="waiting requests before 503 (default: no limit)")
     p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="request body limit in bytes")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -53,6 +53,7 @@ class ChatOptions:
     chat_template_kwargs: Mapping[str, Any] | None = None
     add_generation_prompt: bool = True
     continue_final_message: Any = None
+    media_policy: media_content.MediaPolicy | None = None  # local media files: None reads any path
 
     def __post_init__(self) -> None:
         if self.reasoning_format not in REASONING_FORMATS:
@@ -244,7 +245,7 @@ def plan_chat(templates: ChatTemplates, messages: Messages, opts: ChatOptions, *
         raise ChatRequestError("tools: a json_schema, response_format or grammar cannot be combined with tools")
     media: list[Any] = []
     if media_content.has_media(messages):
-        messages, media = media_content.split_media(messages, projector)
+        messages, media = media_content.split_media(messages, projector, opts.media_policy)
     prompt = templates.apply(_shim_request(messages, opts, tools, tool_choice, schema, grammar))
     if tool_choice == "required" and not prompt.grammar:
         # llama.cpp cannot force a call with this template (llama-server answers free

@@ -153,14 +153,14 @@ class LLM:
             model = Model(c.model_path, n_gpu_layers=c.gpu_layers, use_mmap=c.use_mmap,
                           use_mlock=c.use_mlock, kv_overrides=c.kv_overrides, progress=self._progress,
                           devices=c.devices, rpc_servers=c.rpc_servers,
-                          use_extra_bufts=c.use_extra_bufts, no_host=c.no_host)
+                          use_extra_bufts=c.resolved_extra_bufts, no_host=c.no_host)
             # llama_context_default_params() everywhere but the sizes: flash attention
             # auto, and a KV stream per slot unless kv_unified (see ModelConfig)
             n_ctx = c.context_size if c.kv_unified else c.context_size * c.n_seq_max
             try:
                 ctx = Context(model, n_ctx=n_ctx, n_batch=c.batch_size, n_ubatch=c.ubatch_size,
                               n_seq_max=c.n_seq_max, n_threads=c.threads, n_threads_batch=c.threads_batch,
-                              flash_attn=c.flash_attn, type_k=c.type_k, type_v=c.type_v,
+                              flash_attn=c.resolved_flash_attn, type_k=c.type_k, type_v=c.type_v,
                               kv_unified=c.kv_unified)
                 projector = self._load_projector(model) if c.mmproj is not None else None
                 engine = Engine(ctx, max_queue=c.max_queue, projector=projector)

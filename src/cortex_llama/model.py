@@ -410,8 +410,15 @@ class Vocab:
         return int(token)
 
     def check_tokens(self, tokens: TokenArray) -> np.ndarray:
-        """``tokens`` as a contiguous int32 array, every id checked against the vocab."""
-        arr = np.ascontiguousarray(tokens, dtype=np.int32)
+        """``tokens`` as a contiguous int32 array, every id checked against the vocab.
+        Raises ``ValueError`` naming an id outside the vocabulary (however large)
+        or a shape that is not one-dimensional."""
+        try:
+            arr = np.ascontiguousarray(tokens, dtype=np.int32)
+        except OverflowError:  # an id beyond int32: name it
+            big = next((t for t in np.ravel(np.asarray(tokens, dtype=object))
+                        if not -2**31 <= int(t) < 2**31), None)
+            raise ValueError(f"token id {big} is outside the vocabulary [0, {self.n_tokens})") from None
         if arr.ndim != 1:
             raise ValueError(f"tokens must be one-dimensional, got shape {arr.shape}")
         if arr.size:

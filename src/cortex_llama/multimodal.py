@@ -19,6 +19,7 @@ tried.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -149,7 +150,7 @@ class Bitmap(Owned):
         like :meth:`from_bytes`."""
         p = Path(os.fspath(path))
         if not p.is_file():
-            raise FileNotFoundError(f"media file not found: {p}")
+            raise FileNotFoundError(errno.ENOENT, "media file not found", str(p))
         return cls.from_bytes(projector, p.read_bytes(), what=str(p))
 
     # -- properties ------------------------------------------------------------------

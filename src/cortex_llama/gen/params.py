@@ -26,11 +26,14 @@ class ModelConfig:
     requests decoded together (slots). By default each slot has a KV stream of
     its own (``kv_unified=False``, llama.cpp's default): the KV cache holds
     ``context_size * n_seq_max`` cells (llama.cpp's ``n_ctx``), a request's
-    attention covers its own cells only, and a request's output does not depend
-    on what runs beside it or ran before it. ``kv_unified=True`` makes one
+    attention covers its own cells only. ``kv_unified=True`` makes one
     cache of ``context_size`` cells that the slots share (less memory; one long
     request may use all of it, and under pressure the youngest request is
     preempted and resumed later). ``flash_attn=None`` is llama.cpp's "auto".
+    ``deterministic=True`` makes greedy output independent of what runs beside
+    a request or ran before it (batch-invariant kernels: flash attention off,
+    no weight repacking; needs the KV stream per slot): identical to a solo run,
+    token for token, at some cost in speed (see the README).
     ``max_queue`` bounds the requests waiting for a slot (``None``: unbounded;
     beyond it ``LLM.submit`` raises :class:`QueueFullError`).
 
@@ -60,8 +63,9 @@ class ModelConfig:
     rpc_servers: Sequence[str] | None = None  # "host:port" of llama.cpp RPC servers
     max_queue: int | None = None  # requests waiting for a slot (None: unbounded)
     mmproj: Union[str, "os.PathLike[str]", None] = None  # multimodal projector GGUF (images/audio in)
-    use_extra_bufts: bool = True  # CPU weight repacking (CPU_REPACK) and other extra buffer types
+    use_extra_bufts: bool | None = None  # CPU weight repacking and other extra buffer types (None: on)
     no_host: bool = False  # no pinned host buffers for offloaded weights
+    deterministic: bool = False  # batch-invariant kernels: output independent of other requests
 
     def __post_init__(self) -> None:
         for name in ("context_size", "threads", "batch_size", "n_seq_max"):
@@ -78,6 +82,31 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {v}")
         if self.seed is not None and not 0 <= self.seed < 2**32:
             raise ValueError(f"ModelConfig.seed must be in [0, 2**32), got {self.seed}")
+        if self.deterministic:
+            self._check_deterministic()
+
+    def _check_deterministic(self) -> None:
+        """The settings ``deterministic=True`` needs; raises ``ValueError`` naming
+        the field that contradicts it (a constraint is never dropped silently)."""
+        conflicts = [(self.flash_attn, "flash_attn=True", "the CPU flash-attention kernels "
+                      "change their summation order with the number of rows and cells"),
+                     (self.kv_unified, "kv_unified=True", "a unified cache puts other requests' "
+                      "cells in every attention"),
+                     (self.use_extra_bufts, "use_extra_bufts=True",
+                      "repacked weights use a different kernel for 1-3 rows than for 4 or more")]
+        for bad, field_, why in conflicts:
+            if bad:
+                raise ValueError(f"ModelConfig.deterministic=True cannot be honoured with {field_}: {why}")
+
+    @property
+    def resolved_flash_attn(self) -> bool | None:
+        """What the context gets: off when deterministic, else as set (None: auto)."""
+        return False if self.deterministic else self.flash_attn
+
+    @property
+    def resolved_extra_bufts(self) -> bool:
+        """Whether weights may be repacked: not when deterministic, else as set (default on)."""
+        return not self.deterministic if self.use_extra_bufts is None else self.use_extra_bufts
 
 
 @dataclass

@@ -8,41 +8,60 @@ with an OpenAI-style error body naming the field.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import os
+from pathlib import Path
+from typing import Sequence
 
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from ..content import MediaPolicy
 from ..llm import LLM
 from . import routes_admin, routes_native, routes_anthropic, routes_openai, routes_responses
 from .handlers import install_handlers
-from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, CountingMiddleware, JSONBodyMiddleware
+from .middleware import (LOOPBACK_NAMES, ApiKeyMiddleware, BodyLimitMiddleware, CountingMiddleware,
+                         HostCheckMiddleware, JSONBodyMiddleware)
 from .state import ServerState, model_slug
 
 __all__ = ["create_app", "DEFAULT_MAX_BODY"]
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024  # bytes of a request body
-OPEN_PATHS = ("/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+OPEN_PATHS = ("/health", "/v1/health")
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY, title: str = "cortex-llama",
-               reasoning_format: str = "auto") -> FastAPI:
+               reasoning_format: str = "auto", media_path: str | os.PathLike[str] | None = None,
+               host: str = "127.0.0.1", allowed_hosts: Sequence[str] = (),
+               cors_origins: Sequence[str] = ()) -> FastAPI:
     """A FastAPI app serving ``llm`` with OpenAI's API (mount it in your own app or
     run it with uvicorn). The caller keeps ownership of ``llm`` (load and close it).
 
-    ``api_key`` requires ``Authorization: Bearer <api_key>`` on every route but
-    ``/health`` and the docs; ``model_alias`` is the model id answers carry
-    (default: :func:`.state.model_slug` of the GGUF file name; any ``model`` a
-    client sends is accepted); bodies longer than ``max_body_bytes``
-    are answered 413; ``reasoning_format`` is llama-server's
+    ``api_key`` requires ``Authorization: Bearer <api_key>`` or ``X-Api-Key``
+    on every route but ``/health`` (the docs included); ``model_alias`` is the
+    model id answers carry (default: :func:`.state.model_slug` of the GGUF file
+    name; any ``model`` a client sends is accepted); bodies longer than
+    ``max_body_bytes`` are answered 413, POST bodies that are not
+    ``application/json`` 415; ``reasoning_format`` is llama-server's
     ``--reasoning-format`` (none, auto, deepseek, deepseek-legacy), which a
-    request's own ``reasoning_format`` overrides. Never raises.
+    request's own ``reasoning_format`` overrides. ``media_path``: the directory
+    ``file://`` URLs and paths in chat media parts may read from (None: no local
+    file). The ``Host`` header must name loopback, ``host`` (the bound address;
+    a wildcard one lets any IP literal through) or one of ``allowed_hosts``
+    (``"*"``: no check), else 403. ``cors_origins`` get CORS headers (none by
+    default). Raises ``ValueError`` when ``media_path`` is not a directory.
     """
     from .. import __version__
 
+    if media_path is not None and not Path(media_path).is_dir():
+        raise ValueError(f"media_path {os.fspath(media_path)!r} is not a directory")
     app = FastAPI(title=title, version=__version__,
                   description="OpenAI-compatible API of cortex-llama (llama.cpp through cffi) on a "
                               "continuous-batching engine.")
     state = ServerState(llm=llm, model_id=model_alias or model_slug(llm.config.model_path),
-                        reasoning_format=reasoning_format)
+                        reasoning_format=reasoning_format,
+                        media=MediaPolicy(Path(media_path) if media_path is not None else None))
     app.state.server = state
     app.state.llm = llm
     app.state.metrics = state.metrics
@@ -50,11 +69,18 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
     routers = [m.router for m in (routes_openai, routes_native, routes_admin, routes_responses, routes_anthropic)]
     for router in routers:
         app.include_router(router)
-    # middleware, outermost last
     routes = {getattr(r, "path", "") for r in [*app.routes, *(r for x in routers for r in x.routes)]} - {""}
+    # middleware, outermost last: count, Host, CORS (preflights answered without a key), key, size, type
     app.add_middleware(JSONBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes)
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=OPEN_PATHS)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-Api-Key", "Content-Type"], max_age=600)
+    if "*" not in allowed_hosts:
+        wildcard = host in _WILDCARD_HOSTS
+        names = {*LOOPBACK_NAMES, *allowed_hosts, *(() if wildcard else (host,))}
+        app.add_middleware(HostCheckMiddleware, allowed=names, any_ip=wildcard)
     app.add_middleware(CountingMiddleware, metrics=state.metrics, routes=routes)
     return app

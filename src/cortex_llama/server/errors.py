@@ -16,7 +16,8 @@ __all__ = ["APIError", "error_body", "from_exception", "RETRY_AFTER_S"]
 
 RETRY_AFTER_S = 1  # seconds a client is told to wait when the queue is full
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "not_found_error", 415: "invalid_request_error",
           405: "invalid_request_error", 413: "invalid_request_error", 503: "server_overloaded",
           500: "server_error"}
 
@@ -70,7 +71,8 @@ def from_exception(exc: BaseException, *, prompt_param: str = "prompt",
     if isinstance(exc, MediaError):
         return APIError(400, str(exc), param="messages", code="invalid_media")
     if isinstance(exc, FileNotFoundError):
-        return APIError(400, f"image file not found: {exc.filename}", param="messages", code="invalid_media")
+        return APIError(400, f"media file not found: {exc.filename or exc}", param="messages",
+                        code="invalid_media")
     if isinstance(exc, ChatRequestError):
         text = str(exc)
         named = re.search(r"\b(tools|tool_choice|response_format|chat_template_kwargs|reasoning_format|"

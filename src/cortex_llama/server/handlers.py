@@ -4,6 +4,7 @@ body (:class:`APIError`), a request validation error as 400 naming the field."""
 from __future__ import annotations
 
 import re
+import sys
 from typing import Sequence, Union
 
 from fastapi import FastAPI
@@ -78,6 +79,10 @@ async def _invalid(_: HTTPRequest, exc: Exception) -> JSONResponse:
 
 async def _http_error(raw: HTTPRequest, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+        msg = ("the request body nests JSON deeper than the parser's limit (about "
+               f"{sys.getrecursionlimit()} levels)")
+        return error_response(APIError(400, msg, code="invalid_json"))
     if exc.status_code == 404:
         msg = f"no route {raw.method} {raw.url.path}"
     elif exc.status_code == 405:

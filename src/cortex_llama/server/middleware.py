@@ -1,4 +1,5 @@
-"""ASGI middleware of the server: API key, body size limit, request counting.
+"""ASGI middleware of the server: Host check, API key, body size limit, JSON
+content type, request counting.
 
 Each answers its errors with the OpenAI-style JSON body itself, before the
 request reaches FastAPI.
@@ -7,13 +8,15 @@ request reaches FastAPI.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from typing import Any, Awaitable, Callable, Collection, MutableMapping
 
 from .errors import APIError
 from .metrics import ServerMetrics
 
-__all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware", "CountingMiddleware", "JSONBodyMiddleware", "send_error"]
+__all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware", "CountingMiddleware", "JSONBodyMiddleware",
+           "HostCheckMiddleware", "LOOPBACK_NAMES", "host_name", "send_error"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -31,24 +34,31 @@ async def send_error(send: Send, err: APIError) -> None:
 
 
 class ApiKeyMiddleware:
-    """Requires ``Authorization: Bearer <key>`` on every path but ``open_paths``."""
+    """Requires the key on every path but ``open_paths``: ``Authorization: Bearer
+    <key>`` or ``X-Api-Key: <key>`` (llama-server's and Anthropic clients' header)."""
 
     def __init__(self, app: ASGIApp, api_key: str, open_paths: Collection[str]) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.key = api_key.encode()
         self.open_paths = frozenset(open_paths)
+
+    def _given(self, headers: dict[bytes, bytes]) -> bytes | None:
+        auth = headers.get(b"authorization")
+        if auth is not None:
+            return auth[len(b"Bearer "):] if auth[:len(b"Bearer ")].lower() == b"bearer " else auth
+        return headers.get(b"x-api-key")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
-        auth = dict(scope["headers"]).get(b"authorization")
-        if auth is None:
-            await send_error(send, APIError(401, "missing API key: send the header "
-                                                 "'Authorization: Bearer <key>'", code="missing_api_key",
+        given = self._given(dict(scope["headers"]))
+        if given is None:
+            await send_error(send, APIError(401, "missing API key: send the header 'Authorization: Bearer "
+                                                 "<key>' or 'X-Api-Key: <key>'", code="missing_api_key",
                                             headers={"WWW-Authenticate": "Bearer"}))
             return
-        if not hmac.compare_digest(auth, self.expected):
+        if not hmac.compare_digest(given, self.key):
             await send_error(send, APIError(401, "invalid API key", code="invalid_api_key",
                                             headers={"WWW-Authenticate": "Bearer"}))
             return
@@ -126,16 +136,68 @@ class CountingMiddleware:
 
 
 class JSONBodyMiddleware:
-    """Reads every POST body as JSON, whatever its ``Content-Type`` (clients such
-    as ``curl -d`` send form encoding by default)."""
+    """Answers 415 to a POST whose ``Content-Type`` is not JSON (``application/json``
+    or ``application/*+json``). A browser page may send ``text/plain`` or form
+    bodies to any origin without a CORS preflight; JSON needs one."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            ctype = dict(scope["headers"]).get(b"content-type", b"")
-            if b"json" not in ctype:
-                headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-                scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+            raw = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+            mime = raw.split(";", 1)[0].strip().lower()
+            if mime != "application/json" and not (mime.startswith("application/") and mime.endswith("+json")):
+                shown = f"Content-Type {raw[:80]!r}" if raw else "no Content-Type"
+                await send_error(send, APIError(415, f"{shown}: the request body must be JSON, sent with "
+                                                     "'Content-Type: application/json'",
+                                                code="unsupported_media_type"))
+                return
+        await self.app(scope, receive, send)
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def host_name(header: str) -> str:
+    """The host of a ``Host`` header value, lower case, without port, brackets or
+    trailing dot: ``[::1]:8080`` gives ``::1``."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        h = h[1:h.find("]")] if "]" in h else h[1:]
+    elif h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class HostCheckMiddleware:
+    """Answers 403 to a request whose ``Host`` is not one of ``allowed`` (names
+    compared by :func:`host_name`), which stops DNS rebinding: a page on a
+    foreign name that resolves to this server sends that name. ``any_ip`` also
+    lets any IP literal through (a wildcard bind is reached by the machine's
+    addresses; an IP literal cannot be rebound). A request without ``Host``
+    (HTTP/1.0, not a browser) passes."""
+
+    def __init__(self, app: ASGIApp, allowed: Collection[str], any_ip: bool = False) -> None:
+        self.app = app
+        self.allowed = frozenset(host_name(h) for h in allowed)
+        self.any_ip = any_ip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw = dict(scope["headers"]).get(b"host")
+            host = host_name(raw.decode("latin-1")) if raw is not None else None
+            if host is not None and host not in self.allowed and not (self.any_ip and _is_ip(host)):
+                await send_error(send, APIError(403, f"Host {host!r} is not allowed: this server answers "
+                                                     f"{', '.join(sorted(self.allowed))} (add names with "
+                                                     "--allowed-hosts)", code="host_not_allowed"))
+                return
         await self.app(scope, receive, send)

@@ -325,6 +325,7 @@ def chat_inputs(state: ServerState, body: ChatCompletionRequest) -> tuple[list[d
     opts: dict[str, Any] = {
         "reasoning_format": body.reasoning_format or state.reasoning_format,
         "add_generation_prompt": body.add_generation_prompt,
+        "media_policy": state.media,
     }
     if body.tools:
         opts["tools"] = [t.model_dump(exclude_none=True, by_alias=True) for t in body.tools]

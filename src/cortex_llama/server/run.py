@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Sequence
 
 from ..llm import LLM
 from ..rpc import is_loopback
@@ -33,14 +34,18 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
 
 def serve(llm: LLM, *, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
           model_alias: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY,
-          log_level: str = "info", shutdown_timeout: int = 30, reasoning_format: str = "auto") -> None:
+          log_level: str = "info", shutdown_timeout: int = 30, reasoning_format: str = "auto",
+          media_path: str | None = None, allowed_hosts: Sequence[str] = (),
+          cors_origins: Sequence[str] = ()) -> None:
     """Serve ``llm`` on ``host:port`` until SIGINT/SIGTERM.
 
     Shutdown is graceful: the server stops accepting connections and lets the
     running requests finish for up to ``shutdown_timeout`` seconds, then
     cancels the rest; then this function returns (so the caller can close
     ``llm`` and exit with status 0). Warns on stderr when binding beyond loopback without an
-    API key. The caller closes ``llm`` afterwards. Raises ``OSError`` when the
+    API key. ``media_path``, ``allowed_hosts`` and ``cors_origins`` are
+    :func:`create_app`'s. The caller closes ``llm`` afterwards. Raises
+    ``ValueError`` when ``media_path`` is not a directory, ``OSError`` when the
     address cannot be bound (uvicorn exits the process in that case).
     """
     import uvicorn
@@ -49,7 +54,8 @@ def serve(llm: LLM, *, host: str = "127.0.0.1", port: int = 8080, api_key: str |
     if warning:
         print(warning, file=sys.stderr)
     app = create_app(llm, api_key=api_key, model_alias=model_alias, max_body_bytes=max_body_bytes,
-                     reasoning_format=reasoning_format)
+                     reasoning_format=reasoning_format, media_path=media_path, host=host,
+                     allowed_hosts=allowed_hosts, cors_origins=cors_origins)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=shutdown_timeout, server_header=False)
     server = uvicorn.Server(config)

@@ -3,6 +3,7 @@ and handed to the routes by the :func:`get_state` dependency."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -11,17 +12,19 @@ from typing import Any
 
 from fastapi import Request as HTTPRequest
 
+from ..content import MediaPolicy
+
 from ..llm import LLM
 from .metrics import ServerMetrics
 
 __all__ = ["ServerState", "get_state", "model_slug"]
 
 
-def model_slug(model_path: str | Path) -> str:
+def model_slug(model_path: str | os.PathLike[str]) -> str:
     """The model id derived from a GGUF file name: ``SmolLM2-135M-Instruct-Q4_1.gguf``
     gives ``smollm2-135m-instruct-q4_1`` (lower case; runs of characters other than
     letters, digits, ``.``, ``_`` and ``-`` become one ``-``)."""
-    stem = Path(model_path).name
+    stem = Path(os.fspath(model_path)).name
     if stem.lower().endswith(".gguf"):
         stem = stem[:-len(".gguf")]
     slug = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-.")
@@ -32,12 +35,15 @@ def model_slug(model_path: str | Path) -> str:
 class ServerState:
     """The served model and the settings the routes read.
 
-    ``model_id`` is the id answers carry (any requested name is accepted).
+    ``model_id`` is the id answers carry (any requested name is accepted);
+    ``media`` the policy for local media files in chat messages (the default
+    allows none).
     """
 
     llm: LLM
     model_id: str
     reasoning_format: str = "auto"
+    media: MediaPolicy = field(default_factory=MediaPolicy)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     created: int = field(default_factory=lambda: int(time.time()))
     _pieces: dict[int, str] = field(default_factory=dict, repr=False)
