@@ -17,7 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ..content import MediaPolicy
 from ..llm import LLM
-from . import routes_admin, routes_native, routes_openai
+from . import routes_admin, routes_native, routes_anthropic, routes_openai, routes_responses
 from .handlers import install_handlers
 from .middleware import (LOOPBACK_NAMES, ApiKeyMiddleware, BodyLimitMiddleware, CountingMiddleware,
                          HostCheckMiddleware, JSONBodyMiddleware)
@@ -71,7 +71,7 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
     app.state.llm = llm
     app.state.metrics = state.metrics
     install_handlers(app)
-    routers = [m.router for m in (routes_openai, routes_native, routes_admin)]
+    routers = [m.router for m in (routes_openai, routes_native, routes_admin, routes_responses, routes_anthropic)]
     for router in routers:
         app.include_router(router)
     routes = {getattr(r, "path", "") for r in [*app.routes, *(r for x in routers for r in x.routes)]} - {""}

@@ -469,7 +469,7 @@ class ErrorResponse(BaseModel):
 # names pydantic puts into an error's location for a member of a union: not fields
 UNION_MEMBER_NAMES = frozenset({
     "str", "int", "float", "bool", "dict", "list", "none", "NamedToolChoice", "ContentPart",
-    "JSONSchemaFormat", "ResponseFormat", "StreamOptions",
+    "JSONSchemaFormat", "ResponseFormat", "StreamOptions", "ResponsesToolChoice",
 })
 
 
