@@ -47,6 +47,14 @@ PROMPTS = [f"Request {i}: once upon a time, in a land far away, there lived a {w
            for i, w in enumerate(["king", "queen", "dragon", "farmer", "wizard", "knight", "cat", "fox"] * 16)]
 
 
+def run_prompts(n: int, tag: str) -> list[str]:
+    """The first ``n`` prompts, made new for the measurement ``tag``: neither server
+    may answer them from a prompt cache filled by an earlier row (llama-server
+    keeps finished prompts in host memory, --cache-ram; cortex-llama in idle slots),
+    so every row measures prefill as well as generation."""
+    return [f"(run {tag}) {p}" for p in PROMPTS[:n]]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -148,9 +156,10 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> tup
     return (ttft if ttft is not None else total), total, (usage if usage is not None else chunks)
 
 
-async def load(url: str, clients: int, args: argparse.Namespace, ban: dict[str, float]) -> dict[str, float]:
+async def load(url: str, clients: int, args: argparse.Namespace, ban: dict[str, float],
+               tag: str) -> dict[str, float]:
     """``args.requests`` requests from ``clients`` concurrent clients."""
-    prompts = PROMPTS[: args.requests]
+    prompts = run_prompts(args.requests, tag)
     queue: asyncio.Queue[str] = asyncio.Queue()
     for p in prompts:
         queue.put_nowait(p)
@@ -172,13 +181,14 @@ async def load(url: str, clients: int, args: argparse.Namespace, ban: dict[str, 
             "ttft_p95_ms": 1000 * ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))]}
 
 
-def engine_load(llm: Any, clients: int, args: argparse.Namespace, ban: dict[int, float]) -> dict[str, float]:
+def engine_load(llm: Any, clients: int, args: argparse.Namespace, ban: dict[int, float],
+                tag: str) -> dict[str, float]:
     """The same load on the engine in this process (``LLM.submit``, no HTTP):
     what the server adds on top of it."""
     from cortex_llama import GenerationParams
 
     params = GenerationParams(temperature=0, max_tokens=args.max_tokens, logit_bias=ban)
-    prompts = list(reversed(PROMPTS[: args.requests]))
+    prompts = list(reversed(run_prompts(args.requests, tag)))
     results: list[tuple[float, int]] = []
 
     async def worker() -> None:
@@ -264,9 +274,9 @@ def main() -> int:
                 with LLM(model, context_size=args.ctx, threads=args.threads, batch_size=args.batch,
                          ubatch_size=args.batch, n_seq_max=args.parallel, kv_unified=args.kv_unified) as llm:
                     engine_load(llm, 4, argparse.Namespace(**{**vars(args), "requests": 8}),
-                                {int(k): v for k, v in ban.items()})
+                                {int(k): v for k, v in ban.items()}, "warm-up")
                     for c in args.clients:
-                        r = engine_load(llm, c, args, {int(k): v for k, v in ban.items()})
+                        r = engine_load(llm, c, args, {int(k): v for k, v in ban.items()}, f"{rep}.{c}")
                         runs[kind][c].append(r)
                         print(f"rep {rep} {kind:16} clients {c:>3}: {r['req_s']:7.2f} req/s {r['tok_s']:9.1f} "
                               f"tok/s TTFT p50 {r['ttft_p50_ms']:8.1f} ms p95 {r['ttft_p95_ms']:8.1f} ms", flush=True)
@@ -275,9 +285,10 @@ def main() -> int:
                 continue  # one server at a time, serialized: one rep is enough to show it
             srv = start(kind, model, args, bindir)
             try:
-                asyncio.run(load(srv.url, 4, argparse.Namespace(**{**vars(args), "requests": 8}), ban))  # warm up
+                asyncio.run(load(srv.url, 4, argparse.Namespace(**{**vars(args), "requests": 8}), ban,
+                                 "warm-up"))
                 for c in args.clients:
-                    r = asyncio.run(load(srv.url, c, args, ban))
+                    r = asyncio.run(load(srv.url, c, args, ban, f"{rep}.{c}"))
                     runs[kind][c].append(r)
                     print(f"rep {rep} {kind:16} clients {c:>3}: {r['req_s']:7.2f} req/s {r['tok_s']:9.1f} tok/s "
                           f"TTFT p50 {r['ttft_p50_ms']:8.1f} ms p95 {r['ttft_p95_ms']:8.1f} ms "
