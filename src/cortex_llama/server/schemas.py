@@ -265,11 +265,23 @@ class ChatCompletionRequest(_Sampling):
 # /v1/embeddings, /tokenize, /detokenize
 # ---------------------------------------------------------------------------
 class EmbeddingRequest(_Request):
-    input: Union[str, list[str], list[int], list[list[int]]]
+    """``input``: a string, token ids, ids and strings mixed, ``{"content": [parts]}``,
+    ``{"prompt_string": ...}``, or a list of those (checked by the route);
+    ``content``: llama-server's name for it (answered in its native shape)."""
+
+    input: Union[str, list[Any], dict[str, Any], None] = None
+    content: Union[str, list[Any], dict[str, Any], None] = Field(
+        None, description="extension: llama-server's input field (native response shape)")
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> EmbeddingRequest:
+        if self.input is None and self.content is None:
+            raise ValueError("input: field required (or llama-server's content)")
+        return self
 
 
 class TokenizeRequest(_Request):

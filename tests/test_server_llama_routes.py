@@ -1,0 +1,102 @@
+"""llama-server's request forms and routes on `cortex-llama serve`: embeddings of token
+arrays, content parts and llama-server's objects (and its native /embedding), the chat
+continuation rules (assistant prefill, continue_final_message, add_generation_prompt),
+/v1/chat/completions/input_tokens and /infill. Real server subprocesses on the Q4_0
+synthetic model (and a synthetic model with FIM tokens), driven by the openai client
+and httpx."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from .helpers import Server
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+
+pytestmark = pytest.mark.server
+
+MODEL = "text-embedding-3-small"  # any name is accepted: one model is served
+TEXT = "hello world"
+
+
+@pytest.fixture(scope="module")
+def srv(small_q4_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The Q4_0 model with --embeddings, 2 slots of 512 cells, greedy by default."""
+    tmp = tmp_path_factory.mktemp("server-llama-routes")
+    server = Server(small_q4_path, tmp / "server.log", "--ctx-size", "1024", "--parallel", "2", "--embeddings",
+                    "--temp", "0", api_key=None)
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+def _err(r: Any, status: int = 400) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    err: dict[str, Any] = r.json()["error"]
+    return err
+
+
+def _vec(data: Any) -> np.ndarray:
+    return np.asarray(data, dtype=np.float64)
+
+
+# -- embeddings -----------------------------------------------------------------------------------
+def test_embeddings_of_token_arrays_equal_the_text(srv: Server) -> None:
+    client = srv.client()
+    toks = srv.post("/tokenize", {"content": TEXT, "add_special": True}).json()["tokens"]
+    by_text = _vec(client.embeddings.create(input=TEXT, model=MODEL).data[0].embedding)
+    one = client.embeddings.create(input=toks, model=MODEL)
+    assert len(one.data) == 1 and one.usage.prompt_tokens == len(toks)
+    assert np.allclose(_vec(one.data[0].embedding), by_text, atol=1e-4)
+    many = client.embeddings.create(input=[toks, toks[:3]], model=MODEL)
+    assert [d.index for d in many.data] == [0, 1] and many.usage.prompt_tokens == len(toks) + 3
+    assert np.allclose(_vec(many.data[0].embedding), by_text, atol=1e-4)
+    assert not np.allclose(_vec(many.data[1].embedding), by_text, atol=1e-3)
+    small = client.embeddings.create(input=[[1, 2, 3]], model=MODEL)
+    assert len(small.data) == 1 and small.usage.prompt_tokens == 3
+    assert abs(float(np.linalg.norm(_vec(small.data[0].embedding))) - 1) < 1e-4
+
+
+def test_embeddings_of_content_parts_and_llama_server_objects(srv: Server) -> None:
+    by_text = _vec(srv.post("/v1/embeddings", {"input": TEXT}).json()["data"][0]["embedding"])
+    parts = {"content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "world"}]}
+    bos = srv.post("/tokenize", {"content": "", "add_special": True}).json()["tokens"]
+    body = {"input": [parts, TEXT, {"prompt_string": TEXT}, [*bos, TEXT]], "model": MODEL}
+    r = srv.post("/v1/embeddings", body)
+    assert r.status_code == 200, r.text
+    got = r.json()["data"]
+    assert len(got) == 4 and all(np.allclose(_vec(d["embedding"]), by_text, atol=1e-4) for d in got)
+    one = srv.post("/v1/embeddings", {"input": parts}).json()["data"]
+    assert len(one) == 1 and np.allclose(_vec(one[0]["embedding"]), by_text, atol=1e-4)
+    # llama-server's native shape: /embedding, and "content" instead of "input"
+    for path, key in (("/embedding", "content"), ("/embedding", "input"), ("/v1/embeddings", "content"),
+                      ("/embeddings", "content")):
+        native = srv.post(path, {key: [TEXT, "other"]})
+        assert native.status_code == 200, native.text
+        doc = native.json()
+        assert isinstance(doc, list) and [d["index"] for d in doc] == [0, 1], (path, key)
+        assert len(doc[0]["embedding"]) == 1 and np.allclose(_vec(doc[0]["embedding"][0]), by_text, atol=1e-4)
+
+
+def test_embeddings_bad_inputs_are_400_naming_the_field(srv: Server) -> None:
+    n_vocab = srv.get("/v1/models").json()["data"][0]["meta"]["n_vocab"]
+    with pytest.raises(openai.BadRequestError) as info:
+        srv.client().embeddings.create(input=[[1, 2, n_vocab]], model=MODEL)
+    assert str(n_vocab) in str(info.value) and "vocabulary" in str(info.value)
+    err = _err(srv.post("/v1/embeddings", {"input": [[1, 2], [5, -1]]}))
+    assert err["param"] == "input[1]" and "-1" in err["message"] and str(n_vocab) in err["message"]
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    cases = [({"input": {"content": [{"type": "text", "text": "a"}, image]}}, "input.content[1]", "image_url"),
+             ({"input": [{"prompt_string": "x", "multimodal_data": ["aGk="]}]}, "input[0].multimodal_data", "media"),
+             ({"input": []}, "input", "empty"), ({"input": [[]]}, "input[0]", "empty"),
+             ({"input": ""}, "input", "empty"), ({"input": {"text": "x"}}, "input", "content"),
+             ({"input": [TEXT, 3.5]}, "input[1]", "string"), ({"input": {"content": "x"}}, "input.content", "list"),
+             ({}, "input", "required"), ({"input": TEXT * 300}, "input", "batch size")]
+    for body, param, word in cases:
+        err = _err(srv.post("/v1/embeddings", body))
+        assert err["param"] == param and word in err["message"], (body, err)
