@@ -100,3 +100,49 @@ def test_embeddings_bad_inputs_are_400_naming_the_field(srv: Server) -> None:
     for body, param, word in cases:
         err = _err(srv.post("/v1/embeddings", body))
         assert err["param"] == param and word in err["message"], (body, err)
+
+
+# -- chat continuation: llama-server's prefill rules ------------------------------------------------
+PREFILL = [{"role": "user", "content": "Say something."}, {"role": "assistant", "content": "The answer is"}]
+
+
+def _template(srv: Server, body: dict[str, Any]) -> Any:
+    return srv.post("/apply-template", body)
+
+
+def test_a_final_assistant_message_is_continued(srv: Server) -> None:
+    prompt = _template(srv, {"messages": PREFILL}).json()["prompt"]
+    assert prompt.endswith("<|im_start|>assistant\nThe answer is"), prompt
+    explicit = {"messages": PREFILL, "continue_final_message": True, "add_generation_prompt": False}
+    assert _template(srv, explicit).json()["prompt"] == prompt
+    assert _template(srv, {**explicit, "continue_final_message": "content"}).json()["prompt"] == prompt
+    closed = _template(srv, {"messages": PREFILL[:1], "add_generation_prompt": False}).json()["prompt"]
+    assert closed.endswith("<|im_end|>\n") and "assistant" not in closed
+    # the reply continues the text: greedy, it equals /completion of the rendered prompt
+    chat = srv.client().chat.completions.create(model="m", messages=PREFILL, max_tokens=5)  # type: ignore[arg-type]
+    toks = srv.post("/tokenize", {"content": prompt, "add_special": True, "parse_special": True}).json()["tokens"]
+    assert chat.usage is not None and chat.usage.prompt_tokens == len(toks)
+    raw = srv.post("/completion", {"prompt": toks, "n_predict": 5}).json()
+    assert chat.choices[0].message.content == raw["content"]
+
+
+def test_continuation_rules_are_400_naming_the_field(srv: Server) -> None:
+    two = [*PREFILL, {"role": "assistant", "content": "and more"}]
+    with pytest.raises(openai.BadRequestError) as info:
+        srv.client().chat.completions.create(model="m", messages=two, max_tokens=2)  # type: ignore[arg-type]
+    assert "two or more assistant messages" in str(info.value)
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    cases = [({"messages": two}, "messages", "assistant messages"),
+             ({"messages": PREFILL, "continue_final_message": True}, "add_generation_prompt", "both"),
+             ({"messages": PREFILL, "continue_final_message": "content", "add_generation_prompt": True},
+              "add_generation_prompt", "both"),
+             ({"messages": [PREFILL[0], call], "continue_final_message": True, "add_generation_prompt": False},
+              "messages", "tool_calls"),
+             ({"messages": PREFILL, "continue_final_message": "everything"}, "continue_final_message", ""),
+             ({"messages": [{"role": "user", "content": "x", "reasoning_content": "y"}]},
+              "messages[0].reasoning_content", "assistant")]
+    for body, param, word in cases:
+        for path in ("/v1/chat/completions", "/apply-template"):
+            err = _err(srv.post(path, {**body, "max_tokens": 2}))
+            assert err["param"] == param and word in err["message"], (path, body, err)

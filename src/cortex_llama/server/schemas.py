@@ -181,6 +181,8 @@ class ChatMessage(_Request):
     name: str | None = None
     tool_calls: list[_ToolCallIn] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = Field(None, description="extension: an assistant message's thoughts "
+                                                             "(llama-server's field)")
 
     @model_validator(mode="after")
     def _check(self) -> ChatMessage:
@@ -188,6 +190,8 @@ class ChatMessage(_Request):
             raise ValueError(f"content: a {self.role} message needs content")
         if self.tool_calls and self.role != "assistant":
             raise ValueError("tool_calls: only assistant messages carry tool calls")
+        if self.reasoning_content is not None and self.role != "assistant":
+            raise ValueError("reasoning_content: only assistant messages carry reasoning_content")
         return self
 
     def text(self) -> str:
@@ -242,7 +246,12 @@ class ChatCompletionRequest(_Sampling):
     chat_template_kwargs: dict[str, Any] | None = None
     reasoning_format: Literal["none", "auto", "deepseek", "deepseek-legacy"] | None = None
     reasoning_effort: str | None = None
-    add_generation_prompt: bool = True
+    add_generation_prompt: bool = Field(True, description="extension: end the prompt with the assistant's "
+                                                             "turn (false with continue_final_message)")
+    continue_final_message: Union[bool, Literal["content", "reasoning_content"], None] = Field(
+        None, description="extension: continue the final assistant message (true: its content, or its "
+                          "reasoning_content when it has only that); needs add_generation_prompt false. "
+                          "A final assistant message is continued anyway (llama-server's prefill)")
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
