@@ -146,3 +146,29 @@ def test_continuation_rules_are_400_naming_the_field(srv: Server) -> None:
         for path in ("/v1/chat/completions", "/apply-template"):
             err = _err(srv.post(path, {**body, "max_tokens": 2}))
             assert err["param"] == param and word in err["message"], (path, body, err)
+
+
+# -- /v1/chat/completions/input_tokens --------------------------------------------------------------
+TOOL = {"type": "function", "function": {"name": "get_time", "description": "the time in a city",
+                                         "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                        "required": ["city"]}}}
+
+
+def test_input_tokens_equal_the_chat_usage(srv: Server) -> None:
+    client = srv.client()
+    bodies: list[dict[str, Any]] = [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]},
+        {"messages": [{"role": "user", "content": "What time is it in Paris?"}], "tools": [TOOL]},
+        {"messages": PREFILL},
+    ]
+    for body in bodies:
+        done = client.chat.completions.create(model="m", max_tokens=2, **body)
+        assert done.usage is not None
+        for path in ("/v1/chat/completions/input_tokens", "/chat/completions/input_tokens"):
+            r = srv.post(path, {**body, "model": "m", "max_tokens": 2})
+            assert r.status_code == 200, r.text
+            assert r.json() == {"object": "response.input_tokens", "input_tokens": done.usage.prompt_tokens}
+    err = _err(srv.post("/v1/chat/completions/input_tokens", {"messages": []}))
+    assert err["param"] == "messages"
+    err = _err(srv.post("/v1/chat/completions/input_tokens", {"messages": [*PREFILL, PREFILL[1]]}))
+    assert err["param"] == "messages" and "assistant" in err["message"]

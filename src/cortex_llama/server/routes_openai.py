@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from starlette.requests import Request as HTTPRequest
 
+from .chat_bridge import chat_tokens
 from .errors import APIError
 from .plumbing import (Job, chat_inputs, check_counts, check_model, choice_params, constraint, gen_params,
                        results_or_disconnect, stream_response, submit, submit_each, cancel_all)
@@ -140,3 +141,12 @@ async def chat_completions(body: ChatCompletionRequest, raw: HTTPRequest,
         return Response(status_code=499)
     return ChatCompletionResponse(id=rid, created=now, model=state.model_id,
                                   choices=chat_choices(state, job, results), usage=job.usage(results))
+
+
+@_route("POST", "/chat/completions/input_tokens", tags=["chat"])
+async def chat_input_tokens(body: ChatCompletionRequest, state: ServerState = Depends(get_state)) -> dict[str, Any]:
+    """llama-server's ``{"object": "response.input_tokens", "input_tokens": N}``: the
+    prompt tokens this chat request would read (its ``usage.prompt_tokens``),
+    without generating. Raises :class:`APIError` (400) naming a bad field."""
+    check_model(body.model)
+    return {"object": "response.input_tokens", "input_tokens": await chat_tokens(state, body, {})}
