@@ -172,3 +172,72 @@ def test_input_tokens_equal_the_chat_usage(srv: Server) -> None:
     assert err["param"] == "messages"
     err = _err(srv.post("/v1/chat/completions/input_tokens", {"messages": [*PREFILL, PREFILL[1]]}))
     assert err["param"] == "messages" and "assistant" in err["message"]
+
+
+# -- /infill ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fim(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The small model with Qwen-style FIM tokens, quantized to Q4_0: one slot of 2048."""
+    from cortex_llama import quantize
+    from cortex_llama.testmodel import make_test_model
+
+    f32 = make_test_model(models_dir / "small-fim.gguf", "small", fim=True)
+    model = quantize(f32, models_dir / "small-fim-q4_0.gguf", "Q4_0")
+    server = Server(model, tmp_path_factory.mktemp("server-fim") / "server.log", "--ctx-size", "2048",
+                    "--parallel", "1", "--temp", "0", api_key=None)
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+def _toks(srv: Server, text: str, special: bool = False) -> list[int]:
+    out: list[int] = srv.post("/tokenize", {"content": text, "add_special": False,
+                                            "parse_special": special}).json()["tokens"]
+    return out
+
+
+def test_infill_without_fim_tokens_is_501_naming_them(srv: Server) -> None:
+    err = _err(srv.post("/infill", {"input_prefix": "def f(", "input_suffix": ")\n"}), 501)
+    assert err["type"] == "not_supported_error"
+    assert all(name in err["message"] for name in ("fim_pre", "fim_suf", "fim_mid")), err
+
+
+def test_infill_builds_the_fim_prompt(fim: Server) -> None:
+    pre, suf, mid, rep, sep = (_toks(fim, t, True)[0] for t in
+                               ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|repo_name|>", "<|file_sep|>"))
+    bos = fim.post("/tokenize", {"content": "", "add_special": True}).json()["tokens"]
+    prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
+    body = {"input_prefix": prefix, "input_suffix": suffix, "prompt": "a", "n_predict": 4}
+    want = [*bos, pre, *_toks(fim, prefix), suf, *_toks(fim, suffix), mid, *_toks(fim, "a", True)]
+    r = fim.post("/infill", body)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["tokens_evaluated"] == len(want) and got["stop"] is True
+    plain = fim.post("/completion", {"prompt": want, "n_predict": 4}).json()
+    assert got["content"] == plain["content"] and got["prompt"] == plain["prompt"]
+    # other files before it, in the repo-level pattern; mixed ids and strings in the prefix
+    extra = [{"filename": "utils.py", "text": "def sub(a, b):\n    return a - b\n"}]
+    head = [rep, *_toks(fim, "myproject\n"), sep, *_toks(fim, "utils.py\n"), *_toks(fim, extra[0]["text"]),
+            sep, *_toks(fim, "filename\n")]
+    r = fim.post("/infill", {**body, "input_extra": extra, "input_prefix": [_toks(fim, "x")[0], prefix]})
+    assert r.status_code == 200, r.text
+    mixed = [*head, *bos, pre, _toks(fim, "x")[0], *_toks(fim, prefix), *want[len(bos) + 1 + len(_toks(fim, prefix)):]]
+    assert r.json()["tokens_evaluated"] == len(mixed)
+    assert r.json()["content"] == fim.post("/completion", {"prompt": mixed, "n_predict": 4}).json()["content"]
+    stream = fim.post("/infill", {**body, "stream": True})
+    assert stream.status_code == 200 and stream.text.count("data: ") == got["tokens_predicted"] + 1
+
+
+def test_infill_bad_fields_are_400_naming_them(fim: Server) -> None:
+    ok = {"input_prefix": "a", "input_suffix": "b"}
+    cases = [({"input_suffix": "b"}, "input_prefix"), ({"input_prefix": "a"}, "input_suffix"),
+             ({**ok, "prompt": [1, 2]}, "prompt"), ({**ok, "input_extra": {"text": "x"}}, "input_extra"),
+             ({**ok, "input_extra": [{"filename": "f"}]}, "input_extra[0].text"),
+             ({**ok, "input_extra": [{"text": "x", "filename": 3}]}, "input_extra[0].filename"),
+             ({**ok, "input_prefix": [10**6]}, "input_prefix"), ({**ok, "input_suffix": [1.5]}, "input_suffix")]
+    for body, param in cases:
+        err = _err(fim.post("/infill", body))
+        assert err["param"] == param, (body, err)
+    # a long prefix keeps its last 3/4 batch of tokens (llama-server's cut), the suffix a quarter batch
+    long = fim.post("/infill", {"input_prefix": "word " * 3000, "input_suffix": "end " * 3000, "n_predict": 1})
+    assert long.status_code == 200, long.text
+    assert long.json()["tokens_evaluated"] == 1 + 1 + 384 + 1 + (128 - 2) + 1

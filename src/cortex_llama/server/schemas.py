@@ -21,7 +21,8 @@ __all__ = [
     "ChatTokenLogprob", "ChatLogprobs", "ChatChoice", "ChatCompletionResponse", "ToolCallDelta",
     "ChatDelta", "ChatChunkChoice", "ChatCompletionChunk", "Embedding", "EmbeddingUsage",
     "EmbeddingResponse", "TokenPiece", "TokenizeResponse", "DetokenizeResponse", "HealthResponse",
-    "ErrorDetail", "ErrorResponse", "UNION_MEMBER_NAMES", "NativeCompletionRequest",
+    "ErrorDetail", "ErrorResponse", "UNION_MEMBER_NAMES", "NativeCompletionRequest", "InfillRequest",
+    "InfillChunk",
 ]
 
 MAX_STOP = 16  # stop strings per request
@@ -544,3 +545,21 @@ class NativeCompletionRequest(_Request):
         if self.seed is not None and self.seed < -1:
             raise ValueError(f"seed: {self.seed} is not -1 (random) or a seed >= 0")
         return self
+
+
+class InfillChunk(_Request):
+    """One file of ``/infill``'s ``input_extra``."""
+
+    text: str
+    filename: str = "tmp"
+
+
+class InfillRequest(NativeCompletionRequest):
+    """llama-server's ``/infill`` body: every ``/completion`` field, the code around
+    the gap (``input_prefix``, ``input_suffix``: strings, or token ids and strings
+    mixed), other files (``input_extra``) and ``prompt``, the start of the middle."""
+
+    prompt: str = ""
+    input_prefix: Union[str, list[Any]]
+    input_suffix: Union[str, list[Any]]
+    input_extra: list[InfillChunk] = Field(default_factory=list)
