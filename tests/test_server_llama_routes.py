@@ -45,6 +45,12 @@ def _vec(data: Any) -> np.ndarray:
     return np.asarray(data, dtype=np.float64)
 
 
+def _close(a: Any, b: np.ndarray) -> bool:
+    """Equal embeddings, up to the float rounding a batch's make-up changes (a
+    quantized model rounds activations, so more than an f32 one)."""
+    return bool(np.allclose(_vec(a), b, atol=2e-3))
+
+
 # -- embeddings -----------------------------------------------------------------------------------
 def test_embeddings_of_token_arrays_equal_the_text(srv: Server) -> None:
     client = srv.client()
@@ -52,11 +58,11 @@ def test_embeddings_of_token_arrays_equal_the_text(srv: Server) -> None:
     by_text = _vec(client.embeddings.create(input=TEXT, model=MODEL).data[0].embedding)
     one = client.embeddings.create(input=toks, model=MODEL)
     assert len(one.data) == 1 and one.usage.prompt_tokens == len(toks)
-    assert np.allclose(_vec(one.data[0].embedding), by_text, atol=1e-4)
+    assert _close(one.data[0].embedding, by_text)
     many = client.embeddings.create(input=[toks, toks[:3]], model=MODEL)
     assert [d.index for d in many.data] == [0, 1] and many.usage.prompt_tokens == len(toks) + 3
-    assert np.allclose(_vec(many.data[0].embedding), by_text, atol=1e-4)
-    assert not np.allclose(_vec(many.data[1].embedding), by_text, atol=1e-3)
+    assert _close(many.data[0].embedding, by_text)
+    assert not _close(many.data[1].embedding, by_text)
     small = client.embeddings.create(input=[[1, 2, 3]], model=MODEL)
     assert len(small.data) == 1 and small.usage.prompt_tokens == 3
     assert abs(float(np.linalg.norm(_vec(small.data[0].embedding))) - 1) < 1e-4
@@ -70,9 +76,9 @@ def test_embeddings_of_content_parts_and_llama_server_objects(srv: Server) -> No
     r = srv.post("/v1/embeddings", body)
     assert r.status_code == 200, r.text
     got = r.json()["data"]
-    assert len(got) == 4 and all(np.allclose(_vec(d["embedding"]), by_text, atol=1e-4) for d in got)
+    assert len(got) == 4 and all(_close(d["embedding"], by_text) for d in got)
     one = srv.post("/v1/embeddings", {"input": parts}).json()["data"]
-    assert len(one) == 1 and np.allclose(_vec(one[0]["embedding"]), by_text, atol=1e-4)
+    assert len(one) == 1 and _close(one[0]["embedding"], by_text)
     # llama-server's native shape: /embedding, and "content" instead of "input"
     for path, key in (("/embedding", "content"), ("/embedding", "input"), ("/v1/embeddings", "content"),
                       ("/embeddings", "content")):
@@ -80,7 +86,7 @@ def test_embeddings_of_content_parts_and_llama_server_objects(srv: Server) -> No
         assert native.status_code == 200, native.text
         doc = native.json()
         assert isinstance(doc, list) and [d["index"] for d in doc] == [0, 1], (path, key)
-        assert len(doc[0]["embedding"]) == 1 and np.allclose(_vec(doc[0]["embedding"][0]), by_text, atol=1e-4)
+        assert len(doc[0]["embedding"]) == 1 and _close(doc[0]["embedding"][0], by_text)
 
 
 def test_embeddings_bad_inputs_are_400_naming_the_field(srv: Server) -> None:
