@@ -56,22 +56,36 @@ class Embedder:
             self._ctx = ctx
         return ctx
 
-    def embed(self, texts: str | Sequence[str], *, pooling: str | None = None,
-              normalize: bool = True) -> np.ndarray:
-        """Embed one text (shape ``(n_embd,)``) or many (``(n, n_embd)``).
+    @staticmethod
+    def _tokens(model: Model, item: str | Sequence[int], i: int) -> np.ndarray:
+        """The tokens of one item: a text tokenized, or token ids checked against
+        the vocabulary. Raises ``ValueError`` naming ``texts[i]``."""
+        if isinstance(item, str):
+            if item:
+                return model.tokenize(item)
+        elif isinstance(item, Sequence) and item and all(
+                isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in item):
+            try:
+                return model.vocab.check_tokens(item)
+            except ValueError as exc:
+                raise ValueError(f"texts[{i}]: {exc}") from None
+        raise ValueError(f"texts[{i}] must be a non-empty string or a non-empty list of token ids")
 
-        Raises ``ValueError`` for no texts, an empty text or one longer than the
-        batch size, :class:`ContextError` when the context cannot be made.
+    def embed(self, texts: str | Sequence[str | Sequence[int]], *, pooling: str | None = None,
+              normalize: bool = True) -> np.ndarray:
+        """Embed one text (shape ``(n_embd,)``) or many (``(n, n_embd)``); an item
+        of a sequence may also be a list of token ids, embedded as is.
+
+        Raises ``ValueError`` for no texts, an empty text or token list, a token id
+        outside the vocabulary, or an item longer than the batch size,
+        :class:`ContextError` when the context cannot be made.
         """
         single = isinstance(texts, str)
-        items: list[str] = [texts] if isinstance(texts, str) else list(texts)
+        items: list[str | Sequence[int]] = [texts] if isinstance(texts, str) else list(texts)
         if not items:
             raise ValueError("no texts to embed")
         model = self.model
-        for i, t in enumerate(items):
-            if not isinstance(t, str) or not t:
-                raise ValueError(f"texts[{i}] must be a non-empty string")
-        toks = [model.tokenize(t) for t in items]
+        toks = [self._tokens(model, t, i) for i, t in enumerate(items)]
         for i, tk in enumerate(toks):
             if len(tk) > self.batch_size:
                 raise ValueError(f"texts[{i}] has {len(tk)} tokens, more than the batch size "

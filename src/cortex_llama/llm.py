@@ -526,15 +526,17 @@ class LLM:
             raise
 
     # -- embeddings ------------------------------------------------------------------
-    def embed(self, texts: str | Sequence[str], *, pooling: str | None = None,
+    def embed(self, texts: str | Sequence[str | Sequence[int]], *, pooling: str | None = None,
               normalize: bool = True) -> np.ndarray:
-        """Embed one text (shape ``(n_embd,)``) or many (``(n, n_embd)``).
+        """Embed one text (shape ``(n_embd,)``) or many (``(n, n_embd)``); an item
+        of a sequence may be a list of token ids instead of a text.
 
         Many texts go into one batch as separate sequences, in the embedding
         context (separate from generation; embed calls are serialized).
         ``pooling`` is the model's by default (mean when it has none);
         ``normalize`` scales to unit length. Raises ``ValueError`` for an empty
-        text or one longer than the batch size, :class:`LlamaError` when
+        text or token list, a token id outside the vocabulary, an item longer
+        than the batch size, :class:`LlamaError` when
         embeddings are disabled, :class:`ClosedError` when unloaded.
         """
         self._require()
@@ -557,7 +559,7 @@ class LLM:
         assert isinstance(done, ChatCompletion)
         return done
 
-    async def aembed(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
+    async def aembed(self, texts: str | Sequence[str | Sequence[int]], **kwargs: Any) -> np.ndarray:
         """:meth:`embed` in a worker thread."""
         return await asyncio.to_thread(self.embed, texts, **kwargs)
 

@@ -479,6 +479,16 @@ class Vocab:
     def fim_sep(self) -> int | None:
         return self._special(lib.llama_vocab_fim_sep)
 
+    @property
+    def add_bos(self) -> bool:
+        """Whether tokenizing with ``add_special`` starts with BOS (the GGUF's flag)."""
+        return bool(lib.llama_vocab_get_add_bos(self._v()))
+
+    @property
+    def add_eos(self) -> bool:
+        """Whether tokenizing with ``add_special`` ends with EOS (the GGUF's flag)."""
+        return bool(lib.llama_vocab_get_add_eos(self._v()))
+
     def is_eog(self, token: int) -> bool:
         """True for end-of-generation tokens (eos, eot, ...)."""
         return bool(lib.llama_vocab_is_eog(self._v(), self.check_token(token)))

@@ -31,6 +31,8 @@ _NORMAL, _UNKNOWN, _CONTROL, _BYTE = 1, 2, 3, 6
 _SPACE = "\u2581"  # SentencePiece's word-boundary marker
 _SPECIAL = [("<unk>", _UNKNOWN), ("<s>", _CONTROL), ("</s>", _CONTROL),
             ("<|im_start|>", _CONTROL), ("<|im_end|>", _CONTROL)]
+# llama.cpp finds a vocab's FIM tokens by these texts (fim_pre, fim_suf, fim_mid, fim_rep, fim_sep)
+_FIM = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|repo_name|>", "<|file_sep|>"]
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,10 @@ class TestModelSpec:
     dtype: str = "f32"  # weights of the 2-D tensors: "f32" or "f16"
     seed: int = 0
     name: str = "cortex-llama test model"
+    fim: bool = False  # end the vocab with Qwen-style fill-in-the-middle control tokens (_FIM)
 
     def __post_init__(self) -> None:
-        if self.n_vocab < len(_SPECIAL) + 256 + 1:
+        if self.n_vocab < len(_SPECIAL) + 256 + 1 + (len(_FIM) if self.fim else 0):
             raise ValueError(f"n_vocab={self.n_vocab} is too small for the special and byte tokens")
         if self.n_embd % self.n_head or self.n_head % self.n_head_kv:
             raise ValueError(
@@ -87,8 +90,9 @@ def _ordinary_pieces(count: int) -> list[str]:
     raise AssertionError("unreachable")
 
 
-def build_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
-    """Tokens, scores and token types of an SPM vocab of ``n_vocab`` entries."""
+def build_vocab(n_vocab: int, fim: bool = False) -> tuple[list[str], list[float], list[int]]:
+    """Tokens, scores and token types of an SPM vocab of ``n_vocab`` entries;
+    ``fim`` replaces its last ordinary pieces by the FIM control tokens."""
     special = _SPECIAL
     tokens = [t for t, _ in special]
     types = [k for _, k in special]
@@ -99,6 +103,10 @@ def build_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     types += [_NORMAL] * len(ordinary)
     # SPM merges the adjacent pair whose joined piece scores highest: rank order.
     scores = [0.0] * (len(special) + 256) + [-float(i) for i in range(len(ordinary))]
+    if fim:
+        tokens[-len(_FIM):] = _FIM
+        types[-len(_FIM):] = [_CONTROL] * len(_FIM)
+        scores[-len(_FIM):] = [0.0] * len(_FIM)
     return tokens, scores, types
 
 
@@ -147,7 +155,8 @@ def make_test_model(
 
     ``preset`` is a name from :data:`PRESETS` (``tiny``, ``small``, ``1b``) or a
     :class:`TestModelSpec`; keyword ``overrides`` replace fields of it (``seed=1``,
-    ``n_layer=4``, ...). Returns the path.
+    ``n_layer=4``, ``fim=True`` for a vocab with fill-in-the-middle tokens, ...).
+    Returns the path.
 
     Raises ``ValueError`` for an unknown preset or an impossible shape, and
     ``ImportError`` when the ``gguf`` package is missing.
@@ -186,7 +195,7 @@ def make_test_model(
         gguf.LlamaFileType.MOSTLY_F16 if spec.dtype == "f16" else gguf.LlamaFileType.ALL_F32
     )
 
-    tokens, scores, types = build_vocab(spec.n_vocab)
+    tokens, scores, types = build_vocab(spec.n_vocab, spec.fim)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)

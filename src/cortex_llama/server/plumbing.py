@@ -333,7 +333,7 @@ def chat_inputs(state: ServerState, body: ChatCompletionRequest) -> tuple[list[d
         opts["tools"] = [t.model_dump(exclude_none=True, by_alias=True) for t in body.tools]
         choice = body.tool_choice
         opts["tool_choice"] = choice.model_dump() if isinstance(choice, NamedToolChoice) else (choice or "auto")
-    for name in ("parallel_tool_calls", "reasoning_effort", "chat_template_kwargs"):
+    for name in ("parallel_tool_calls", "reasoning_effort", "chat_template_kwargs", "continue_final_message"):
         if getattr(body, name) is not None:
             opts[name] = getattr(body, name)
     if state.enable_thinking is not None and "enable_thinking" not in (body.chat_template_kwargs or {}):

@@ -1,5 +1,5 @@
 """llama-server's own routes: ``/health``, ``/tokenize``, ``/detokenize``,
-``/apply-template`` and ``/completion``."""
+``/apply-template``, ``/completion``, ``/infill``, ``/props`` and ``/slots``."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request as HTTPRequest
 
 from .errors import APIError, from_exception
+from .infill import infill_tokens
 from .plumbing import (Job, cancel_all, chat_inputs, native_n_predict, native_params, native_prompts,
                        results_or_disconnect, stream_response, submit)
 from .schemas import (ERROR_RESPONSES, ApplyTemplateResponse, ChatCompletionRequest, DetokenizeRequest, DetokenizeResponse,
-                      HealthResponse, NativeCompletionRequest, TokenizeRequest, TokenizeResponse, TokenPiece)
+                      HealthResponse, InfillRequest, NativeCompletionRequest, TokenizeRequest, TokenizeResponse, TokenPiece)
 from .shaping import generation_settings, native_final, stream_native
 from .state import ServerState, get_state
 
@@ -75,8 +76,32 @@ async def completion(body: NativeCompletionRequest, raw: HTTPRequest, state: Ser
     ``stream`` answers one SSE event per token, then the final body. Raises
     :class:`APIError`: 400 naming the field (``exceed_context_size_error`` for a
     prompt over the context), 503 for a full queue."""
-    llm = state.llm
     prompts = await submit_prompts(state, body.prompt)
+    return await _run_native(state, body, raw, prompts)
+
+
+@router.post("/infill", responses=ERROR_RESPONSES, tags=["completions"])
+async def infill(body: InfillRequest, raw: HTTPRequest, state: ServerState = Depends(get_state)) -> Any:
+    """llama-server's fill-in-the-middle: the model's FIM prompt of ``input_prefix``,
+    ``input_suffix``, ``input_extra`` and ``prompt``, then a ``/completion`` with
+    the body's other fields, answered in its shape. Raises :class:`APIError`: 501
+    when the model has no FIM prefix/suffix/middle token, 400 naming the field."""
+    n_predict = native_n_predict(state, body.n_predict if body.n_predict is not None else body.max_tokens)
+    try:
+        toks = await asyncio.to_thread(infill_tokens, state, body, n_predict)
+    except APIError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - mapped to an HTTP status
+        raise from_exception(exc, prompt_param="input_prefix") from None
+    return await _run_native(state, body, raw, [toks])
+
+
+async def _run_native(state: ServerState, body: NativeCompletionRequest, raw: HTTPRequest,
+                      prompts: list[list[int]]) -> Any:
+    """Generate for each prompt with ``body``'s settings: the native body (a list
+    for several prompts), or its SSE stream. Raises :class:`APIError` (400 naming
+    the field, 503 for a full queue)."""
+    llm = state.llm
     params = native_params(state, body)
     settings = generation_settings(state, body, params, native_n_predict(
         state, body.n_predict if body.n_predict is not None else body.max_tokens))

@@ -1,25 +1,23 @@
 """OpenAI's routes: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``,
-``/v1/embeddings``, each also at llama-server's unprefixed path (``/models``,
-``/completions``, ``/chat/completions``, ``/embeddings``; not in the schema)."""
+each also at llama-server's unprefixed path (``/models``, ``/completions``,
+``/chat/completions``; not in the schema). Embeddings: :mod:`.routes_embeddings`."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import secrets
 import time
 from typing import TYPE_CHECKING, Any, Callable, Union
 
-import numpy as np
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from starlette.requests import Request as HTTPRequest
 
-from .errors import APIError, from_exception
+from .chat_bridge import chat_tokens
+from .errors import APIError
 from .plumbing import (Job, chat_inputs, check_counts, check_model, choice_params, constraint, gen_params,
                        results_or_disconnect, stream_response, submit, submit_each, cancel_all)
-from .schemas import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, Embedding,
-                      EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, ERROR_RESPONSES, ModelCard, ModelList)
+from .schemas import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
+                      ERROR_RESPONSES, ModelCard, ModelList)
 from .shaping import ChatStream, chat_choices, completion_choices, stream_completion
 from .state import ServerState, get_state
 
@@ -145,54 +143,10 @@ async def chat_completions(body: ChatCompletionRequest, raw: HTTPRequest,
                                   choices=chat_choices(state, job, results), usage=job.usage(results))
 
 
-# -- embeddings -----------------------------------------------------------------------------------
-def _texts(body: EmbeddingRequest) -> list[str]:
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    if not texts:
-        raise APIError(400, "input: must not be empty", param="input", code="invalid_value")
-    if not all(isinstance(t, str) for t in texts):
-        raise APIError(400, "input: token arrays are not supported, send text", param="input",
-                       code="invalid_value")
-    strs = [str(t) for t in texts]
-    for i, t in enumerate(strs):
-        if not t:
-            raise APIError(400, f"input[{i}]: must not be an empty string", param=f"input[{i}]",
-                           code="invalid_value")
-    return strs
-
-
-def _shorten(vecs: np.ndarray, dimensions: int | None) -> np.ndarray:
-    if dimensions is None:
-        return vecs
-    if dimensions > vecs.shape[1]:
-        raise APIError(400, f"dimensions: {dimensions} is more than the model's {vecs.shape[1]}",
-                       param="dimensions", code="invalid_value")
-    vecs = vecs[:, :dimensions]
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    return vecs / np.where(norms == 0, 1, norms)
-
-
-@_route("POST", "/embeddings", response_model=EmbeddingResponse, tags=["embeddings"])
-async def embeddings(body: EmbeddingRequest, state: ServerState = Depends(get_state)) -> EmbeddingResponse:
-    """Normalized embeddings of a string or a list of strings."""
+@_route("POST", "/chat/completions/input_tokens", tags=["chat"])
+async def chat_input_tokens(body: ChatCompletionRequest, state: ServerState = Depends(get_state)) -> dict[str, Any]:
+    """llama-server's ``{"object": "response.input_tokens", "input_tokens": N}``: the
+    prompt tokens this chat request would read (its ``usage.prompt_tokens``),
+    without generating. Raises :class:`APIError` (400) naming a bad field."""
     check_model(body.model)
-    llm = state.llm
-    if not llm.config.embeddings:
-        raise APIError(400, "embeddings are disabled on this server (start it with --embeddings)",
-                       code="embeddings_disabled")
-    strs = _texts(body)
-    try:
-        vecs = np.atleast_2d(await llm.aembed(strs))
-        n_tokens = await asyncio.to_thread(lambda: sum(llm.count_tokens(t) for t in strs))
-    except Exception as exc:  # noqa: BLE001
-        raise from_exception(exc, prompt_param="input") from None
-    data = []
-    for i, v in enumerate(_shorten(vecs, body.dimensions)):
-        emb: Union[list[float], str]
-        if body.encoding_format == "base64":
-            emb = base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
-        else:
-            emb = [float(x) for x in v]
-        data.append(Embedding(index=i, embedding=emb))
-    return EmbeddingResponse(data=data, model=state.model_id,
-                             usage=EmbeddingUsage(prompt_tokens=n_tokens, total_tokens=n_tokens))
+    return {"object": "response.input_tokens", "input_tokens": await chat_tokens(state, body, {})}

@@ -21,7 +21,8 @@ __all__ = [
     "ChatTokenLogprob", "ChatLogprobs", "ChatChoice", "ChatCompletionResponse", "ToolCallDelta",
     "ChatDelta", "ChatChunkChoice", "ChatCompletionChunk", "Embedding", "EmbeddingUsage",
     "EmbeddingResponse", "TokenPiece", "TokenizeResponse", "DetokenizeResponse", "HealthResponse",
-    "ErrorDetail", "ErrorResponse", "UNION_MEMBER_NAMES", "NativeCompletionRequest",
+    "ErrorDetail", "ErrorResponse", "UNION_MEMBER_NAMES", "NativeCompletionRequest", "InfillRequest",
+    "InfillChunk",
 ]
 
 MAX_STOP = 16  # stop strings per request
@@ -181,6 +182,8 @@ class ChatMessage(_Request):
     name: str | None = None
     tool_calls: list[_ToolCallIn] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = Field(None, description="extension: an assistant message's thoughts "
+                                                             "(llama-server's field)")
 
     @model_validator(mode="after")
     def _check(self) -> ChatMessage:
@@ -188,6 +191,8 @@ class ChatMessage(_Request):
             raise ValueError(f"content: a {self.role} message needs content")
         if self.tool_calls and self.role != "assistant":
             raise ValueError("tool_calls: only assistant messages carry tool calls")
+        if self.reasoning_content is not None and self.role != "assistant":
+            raise ValueError("reasoning_content: only assistant messages carry reasoning_content")
         return self
 
     def text(self) -> str:
@@ -242,7 +247,12 @@ class ChatCompletionRequest(_Sampling):
     chat_template_kwargs: dict[str, Any] | None = None
     reasoning_format: Literal["none", "auto", "deepseek", "deepseek-legacy"] | None = None
     reasoning_effort: str | None = None
-    add_generation_prompt: bool = True
+    add_generation_prompt: bool = Field(True, description="extension: end the prompt with the assistant's "
+                                                             "turn (false with continue_final_message)")
+    continue_final_message: Union[bool, Literal["content", "reasoning_content"], None] = Field(
+        None, description="extension: continue the final assistant message (true: its content, or its "
+                          "reasoning_content when it has only that); needs add_generation_prompt false. "
+                          "A final assistant message is continued anyway (llama-server's prefill)")
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
@@ -265,11 +275,23 @@ class ChatCompletionRequest(_Sampling):
 # /v1/embeddings, /tokenize, /detokenize
 # ---------------------------------------------------------------------------
 class EmbeddingRequest(_Request):
-    input: Union[str, list[str], list[int], list[list[int]]]
+    """``input``: a string, token ids, ids and strings mixed, ``{"content": [parts]}``,
+    ``{"prompt_string": ...}``, or a list of those (checked by the route);
+    ``content``: llama-server's name for it (answered in its native shape)."""
+
+    input: Union[str, list[Any], dict[str, Any], None] = None
+    content: Union[str, list[Any], dict[str, Any], None] = Field(
+        None, description="extension: llama-server's input field (native response shape)")
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> EmbeddingRequest:
+        if self.input is None and self.content is None:
+            raise ValueError("input: field required (or llama-server's content)")
+        return self
 
 
 class TokenizeRequest(_Request):
@@ -523,3 +545,21 @@ class NativeCompletionRequest(_Request):
         if self.seed is not None and self.seed < -1:
             raise ValueError(f"seed: {self.seed} is not -1 (random) or a seed >= 0")
         return self
+
+
+class InfillChunk(_Request):
+    """One file of ``/infill``'s ``input_extra``."""
+
+    text: str
+    filename: str = "tmp"
+
+
+class InfillRequest(NativeCompletionRequest):
+    """llama-server's ``/infill`` body: every ``/completion`` field, the code around
+    the gap (``input_prefix``, ``input_suffix``: strings, or token ids and strings
+    mixed), other files (``input_extra``) and ``prompt``, the start of the middle."""
+
+    prompt: str = ""
+    input_prefix: Union[str, list[Any]]
+    input_suffix: Union[str, list[Any]]
+    input_extra: list[InfillChunk] = Field(default_factory=list)
