@@ -178,3 +178,18 @@ def wait_for(cond: Any, timeout: float = 20.0, what: str = "condition") -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def template_server(request: Any, tmp_path_factory: Any, name: str, hermes_template: str) -> Server:
+    """A server for ``request.param`` = ``"<model fixture>-<hermes|default>"``: the
+    model with the Hermes template (tools rendered by llama.cpp) or with its own
+    (forced calls by the polyfill). ``server.template`` tells which."""
+    model, template = request.param.split("-")
+    tmp = tmp_path_factory.mktemp(f"{name}-{request.param}")
+    args = ["--ctx-size", "4096", "--parallel", "4", "--model-alias", "test-model"]
+    if template == "hermes":
+        (tmp / "hermes.jinja").write_text(hermes_template)
+        args += ["--chat-template-file", str(tmp / "hermes.jinja")]
+    srv = Server(request.getfixturevalue(f"{model}_path"), tmp / "server.log", *args)
+    srv.template = template  # type: ignore[attr-defined]  # read by the tool tests
+    return srv

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from .helpers import KEY, Server
+from .helpers import KEY, Server, template_server
 from .test_server import HERMES_TEMPLATE, QWEN3
 
 pytest.importorskip("fastapi")
@@ -32,16 +32,8 @@ HELLO = [{"role": "user", "content": "Say hello."}]
 
 @pytest.fixture(scope="module", params=["small-hermes", "small_q4-default"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The f32 model with the Hermes template (tools rendered by llama.cpp), and the
-    quantized one with its default template (forced calls by the polyfill)."""
-    model, template = request.param.split("-")
-    tmp = tmp_path_factory.mktemp(f"anthropic-{request.param}")
-    args = ["--ctx-size", "4096", "--parallel", "4", "--model-alias", "test-model"]
-    if template == "hermes":
-        (tmp / "hermes.jinja").write_text(HERMES_TEMPLATE)
-        args += ["--chat-template-file", str(tmp / "hermes.jinja")]
-    srv = Server(request.getfixturevalue(f"{model}_path"), tmp / "server.log", *args)
-    srv.template = template  # type: ignore[attr-defined]  # read by the tool tests
+    """The f32 model with the Hermes template and the quantized one with its own."""
+    srv = template_server(request, tmp_path_factory, "anthropic", HERMES_TEMPLATE)
     yield srv
     assert srv.stop() == 0, srv.output()
 

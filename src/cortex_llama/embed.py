@@ -66,7 +66,7 @@ class Embedder:
         elif isinstance(item, Sequence) and item and all(
                 isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in item):
             try:
-                return model.vocab.check_tokens(item)
+                return model.vocab.check_tokens([int(t) for t in item])
             except ValueError as exc:
                 raise ValueError(f"texts[{i}]: {exc}") from None
         raise ValueError(f"texts[{i}] must be a non-empty string or a non-empty list of token ids")

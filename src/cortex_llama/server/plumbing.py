@@ -11,10 +11,11 @@ slots at the engine's next step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence, TypeVar, Union
 
 from fastapi.responses import StreamingResponse
 from starlette.requests import Request as HTTPRequest
@@ -248,28 +249,10 @@ async def _deltas(req: Request) -> AsyncIterator[str]:
     """The request's text as it comes, with every delta already waiting joined into
     one (so a loop that falls behind the engine sends fewer, larger chunks).
     Leaving early cancels the request; its error is raised after its last text."""
-    event = asyncio.Event()
-    waker = (asyncio.get_running_loop(), event.set)
-    req.add_waker(waker)
-    i = 0
-    try:
-        while True:
-            event.clear()
-            done = req.done  # read first: a finished request has all its deltas
-            parts = []
-            while (d := req.next_delta(i, block=False)) is not None:
-                parts.append(d)
-                i += 1
-            if parts:
-                yield "".join(parts)
-            elif done:
-                return
-            else:
-                await event.wait()
-    finally:
-        req.remove_waker(waker)
-        if not req.done:
-            req.cancel()
+    async with contextlib.aclosing(token_chunks(req)) as chunks:
+        async for _, text in chunks:
+            if text:
+                yield text
 
 
 async def merge_iters(iters: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T | None]]:
@@ -475,7 +458,7 @@ def native_params(state: ServerState, body: NativeCompletionRequest) -> Generati
         raise from_exception(exc) from None
 
 
-async def token_chunks(req: Request) -> AsyncIterator[tuple[list[int], str]]:
+async def token_chunks(req: Request) -> AsyncGenerator[tuple[list[int], str], None]:
     """(new tokens, new text) of a request as they come: every token once, the
     text that became ready with it (text held back for a stop string comes with
     a later token). Leaving early cancels the request; its error is raised at the end."""
