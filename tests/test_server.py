@@ -84,7 +84,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     tmp = tmp_path_factory.mktemp(f"server-{request.param}")
     tmpl = tmp / "hermes.jinja"
     tmpl.write_text(HERMES_TEMPLATE)
-    srv = Server(model, tmp / "server.log", "--ctx-size", "4096", "--parallel", "8", "--embeddings",
+    srv = Server(model, tmp / "server.log", "--ctx-size", "32768", "--parallel", "8", "--embeddings",
                  "--chat-template-file", str(tmpl), "--model-alias", "test-model", "--max-body", "1000000",
                  "--metrics")
     srv.quantized = request.param.endswith("q4")
@@ -410,7 +410,8 @@ def test_bad_requests_answer_4xx_and_the_server_goes_on(edge: Server) -> None:
         assert r.status_code == status, (path, body, r.status_code, r.text)
         err = r.json()["error"]
         assert err["message"] and err["type"], err
-        assert set(err) == {"message", "type", "param", "code"}
+        extra = {"n_prompt_tokens", "n_ctx"} if err["type"] == "exceed_context_size_error" else set()
+        assert set(err) == {"message", "type", "param", "code"} | extra
         if param is not None:
             assert (err["param"] or "").startswith(param), (body, err)
     r = edge.post("/v1/chat/completions", CHAT)

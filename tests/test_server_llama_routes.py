@@ -129,7 +129,8 @@ def test_a_final_assistant_message_is_continued(srv: Server) -> None:
     toks = srv.post("/tokenize", {"content": prompt, "add_special": True, "parse_special": True}).json()["tokens"]
     assert chat.usage is not None and chat.usage.prompt_tokens == len(toks)
     raw = srv.post("/completion", {"prompt": toks, "n_predict": 5}).json()
-    assert chat.choices[0].message.content == raw["content"]
+    # llama.cpp's continuation parser answers the whole assistant message: prefill + new text
+    assert chat.choices[0].message.content == "The answer is" + raw["content"]
 
 
 def test_continuation_rules_are_400_naming_the_field(srv: Server) -> None:
@@ -213,7 +214,11 @@ def test_infill_builds_the_fim_prompt(fim: Server) -> None:
     bos = fim.post("/tokenize", {"content": "", "add_special": True}).json()["tokens"]
     prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
     body = {"input_prefix": prefix, "input_suffix": suffix, "prompt": "a", "n_predict": 4}
-    want = [*bos, pre, *_toks(fim, prefix), suf, *_toks(fim, suffix), mid, *_toks(fim, "a", True)]
+    core = [*bos, pre, *_toks(fim, prefix), suf, *_toks(fim, suffix), mid, *_toks(fim, "a", True)]
+    # llama-server's repo-level header comes first whenever the slot has room for it,
+    # other files or not: [FIM_REP]myproject\n ... [FIM_SEP]filename\n
+    last_file = [sep, *_toks(fim, "filename\n")]
+    want = [rep, *_toks(fim, "myproject\n"), *last_file, *core]
     r = fim.post("/infill", body)
     assert r.status_code == 200, r.text
     got = r.json()
@@ -223,10 +228,10 @@ def test_infill_builds_the_fim_prompt(fim: Server) -> None:
     # other files before it, in the repo-level pattern; mixed ids and strings in the prefix
     extra = [{"filename": "utils.py", "text": "def sub(a, b):\n    return a - b\n"}]
     head = [rep, *_toks(fim, "myproject\n"), sep, *_toks(fim, "utils.py\n"), *_toks(fim, extra[0]["text"]),
-            sep, *_toks(fim, "filename\n")]
+            *last_file]
     r = fim.post("/infill", {**body, "input_extra": extra, "input_prefix": [_toks(fim, "x")[0], prefix]})
     assert r.status_code == 200, r.text
-    mixed = [*head, *bos, pre, _toks(fim, "x")[0], *_toks(fim, prefix), *want[len(bos) + 1 + len(_toks(fim, prefix)):]]
+    mixed = [*head, *bos, pre, _toks(fim, "x")[0], *_toks(fim, prefix), *core[len(bos) + 1 + len(_toks(fim, prefix)):]]
     assert r.json()["tokens_evaluated"] == len(mixed)
     assert r.json()["content"] == fim.post("/completion", {"prompt": mixed, "n_predict": 4}).json()["content"]
     stream = fim.post("/infill", {**body, "stream": True})
@@ -246,4 +251,5 @@ def test_infill_bad_fields_are_400_naming_them(fim: Server) -> None:
     # a long prefix keeps its last 3/4 batch of tokens (llama-server's cut), the suffix a quarter batch
     long = fim.post("/infill", {"input_prefix": "word " * 3000, "input_suffix": "end " * 3000, "n_predict": 1})
     assert long.status_code == 200, long.text
-    assert long.json()["tokens_evaluated"] == 1 + 1 + 384 + 1 + (128 - 2) + 1
+    header = 1 + len(_toks(fim, "myproject\n")) + 1 + len(_toks(fim, "filename\n"))
+    assert long.json()["tokens_evaluated"] == header + 1 + 1 + 384 + 1 + (128 - 2) + 1

@@ -76,8 +76,9 @@ def test_launcher_maps_models_and_records_dropped_flags() -> None:
     for part in ("--port 8123", "--host 127.0.0.1", "--seed 42", "-b 32", "--model-alias tinyllama-2",
                  "-c 512", "-np 2", "-t 2"):
         assert part in joined
-    assert [f.name for f in dropped] == ["--temp", "--no-slots", "--n-predict", "--no-jinja",
-                                         "--reasoning-format", "--seed"]
+    # --temp, --no-slots, --n-predict and --no-jinja have serve equivalents now;
+    # "nothink" is no --reasoning-format value and a negative seed means random
+    assert [f.name for f in dropped] == ["--reasoning-format", "--seed"]
     native, dropped = launcher.native_argv(p, "/bin/llama-server", "/m.gguf", None)
     assert native[:3] == ["/bin/llama-server", "-m", "/m.gguf"] and "--hf-repo" not in native
     assert "--seed" in native and "-1" in native and dropped == []
