@@ -24,7 +24,7 @@ import numpy as np
 from ..model import Vocab
 from ..sampling import SamplerChain
 from .output import OutputStage
-from .params import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, Completion, GenerationParams, Timings, Usage
+from .params import FINISH_CANCELLED, FINISH_STOP, Completion, GenerationParams, Timings, Usage
 from .streams import AsyncTextStream, TextStream, Waker
 
 __all__ = ["Request"]

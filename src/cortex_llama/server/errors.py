@@ -12,7 +12,8 @@ from typing import Any, Mapping
 from ..errors import (ChatRequestError, ClosedError, GrammarError, LlamaError, MediaError, QueueFullError,
                       TemplateError)
 
-__all__ = ["APIError", "error_body", "from_exception", "exceed_context", "RETRY_AFTER_S"]
+__all__ = ["APIError", "error_body", "from_exception", "exceed_context", "invalid_value", "require_str",
+           "RETRY_AFTER_S"]
 
 RETRY_AFTER_S = 1  # seconds a client is told to wait when the queue is full
 
@@ -50,6 +51,18 @@ class APIError(Exception):
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def invalid_value(param: str, message: str) -> APIError:
+    """A 400 for the field ``param`` (its message starts with the field's name)."""
+    return APIError(400, f"{param}: {message}", param=param, code="invalid_value")
+
+
+def require_str(value: Any, param: str) -> str:
+    """``value`` when it is a string; raises :func:`invalid_value` naming ``param`` else."""
+    if not isinstance(value, str):
+        raise invalid_value(param, f"must be a string, got {type(value).__name__}")
+    return value
 
 
 def exceed_context(n_prompt: int, n_ctx: int, param: str = "prompt") -> APIError:

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.requests import Request as HTTPRequest
 
-from .errors import APIError
+from .errors import APIError, invalid_value, require_str
 
 __all__ = ["items_to_messages", "output_to_items", "ResponseStore", "StoredResponse", "get_store",
            "STORE_SIZE"]
@@ -25,45 +25,35 @@ STORE_SIZE = 512  # responses kept for previous_response_id
 ROLES = ("user", "system", "developer", "assistant")
 
 
-def _bad(param: str, message: str) -> APIError:
-    return APIError(400, f"{param}: {message}", param=param, code="invalid_value")
-
-
-def _text(value: Any, param: str) -> str:
-    if not isinstance(value, str):
-        raise _bad(param, f"must be a string, got {type(value).__name__}")
-    return value
-
-
 def _part(part: Any, param: str) -> dict[str, Any]:
     """An OpenAI chat content part of a Responses content part."""
     if not isinstance(part, dict):
-        raise _bad(param, "a content part must be an object")
+        raise invalid_value(param, "a content part must be an object")
     kind = part.get("type")
     if kind in ("input_text", "output_text", "text"):
-        return {"type": "text", "text": _text(part.get("text"), param + ".text")}
+        return {"type": "text", "text": require_str(part.get("text"), param + ".text")}
     if kind == "refusal":
-        return {"type": "text", "text": _text(part.get("refusal"), param + ".refusal")}
+        return {"type": "text", "text": require_str(part.get("refusal"), param + ".refusal")}
     if kind == "input_image":
         url = part.get("image_url")
         if url is None:
-            raise _bad(param + ".image_url", "an input_image needs an image_url (file_id is not supported)")
-        return {"type": "image_url", "image_url": {"url": _text(url, param + ".image_url")}}
-    raise _bad(param + ".type", f"must be 'input_text', 'output_text' or 'input_image', got {kind!r}")
+            raise invalid_value(param + ".image_url", "an input_image needs an image_url (file_id is not supported)")
+        return {"type": "image_url", "image_url": {"url": require_str(url, param + ".image_url")}}
+    raise invalid_value(param + ".type", f"must be 'input_text', 'output_text' or 'input_image', got {kind!r}")
 
 
 def _message(item: dict[str, Any], param: str) -> dict[str, Any]:
     role = item.get("role")
     if role not in ROLES:
-        raise _bad(param + ".role", f"must be one of {', '.join(ROLES)}, got {role!r}")
+        raise invalid_value(param + ".role", f"must be one of {', '.join(ROLES)}, got {role!r}")
     content = item.get("content")
     if isinstance(content, str):
         return {"role": role, "content": content}
     if not isinstance(content, list):
-        raise _bad(param + ".content", "must be a string or a list of content parts")
+        raise invalid_value(param + ".content", "must be a string or a list of content parts")
     parts = [_part(p, f"{param}.content[{j}]") for j, p in enumerate(content)]
     if role != "user" and any(p["type"] != "text" for p in parts):
-        raise _bad(param + ".content", f"a {role} message carries text only")
+        raise invalid_value(param + ".content", f"a {role} message carries text only")
     if role != "user" or all(p["type"] == "text" for p in parts):
         return {"role": role, "content": "".join(p["text"] for p in parts)}
     return {"role": role, "content": parts}
@@ -73,17 +63,17 @@ def _call(item: dict[str, Any], param: str) -> dict[str, Any]:
     args = item.get("arguments")
     if isinstance(args, dict):
         args = json.dumps(args)
-    return {"id": _text(item.get("call_id"), param + ".call_id"), "type": "function",
-            "function": {"name": _text(item.get("name"), param + ".name"),
-                         "arguments": _text(args, param + ".arguments")}}
+    return {"id": require_str(item.get("call_id"), param + ".call_id"), "type": "function",
+            "function": {"name": require_str(item.get("name"), param + ".name"),
+                         "arguments": require_str(args, param + ".arguments")}}
 
 
 def _output(item: dict[str, Any], param: str) -> dict[str, Any]:
     out = item.get("output")
     if isinstance(out, list):
         out = "".join(_part(p, f"{param}.output[{j}]").get("text", "") for j, p in enumerate(out))
-    return {"role": "tool", "tool_call_id": _text(item.get("call_id"), param + ".call_id"),
-            "content": _text(out, param + ".output")}
+    return {"role": "tool", "tool_call_id": require_str(item.get("call_id"), param + ".call_id"),
+            "content": require_str(out, param + ".output")}
 
 
 def items_to_messages(items: list[Any], param: str = "input") -> list[dict[str, Any]]:
@@ -93,7 +83,7 @@ def items_to_messages(items: list[Any], param: str = "input") -> list[dict[str, 
     for i, item in enumerate(items):
         p = f"{param}[{i}]"
         if not isinstance(item, dict):
-            raise _bad(p, "an input item must be an object")
+            raise invalid_value(p, "an input item must be an object")
         kind = item.get("type", "message")
         if kind == "message":
             messages.append(_message(item, p))
@@ -106,7 +96,7 @@ def items_to_messages(items: list[Any], param: str = "input") -> list[dict[str, 
         elif kind == "function_call_output":
             messages.append(_output(item, p))
         elif kind != "reasoning":
-            raise _bad(p + ".type", "must be 'message', 'function_call', 'function_call_output' or "
+            raise invalid_value(p + ".type", "must be 'message', 'function_call', 'function_call_output' or "
                                     f"'reasoning', got {kind!r}")
     return messages
 

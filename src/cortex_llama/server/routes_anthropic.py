@@ -23,7 +23,7 @@ from starlette.requests import Request as HTTPRequest
 from ..conversation import ChatCompletion
 from .chat_bridge import (Block, BlockCutter, BlockEvent, ChatRun, chat_body, chat_tokens, event_stream,
                           finish_chat, matched_stop, new_id, sse_event, start_chat, tool_input)
-from .errors import APIError, from_exception
+from .errors import APIError, from_exception, invalid_value, require_str
 from .handlers import validation_error
 from .plumbing import check_model
 from .schemas import ChatCompletionRequest
@@ -67,25 +67,15 @@ router = APIRouter(route_class=AnthropicRoute)
 
 
 # -- request -> chat request ----------------------------------------------------------------------
-def _bad(param: str, message: str) -> APIError:
-    return APIError(400, f"{param}: {message}", param=param, code="invalid_value")
-
-
-def _str(value: Any, param: str) -> str:
-    if not isinstance(value, str):
-        raise _bad(param, f"must be a string, got {type(value).__name__}")
-    return value
-
-
 def _image(block: dict[str, Any], param: str) -> dict[str, Any]:
     src = block.get("source")
     if not isinstance(src, dict) or src.get("type") not in ("base64", "url"):
-        raise _bad(param + ".source", "must be {'type': 'base64', 'media_type': ..., 'data': ...} or "
+        raise invalid_value(param + ".source", "must be {'type': 'base64', 'media_type': ..., 'data': ...} or "
                                       "{'type': 'url', 'url': ...}")
     if src["type"] == "url":
-        return {"type": "image_url", "image_url": {"url": _str(src.get("url"), param + ".source.url")}}
-    media = _str(src.get("media_type"), param + ".source.media_type")
-    data = _str(src.get("data"), param + ".source.data")
+        return {"type": "image_url", "image_url": {"url": require_str(src.get("url"), param + ".source.url")}}
+    media = require_str(src.get("media_type"), param + ".source.media_type")
+    data = require_str(src.get("data"), param + ".source.data")
     return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{data}"}}
 
 
@@ -93,12 +83,12 @@ def _result_text(content: Any, param: str) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     if not isinstance(content, list):
-        raise _bad(param, "must be a string or a list of text blocks")
+        raise invalid_value(param, "must be a string or a list of text blocks")
     texts = []
     for j, b in enumerate(content):
         if not isinstance(b, dict) or b.get("type") != "text":
-            raise _bad(f"{param}[{j}]", "a tool_result's content holds text blocks only")
-        texts.append(_str(b.get("text"), f"{param}[{j}].text"))
+            raise invalid_value(f"{param}[{j}]", "a tool_result's content holds text blocks only")
+        texts.append(require_str(b.get("text"), f"{param}[{j}].text"))
     return "".join(texts)
 
 
@@ -109,14 +99,14 @@ def _user(blocks: list[Any], param: str) -> list[dict[str, Any]]:
         p = f"{param}[{j}]"
         kind = b.get("type") if isinstance(b, dict) else None
         if kind == "text":
-            parts.append({"type": "text", "text": _str(b.get("text"), p + ".text")})
+            parts.append({"type": "text", "text": require_str(b.get("text"), p + ".text")})
         elif kind == "image":
             parts.append(_image(b, p))
         elif kind == "tool_result":
-            tools.append({"role": "tool", "tool_call_id": _str(b.get("tool_use_id"), p + ".tool_use_id"),
+            tools.append({"role": "tool", "tool_call_id": require_str(b.get("tool_use_id"), p + ".tool_use_id"),
                           "content": _result_text(b.get("content"), p + ".content")})
         else:
-            raise _bad(p + ".type", f"a user block must be 'text', 'image' or 'tool_result', got {kind!r}")
+            raise invalid_value(p + ".type", f"a user block must be 'text', 'image' or 'tool_result', got {kind!r}")
     if not parts:
         return tools
     if all(p["type"] == "text" for p in parts):
@@ -130,15 +120,15 @@ def _assistant(blocks: list[Any], param: str) -> dict[str, Any]:
         p = f"{param}[{j}]"
         kind = b.get("type") if isinstance(b, dict) else None
         if kind == "text":
-            texts.append(_str(b.get("text"), p + ".text"))
+            texts.append(require_str(b.get("text"), p + ".text"))
         elif kind == "tool_use":
             args = b.get("input", {})
             if not isinstance(args, dict):
-                raise _bad(p + ".input", "must be an object")
-            calls.append({"id": _str(b.get("id"), p + ".id"), "type": "function",
-                          "function": {"name": _str(b.get("name"), p + ".name"), "arguments": json.dumps(args)}})
+                raise invalid_value(p + ".input", "must be an object")
+            calls.append({"id": require_str(b.get("id"), p + ".id"), "type": "function",
+                          "function": {"name": require_str(b.get("name"), p + ".name"), "arguments": json.dumps(args)}})
         elif kind not in ("thinking", "redacted_thinking"):  # earlier thoughts are not rendered again
-            raise _bad(p + ".type", f"an assistant block must be 'text', 'thinking' or 'tool_use', got {kind!r}")
+            raise invalid_value(p + ".type", f"an assistant block must be 'text', 'thinking' or 'tool_use', got {kind!r}")
     msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if calls:
         msg["tool_calls"] = calls
@@ -156,13 +146,13 @@ def _messages(body: CountTokensRequest) -> list[dict[str, Any]]:
         p = f"messages[{i}]"
         role, content = m.get("role"), m.get("content")
         if role not in ("user", "assistant"):
-            raise _bad(p + ".role", f"must be 'user' or 'assistant', got {role!r}")
+            raise invalid_value(p + ".role", f"must be 'user' or 'assistant', got {role!r}")
         if isinstance(content, str):
             out.append({"role": role, "content": content})
         elif isinstance(content, list):
             out += _user(content, p + ".content") if role == "user" else [_assistant(content, p + ".content")]
         else:
-            raise _bad(p + ".content", "must be a string or a list of content blocks")
+            raise invalid_value(p + ".content", "must be a string or a list of content blocks")
     return out
 
 
