@@ -136,6 +136,7 @@ def test_budget_is_never_exceeded_and_nobody_is_lost(per_slot: bool, n_slots: in
                                                       n_batch: int, prompts: list[list[int]]) -> None:
     limit = capacity - 1
     reqs = [Req(p[:limit]) for p in prompts]
+    n_batch = max(n_batch, n_slots)  # every running slot's next token fits a step (ModelConfig checks it)
     s = Scheduler(n_slots, capacity, n_batch, per_slot=per_slot)
     s.queue.extend(reqs)
     for _ in range(400):
@@ -170,3 +171,8 @@ def test_cancelled_requests_leave_queue_and_slots() -> None:
     a.cancel_requested = b.cancel_requested = True
     jobs, waiting = s.take_cancelled()
     assert [j.req for j in jobs] == [a] and waiting == [b] and not s.queue
+
+
+def test_a_batch_smaller_than_the_slots_is_refused() -> None:
+    with pytest.raises(ValueError, match="n_batch=1 .*n_batch >= n_slots"):
+        Scheduler(2, 8, 1, per_slot=True)

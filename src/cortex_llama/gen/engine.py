@@ -56,7 +56,9 @@ class Engine:
     ``Engine(ctx)`` takes ownership of using ``ctx`` (nobody else may decode on
     it while the engine runs); :meth:`start` starts the thread, :meth:`submit`
     queues a :class:`Request`, :meth:`close` stops. The caller checks a
-    request's prompt against :attr:`capacity` before submitting.
+    request's prompt against :attr:`capacity` before submitting. Raises
+    ``ValueError`` when ``ctx``'s ``n_batch`` is smaller than its ``n_seq_max``
+    (every running request's next token goes into each step's batch).
     """
 
     def __init__(self, ctx: Context, *, max_queue: int | None = None, projector: Any = None,

@@ -142,9 +142,10 @@ class Scheduler:
 
     def __init__(self, n_slots: int, capacity: int, n_batch: int, *, per_slot: bool,
                  window_dropped: Callable[[int], bool] | None = None) -> None:
-        if n_slots < 1 or capacity < 1 or n_batch < 1:
+        if n_slots < 1 or capacity < 1 or n_batch < n_slots:
+            # every running slot's next token goes into each step's batch
             raise ValueError(f"bad scheduler sizes: n_slots={n_slots}, capacity={capacity}, "
-                             f"n_batch={n_batch}")
+                             f"n_batch={n_batch} (needs n_slots >= 1, capacity >= 1, n_batch >= n_slots)")
         self.capacity = capacity
         self.n_batch = n_batch
         self.per_slot = per_slot
