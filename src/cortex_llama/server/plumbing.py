@@ -29,7 +29,7 @@ from .state import ServerState
 if TYPE_CHECKING:
     from ..gen.request import Request
 
-__all__ = ["FINISH", "Job", "SSETemplate", "sse", "check_model", "check_counts", "gen_params", "constraint",
+__all__ = ["FINISH", "Job", "SSETemplate", "sse", "check_counts", "gen_params", "constraint",
            "choice_params", "submit", "submit_each", "results_or_disconnect", "stream_response", "merge",
            "merge_iters", "cancel_all", "chat_inputs", "native_prompts", "native_logit_bias",
            "native_n_predict", "native_params", "token_chunks"]
@@ -66,13 +66,6 @@ class SSETemplate:
 
 
 # -- request checks ---------------------------------------------------------------------------
-def check_model(name: str | None) -> None:
-    """Any model name is accepted while one model is served (as llama-server does):
-    clients often send a default such as ``gpt-4o-mini``; answers carry the served id.
-    Never raises."""
-    del name
-
-
 def check_counts(state: ServerState, n: int, max_tokens: int | None, param: str) -> None:
     """Raises :class:`APIError` (400) when ``n`` is more than the slots or
     ``max_tokens`` (the field ``param``) more than the context."""

@@ -25,7 +25,6 @@ from .chat_bridge import (Block, BlockCutter, BlockEvent, ChatRun, chat_body, ch
                           finish_chat, matched_stop, new_id, sse_event, start_chat, tool_input)
 from .errors import APIError, from_exception, invalid_value, require_str
 from .handlers import validation_error
-from .plumbing import check_model
 from .schemas import ChatCompletionRequest
 from .schemas_anthropic import CountTokensRequest, MessagesRequest
 from .state import ServerState, get_state
@@ -274,7 +273,6 @@ def _error_event(err: APIError) -> str:
 async def create_message(body: MessagesRequest, raw: HTTPRequest, state: ServerState = Depends(get_state)) -> Any:
     """A message in answer to ``messages``. Raises :class:`APIError` (answered in
     Anthropic's shape): 400 naming a bad field, 503 when the queue is full."""
-    check_model(body.model)
     run = await start_chat(state, _chat_request(body), NAMES)
     mid = new_id("msg_")
     if body.stream:
@@ -290,5 +288,4 @@ async def create_message(body: MessagesRequest, raw: HTTPRequest, state: ServerS
 async def count_tokens(body: CountTokensRequest, state: ServerState = Depends(get_state)) -> dict[str, int]:
     """``{"input_tokens": N}``: the prompt tokens ``/v1/messages`` would read for
     this body. Raises :class:`APIError` (400) naming a bad field."""
-    check_model(body.model)
     return {"input_tokens": await chat_tokens(state, _chat_request(body), NAMES)}

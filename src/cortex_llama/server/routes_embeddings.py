@@ -20,7 +20,6 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from .errors import APIError, from_exception
-from .plumbing import check_model
 from .schemas import ERROR_RESPONSES, Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from .state import ServerState, get_state
 
@@ -146,7 +145,6 @@ def _native(vecs: np.ndarray) -> JSONResponse:
 async def embeddings(body: EmbeddingRequest, state: ServerState = Depends(get_state)) -> Any:
     """Normalized embeddings of ``input`` (OpenAI's body), or of llama-server's
     ``content`` (its native body). Raises :class:`APIError` (400) naming the field."""
-    check_model(body.model)
     vecs, n_tokens, field = await _embed(state, body)
     if field == "content":
         return _native(vecs)

@@ -14,7 +14,7 @@ from starlette.requests import Request as HTTPRequest
 
 from .chat_bridge import chat_tokens
 from .errors import APIError
-from .plumbing import (Job, chat_inputs, check_counts, check_model, choice_params, constraint, gen_params,
+from .plumbing import (Job, chat_inputs, check_counts, choice_params, constraint, gen_params,
                        results_or_disconnect, stream_response, submit, submit_each, cancel_all)
 from .schemas import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
                       ERROR_RESPONSES, ModelCard, ModelList)
@@ -56,7 +56,6 @@ async def list_models(state: ServerState = Depends(get_state)) -> ModelList:
 @_route("GET", "/models/{model}", response_model=ModelCard, tags=["models"])
 async def get_model(model: str, state: ServerState = Depends(get_state)) -> ModelCard:
     """The served model, whatever name is asked for (one model is served)."""
-    check_model(model)
     return _card(state)
 
 
@@ -78,7 +77,6 @@ def _prompts(body: CompletionRequest) -> list[Union[str, list[int]]]:
 @_route("POST", "/completions", response_model=CompletionResponse, tags=["completions"])
 async def completions(body: CompletionRequest, raw: HTTPRequest, state: ServerState = Depends(get_state)) -> Any:
     """Text completion; ``stream`` answers Server-Sent Events ending with ``data: [DONE]``."""
-    check_model(body.model)
     llm = state.llm
     prompts = _prompts(body)
     max_tokens = body.max_tokens if body.max_tokens is not None else llm.config.context_size
@@ -105,7 +103,6 @@ async def chat_completions(body: ChatCompletionRequest, raw: HTTPRequest,
                            state: ServerState = Depends(get_state)) -> Any:
     """Chat completion through the model's chat template (llama.cpp's chat layer):
     tools and tool calls, reasoning_content, JSON output, streaming."""
-    check_model(body.model)
     llm = state.llm
     max_tokens = body.max_completion_tokens or body.max_tokens
     check_counts(state, body.n, max_tokens, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
@@ -148,5 +145,4 @@ async def chat_input_tokens(body: ChatCompletionRequest, state: ServerState = De
     """llama-server's ``{"object": "response.input_tokens", "input_tokens": N}``: the
     prompt tokens this chat request would read (its ``usage.prompt_tokens``),
     without generating. Raises :class:`APIError` (400) naming a bad field."""
-    check_model(body.model)
     return {"object": "response.input_tokens", "input_tokens": await chat_tokens(state, body, {})}

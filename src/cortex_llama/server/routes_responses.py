@@ -23,7 +23,7 @@ from ..conversation import ChatCompletion
 from .chat_bridge import (Block, BlockCutter, BlockEvent, ChatRun, chat_body, event_stream, finish_chat, new_id,
                           sse_event, start_chat)
 from .errors import APIError
-from .plumbing import Job, check_model
+from .plumbing import Job
 from .responses_items import ResponseStore, StoredResponse, get_store, items_to_messages, output_to_items
 from .schemas import ERROR_RESPONSES, ChatCompletionRequest
 from .schemas_responses import ResponsesRequest, ResponsesToolChoice
@@ -244,7 +244,6 @@ async def create_response(body: ResponsesRequest, raw: HTTPRequest, state: Serve
     """A model response to ``input`` (after ``previous_response_id``'s conversation).
     Raises :class:`APIError`: 400 naming a bad field or an unknown
     ``previous_response_id``, 503 when the queue is full."""
-    check_model(body.model)
     stored = store.get(body.previous_response_id).items if body.previous_response_id else []
     items = _input_items(body)
     run = await start_chat(state, _chat_request(body, items, stored), NAMES)
