@@ -20,6 +20,7 @@ class Req:
     prompt_tokens: list[int]
     tokens: list[int] = field(default_factory=list)
     cancel_requested: bool = False
+    pinned_slot: int | None = None
 
 
 def _run_step(s: Scheduler, token: int = 7) -> StepPlan:
@@ -176,3 +177,36 @@ def test_cancelled_requests_leave_queue_and_slots() -> None:
 def test_a_batch_smaller_than_the_slots_is_refused() -> None:
     with pytest.raises(ValueError, match="n_batch=1 .*n_batch >= n_slots"):
         Scheduler(2, 8, 1, per_slot=True)
+
+
+def test_a_pinned_request_waits_for_its_slot_and_holds_the_queue() -> None:
+    s = Scheduler(2, 64, 32, per_slot=True)
+    first = Req([1, 2])
+    s.queue.append(first)
+    (job, _), = s.plan().admitted
+    assert job.slot.seq_id == 0
+    pinned, behind = Req([3], pinned_slot=0), Req([4])
+    s.queue.extend([pinned, behind])
+    assert s.plan().admitted == []  # slot 1 is free, but the head wants slot 0 (FIFO)
+    s.release(job)
+    (job2, _), (job3, _) = s.plan().admitted
+    assert (job2.req, job2.slot.seq_id) == (pinned, 0)
+    assert (job3.req, job3.slot.seq_id) == (behind, 1)
+
+
+def test_reserved_slots_are_not_admitted_into_and_set_cached_is_reused() -> None:
+    s = Scheduler(2, 64, 32, per_slot=True)
+    s.reserved.add(0)
+    s.queue.append(Req([1, 2, 3]))
+    (job, _), = s.plan().admitted
+    assert job.slot.seq_id == 1
+    s.release(job)
+    s.reserved.clear()
+    s.set_cached(0, [9, 8, 7, 6])  # a restored slot file
+    s.queue.append(Req([9, 8, 7, 6, 5]))
+    (job, reused), = s.plan().admitted
+    assert (job.slot.seq_id, reused) == (0, 4)
+    with pytest.raises(ValueError, match="running a request"):
+        s.set_cached(0, [])
+    with pytest.raises(ValueError, match=r"slot 5 is not in \[0, 2\)"):
+        s.slot(5)

@@ -547,8 +547,9 @@ class Context(Owned):
                 raise StateError(_why(f"llama.cpp rejected {len(data)} bytes of state"))
 
     def save_state(self, path: PathLike, tokens: Sequence[int] | np.ndarray = (),
-                   seq_id: int | None = None) -> None:
-        """Save the state (or one sequence's) and ``tokens`` to a file."""
+                   seq_id: int | None = None) -> int:
+        """Save the state (or one sequence's) and ``tokens`` to a file; returns
+        the bytes written. Raises :class:`StateError` when llama.cpp cannot."""
         toks = np.ascontiguousarray(tokens, dtype=np.int32)
         raw = os.fsencode(os.fspath(path))
         with self._lock:
@@ -557,10 +558,13 @@ class Context(Owned):
             ids = ffi.from_buffer("llama_token[]", toks)
             if seq_id is None:
                 ok = lib.llama_state_save_file(ptr, raw, ids, toks.size)
+                written = os.path.getsize(raw) if ok else 0
             else:
-                ok = lib.llama_state_seq_save_file(ptr, raw, self._check_seq(seq_id), ids, toks.size) != 0
+                written = int(lib.llama_state_seq_save_file(ptr, raw, self._check_seq(seq_id), ids, toks.size))
+                ok = written != 0
             if not ok:
                 raise StateError(_why(f"could not save state to {os.fspath(path)}"))
+        return written
 
     def load_state(self, path: PathLike, seq_id: int | None = None,
                    max_tokens: int | None = None) -> np.ndarray:

@@ -51,6 +51,7 @@ from .conversation import (AsyncChatStream, ChatCompletion, ChatPlan, ChatStream
 from .gen.policy import GrammarConstraint, build_sampler
 from .gen.output import log_softmax_norm, top_logprobs
 from .gen.request import Request
+from .gen.slot_files import SlotFiles
 from .gen.streams import AsyncTextStream, TextStream
 from .model import Model
 from .multimodal import Projector
@@ -238,6 +239,14 @@ class LLM:
         return engine
 
     @property
+    def slots(self) -> SlotFiles:
+        """Save, restore and erase a slot's KV cache (llama-server's slot files):
+        ``llm.slots.save(0, path)``, ``.restore(1, path)``, ``.erase(0)``; a
+        request runs in a given slot with ``GenerationParams(slot=1)``. Raises
+        :class:`ClosedError` when unloaded."""
+        return SlotFiles(self._require_engine())
+
+    @property
     def model(self) -> Model:
         """The underlying :class:`Model` (object layer)."""
         return self._require()
@@ -329,6 +338,8 @@ class LLM:
         """A checked, not yet submitted request (raises like :meth:`submit`)."""
         engine = self._require_engine()
         model = self._require()
+        if p.slot is not None and p.slot >= self.config.n_seq_max:
+            raise ValueError(f"slot {p.slot} is not in [0, {self.config.n_seq_max}) (ModelConfig.n_seq_max)")
         toks = self._prompt_tokens(model, prompt, p)
         if sampler is not None:
             if not isinstance(sampler, SamplerChain):

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, Callable, TypeVar
 
 from ..context import Context
 from ..errors import ClosedError, KVCacheFullError, QueueFullError
@@ -42,6 +43,8 @@ from .scheduler import Job, Scheduler, Span, StepPlan
 from .selection import Pick, TokenPicker, select_tokens
 
 __all__ = ["Engine"]
+
+_T = TypeVar("_T")
 
 METRIC_COUNTERS = ("requests_total", "requests_finished", "requests_failed", "requests_cancelled",
                    "prompt_tokens_total", "prompt_tokens_reused", "prompt_tokens_evaluated",
@@ -80,6 +83,8 @@ class Engine:
         self._closing = False
         self._cancels = False  # set by wake(): some request asked to be cancelled
         self._thread: threading.Thread | None = None
+        #: (slot, fn, future) run in the loop once the slot is idle (see on_idle_slot)
+        self._slot_tasks: list[tuple[int, Callable[[], Any], Future[Any]]] = []
         self.stats: dict[str, int] = {k: 0 for k in METRIC_COUNTERS}
 
     # -- control (any thread) -----------------------------------------------------------
@@ -114,6 +119,38 @@ class Engine:
                     req.finish(FINISH_LENGTH)
             queue.extend(waiting)
             self._cv.notify()
+
+    def on_idle_slot(self, seq_id: int, fn: Callable[[], _T]) -> Future[_T]:
+        """Run ``fn()`` in the engine thread once slot ``seq_id`` runs no request
+        (no new request is admitted into it meanwhile), as llama-server defers its
+        slot actions; the future holds its result or exception. Raises
+        ``ValueError`` for a slot outside ``[0, n_seq_max)`` and
+        :class:`ClosedError` after :meth:`close`."""
+        fut: Future[_T] = Future()
+        with self._cv:
+            if self._closing:
+                raise ClosedError("the engine is closed (LLM unloaded)")
+            self.scheduler.slot(seq_id)
+            self.scheduler.reserved.add(seq_id)
+            self._slot_tasks.append((seq_id, fn, fut))
+            self._cv.notify()
+        return fut
+
+    def _run_slot_tasks(self) -> None:
+        """Run the slot tasks whose slot is idle now, in submission order."""
+        with self._cv:
+            ready = [t for t in self._slot_tasks if self.scheduler.slot(t[0]).job is None]
+            for t in ready:
+                self._slot_tasks.remove(t)
+        for seq_id, fn, fut in ready:
+            if fut.set_running_or_notify_cancel():  # False: its caller gave up waiting
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # noqa: BLE001 - the caller's failure, in its future
+                    fut.set_exception(exc)
+            with self._cv:
+                if not any(t[0] == seq_id for t in self._slot_tasks):
+                    self.scheduler.reserved.discard(seq_id)
 
     def wake(self) -> None:
         """A request was cancelled: make the loop look at its requests now."""
@@ -156,7 +193,8 @@ class Engine:
         try:
             while True:
                 with self._cv:
-                    while not self._closing and not sched.has_work() and not self._cancels:
+                    while (not self._closing and not sched.has_work() and not self._cancels
+                           and not self._slot_tasks):
                         self._cv.wait()
                     if self._closing:
                         break
@@ -169,6 +207,8 @@ class Engine:
 
     def _step(self) -> None:
         """plan, execute, select, update."""
+        if self._slot_tasks:
+            self._run_slot_tasks()
         if self._cancels:
             self._cancels = False
             self._drop_cancelled()
@@ -195,7 +235,7 @@ class Engine:
             req = self._request(job)
             self._pickers[id(job)] = TokenPicker(req.sampler, req.params.logprobs is not None)
             self._count("prompt_tokens_reused", reused)
-            req.admitted(reused)
+            req.admitted(reused, job.slot.seq_id)
         for job in plan.preempted:
             self._pickers.pop(id(job), None)
             self._count("preemptions_total")
@@ -272,6 +312,9 @@ class Engine:
         with self._cv:
             waiting = list(self.scheduler.queue)
             self.scheduler.queue.clear()
+            tasks, self._slot_tasks = self._slot_tasks, []
+        for _, _, fut in tasks:
+            fut.set_exception(ClosedError("the LLM was closed before this slot operation ran"))
         for job in list(self.scheduler.jobs):
             self._end_job(job, error=ClosedError("the LLM was closed while this request ran"))
         for req in waiting:

@@ -135,6 +135,7 @@ class GenerationParams:
     logit_bias: Mapping[int, float] | None = None
     logprobs: int | None = None
     truncate: bool = False  # drop the start of a too-long prompt instead of raising
+    slot: int | None = None  # run in this slot (llama-server's id_slot; None: the best free one)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -160,6 +161,8 @@ class GenerationParams:
             raise ValueError(f"GenerationParams.seed must be in [0, 2**32), got {self.seed}")
         if self.grammar is not None and self.json_schema is not None:
             raise ValueError("GenerationParams: give grammar or json_schema, not both")
+        if self.slot is not None and self.slot < 0:
+            raise ValueError(f"GenerationParams.slot must be >= 0 or None, got {self.slot}")
         if self.logprobs is not None and self.logprobs < 0:
             raise ValueError(f"GenerationParams.logprobs must be >= 0, got {self.logprobs}")
 

@@ -61,6 +61,8 @@ class Request:
         self._parts: list[str] = []  # text deltas delivered so far
         self.logprobs = self.output.logprobs
         self.finish_reason: str | None = None
+        #: the slot (KV sequence) it runs in, once admitted
+        self.slot: int | None = None
         self.usage = Usage(prompt_tokens=len(prompt_tokens))
         self.timings = Timings()
         self._t_submit = time.perf_counter()
@@ -89,6 +91,11 @@ class Request:
     @property
     def cancel_requested(self) -> bool:
         return self._cancel
+
+    @property
+    def pinned_slot(self) -> int | None:
+        """The slot this request must run in (``GenerationParams.slot``)."""
+        return self.params.slot
 
     @property
     def error(self) -> BaseException | None:
@@ -192,8 +199,10 @@ class Request:
                 self._notify()
 
     # -- engine side ------------------------------------------------------------------
-    def admitted(self, cached_tokens: int) -> None:
-        """The engine gave this request a slot (first time only counts)."""
+    def admitted(self, cached_tokens: int, slot: int | None = None) -> None:
+        """The engine gave this request ``slot`` (first time only counts)."""
+        if slot is not None:
+            self.slot = slot
         if self._t_admit is None:
             self._t_admit = time.perf_counter()
             self.usage.cached_tokens = cached_tokens

@@ -19,8 +19,9 @@ used first when room is needed, and when the running requests outgrow the cache
 the youngest is preempted (its cells freed, back to the head of the queue with
 its tokens; it resumes by re-evaluating them).
 
-**Policy.** Admission is FIFO. A request gets the free slot whose cached tokens
-share the longest prefix with it (those tokens are not evaluated again); when a
+**Policy.** Admission is FIFO. A request pinned to a slot waits for that slot
+(and the requests behind it wait too); any other gets the free slot, not
+reserved for a slot file operation, whose cached tokens share the longest prefix with it (those tokens are not evaluated again); when a
 running slot shares a longer one, its cells are copied instead. Each step
 decodes the next token of every running request, then spends the rest of the
 ``n_batch`` budget on prompt chunks, oldest request first: a new prompt starts
@@ -50,6 +51,10 @@ class Schedulable(Protocol):
 
     @property
     def cancel_requested(self) -> bool: ...
+
+    @property
+    def pinned_slot(self) -> int | None:
+        """The slot this request must run in (llama-server's ``id_slot``), or None."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,8 @@ class Scheduler:
         self.slots = [SlotState(i) for i in range(n_slots)]
         self.jobs: list[Job] = []  # running, in admission order
         self.queue: collections.deque[Schedulable] = collections.deque()  # waiting, FIFO
+        #: slots held back from admission (a slot file operation waits for them)
+        self.reserved: set[int] = set()
         self._order = 0
         self._tick = 0
 
@@ -172,6 +179,21 @@ class Scheduler:
 
     def has_work(self) -> bool:
         return bool(self.queue or self.jobs)
+
+    def slot(self, seq_id: int) -> SlotState:
+        """Slot ``seq_id``; raises ``ValueError`` outside ``[0, n_slots)``."""
+        if not 0 <= seq_id < len(self.slots):
+            raise ValueError(f"slot {seq_id} is not in [0, {len(self.slots)})")
+        return self.slots[seq_id]
+
+    def set_cached(self, seq_id: int, tokens: Sequence[int]) -> None:
+        """Slot ``seq_id`` (idle) now holds ``tokens`` at positions 0.. (a restored
+        slot file, or ``[]`` once its cells were erased)."""
+        slot = self.slot(seq_id)
+        if slot.job is not None:
+            raise ValueError(f"slot {seq_id} is running a request")
+        slot.cached[:] = list(tokens)
+        slot.last_used = self._tick
 
     # -- the engine reports ------------------------------------------------------------------
     def committed(self, span: Span) -> None:
@@ -221,10 +243,12 @@ class Scheduler:
 
     def _admit(self, plan: StepPlan) -> None:
         while self.queue:
-            free = [s for s in self.slots if s.job is None]
+            req = self.queue[0]
+            pinned = req.pinned_slot
+            free = [s for s in self.slots if s.job is None and s.seq_id not in self.reserved
+                    and (pinned is None or s.seq_id == pinned)]
             if not free:
                 return
-            req = self.queue[0]
             feed = req.prompt_tokens + req.tokens  # a preempted request resumes from here
             slot, reuse = self._best_slot(free, feed, plan)
             src, shared = self._best_running(feed)
