@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -391,8 +392,6 @@ def _slot_context(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The OpenAI-compatible HTTP server (needs the ``server`` extra)."""
-    import os
-
     try:
         from .server import serve
     except ImportError as exc:
@@ -436,6 +435,8 @@ def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
     sampling = {field: getattr(args, flag) for flag, field in _SAMPLING_FLAGS.items()
                 if getattr(args, flag) is not None}
     GenerationParams(**sampling)  # checks the values
+    if args.slot_save_path:
+        os.makedirs(args.slot_save_path, exist_ok=True)
     return {"n_predict": args.n_predict, "sampling": sampling, "slots_endpoint": args.slots,
             "metrics_endpoint": args.metrics, "slot_save_path": args.slot_save_path,
             "enable_thinking": {"on": True, "off": False, "auto": None}[args.reasoning]}
@@ -456,8 +457,9 @@ def _serve_llama_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slots", action=argparse.BooleanOptionalAction, default=True,
                    help="GET /slots (default: on, as llama-server)")
     p.add_argument("--metrics", action="store_true", help="GET /metrics (Prometheus; default: off, 501)")
-    p.add_argument("--slot-save-path", default=None, help="llama-server's slot save folder (accepted; the "
-                   "save/restore actions answer 501 on this engine)")
+    p.add_argument("--slot-save-path", default=None, metavar="DIR",
+                   help="folder of the slot files of POST /slots/{id}?action=save|restore (created if "
+                        "missing; without it slot actions answer 501, as llama-server)")
     p.add_argument("--jinja", action=argparse.BooleanOptionalAction, default=True,
                    help="accepted for llama-server's sake: chat templates always run through Jinja")
     p.add_argument("-rea", "--reasoning", choices=["on", "off", "auto"], default="auto",

@@ -51,7 +51,7 @@ from .conversation import (AsyncChatStream, ChatCompletion, ChatPlan, ChatStream
 from .gen.policy import GrammarConstraint, build_sampler
 from .gen.output import log_softmax_norm, top_logprobs
 from .gen.request import Request
-from .gen.slot_files import SlotFiles
+from .gen.slot_files import Slots
 from .gen.streams import AsyncTextStream, TextStream
 from .model import Model
 from .multimodal import Projector
@@ -239,12 +239,12 @@ class LLM:
         return engine
 
     @property
-    def slots(self) -> SlotFiles:
+    def slots(self) -> Slots:
         """Save, restore and erase a slot's KV cache (llama-server's slot files):
         ``llm.slots.save(0, path)``, ``.restore(1, path)``, ``.erase(0)``; a
         request runs in a given slot with ``GenerationParams(slot=1)``. Raises
         :class:`ClosedError` when unloaded."""
-        return SlotFiles(self._require_engine())
+        return Slots(self._require_engine())
 
     @property
     def model(self) -> Model:

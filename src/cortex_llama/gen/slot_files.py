@@ -26,7 +26,7 @@ from ..errors import StateError
 from .engine import Engine
 from .scheduler import Scheduler
 
-__all__ = ["SlotFiles", "SlotFileResult", "pack_tokens", "unpack_tokens", "save_slot", "restore_slot",
+__all__ = ["Slots", "SlotFileResult", "pack_tokens", "unpack_tokens", "save_slot", "restore_slot",
            "erase_slot"]
 
 _T = TypeVar("_T")
@@ -121,9 +121,10 @@ def erase_slot(ctx: Context, sched: Scheduler, seq_id: int) -> int:
     return n
 
 
-class SlotFiles:
-    """Slot file operations on an engine's slots (``LLM.slots``): each waits
-    until the slot runs no request, then runs in the engine thread.
+class Slots:
+    """An engine's slots (``LLM.slots``): what they hold, and slot file
+    operations, each of which waits until the slot runs no request, then runs
+    in the engine thread.
 
     Every method raises ``ValueError`` for a slot outside ``[0, n_seq_max)``,
     :class:`ClosedError` when the LLM is closed, ``TimeoutError`` when
@@ -159,3 +160,7 @@ class SlotFiles:
     def cached_tokens(self, seq_id: int) -> int:
         """How many tokens slot ``seq_id`` holds now (a snapshot)."""
         return len(self._engine.scheduler.slot(seq_id).cached)
+
+    def is_busy(self, seq_id: int) -> bool:
+        """Whether slot ``seq_id`` runs a request now (a snapshot)."""
+        return self._engine.scheduler.slot(seq_id).job is not None

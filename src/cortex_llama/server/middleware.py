@@ -138,16 +138,20 @@ class CountingMiddleware:
 class JSONBodyMiddleware:
     """Answers 415 to a POST whose ``Content-Type`` is not JSON (``application/json``
     or ``application/*+json``). A browser page may send ``text/plain`` or form
-    bodies to any origin without a CORS preflight; JSON needs one."""
+    bodies to any origin without a CORS preflight; JSON needs one. A POST with
+    no body and no ``Content-Type`` (``Content-Length: 0``, as llama-server's
+    ``/slots/{id}?action=erase`` is called) passes: it carries nothing to run."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            raw = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+            headers = dict(scope["headers"])
+            raw = headers.get(b"content-type", b"").decode("latin-1")
             mime = raw.split(";", 1)[0].strip().lower()
-            if mime != "application/json" and not (mime.startswith("application/") and mime.endswith("+json")):
+            bodiless = not raw and headers.get(b"content-length") == b"0" and b"transfer-encoding" not in headers
+            if not bodiless and mime != "application/json" and not (mime.startswith("application/") and mime.endswith("+json")):
                 shown = f"Content-Type {raw[:80]!r}" if raw else "no Content-Type"
                 await send_error(send, APIError(415, f"{shown}: the request body must be JSON, sent with "
                                                      "'Content-Type: application/json'",

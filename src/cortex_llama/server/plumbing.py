@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import Request as HTTPRequest
 
 from ..llm import Completion, GenerationParams
-from .errors import APIError, exceed_context, from_exception
+from .errors import APIError, exceed_context, from_exception, invalid_value
 from .schemas import (ChatCompletionRequest, CompletionRequest, NamedToolChoice, NativeCompletionRequest,
                       PromptTokensDetails, Usage)
 from .state import ServerState
@@ -443,6 +443,10 @@ def native_params(state: ServerState, body: NativeCompletionRequest) -> Generati
     if body.ignore_eos:
         bias.update({t: float("-inf") for t in state.eog_tokens()})
     n = native_n_predict(state, body.n_predict if body.n_predict is not None else body.max_tokens)
+    if body.id_slot >= state.llm.config.n_seq_max or body.id_slot < -1:
+        raise invalid_value("id_slot", f"{body.id_slot} is not -1 (any slot) or in [0, {state.llm.config.n_seq_max})")
+    if body.id_slot >= 0:
+        kw["slot"] = body.id_slot
     try:
         return GenerationParams(max_tokens=n if n >= 0 else state.llm.config.context_size,
                                 logprobs=body.n_probs or None, grammar=body.grammar,

@@ -4,18 +4,20 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import os
+from typing import Any, Optional
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request as HTTPRequest
 
-from .errors import APIError, from_exception
+from ..errors import StateError
+from .errors import APIError, from_exception, invalid_value
 from .infill import infill_tokens
 from .plumbing import (Job, cancel_all, chat_inputs, native_n_predict, native_params, native_prompts,
                        results_or_disconnect, stream_response, submit)
 from .schemas import (ERROR_RESPONSES, ApplyTemplateResponse, ChatCompletionRequest, DetokenizeRequest, DetokenizeResponse,
-                      HealthResponse, InfillRequest, NativeCompletionRequest, TokenizeRequest, TokenizeResponse, TokenPiece)
+                      HealthResponse, InfillRequest, NativeCompletionRequest, SlotActionRequest, TokenizeRequest, TokenizeResponse, TokenPiece)
 from .shaping import generation_settings, native_final, stream_native
 from .state import ServerState, get_state
 
@@ -185,33 +187,62 @@ async def set_props() -> None:
 
 @router.get("/slots", responses=ERROR_RESPONSES, tags=["server"])
 async def slots(state: ServerState = Depends(get_state)) -> list[dict[str, Any]]:
-    """llama-server's slot states: ``id``, ``n_ctx``, ``is_processing`` (the engine
-    reports how many slots are busy, not which: the first ones are shown busy).
-    Raises :class:`APIError` 501 when started with ``--no-slots``."""
+    """llama-server's slot states: ``id``, ``n_ctx``, ``is_processing`` and the
+    tokens cached (``n_cached``). Raises :class:`APIError` 501 when started with
+    ``--no-slots``."""
     if not state.slots_endpoint:
         raise APIError(501, "this server does not serve /slots: start it without --no-slots",
                        type="not_supported_error", code="slots_disabled")
-    busy = int(state.engine_metrics().get("slots_busy", 0))
+    slots = state.llm.slots
     n_ctx = state.llm.config.context_size
-    return [{"id": i, "n_ctx": n_ctx, "speculative": False, "is_processing": i < busy}
-            for i in range(state.llm.config.n_seq_max)]
+    return [{"id": i, "n_ctx": n_ctx, "speculative": False, "is_processing": slots.is_busy(i),
+             "n_cached": slots.cached_tokens(i)} for i in range(state.llm.config.n_seq_max)]
 
 
 @router.post("/slots/{id_slot}", responses=ERROR_RESPONSES, tags=["server"])
-async def slot_action(id_slot: int, action: str = "", state: ServerState = Depends(get_state)) -> None:
-    """llama-server's ``?action=save|restore|erase`` of a slot. Raises
-    :class:`APIError`: 400 for another action or slot id, 501 otherwise (without
-    ``--slot-save-path`` as llama-server; with it, because the engine owns its
-    slots' KV state and has no save/restore)."""
-    if action not in ("save", "restore", "erase"):
-        raise APIError(400, f"action: {action!r} is not save, restore or erase", param="action",
-                       code="invalid_value")
-    if not 0 <= id_slot < state.llm.config.n_seq_max:
-        raise APIError(400, f"id_slot: {id_slot} is not in [0, {state.llm.config.n_seq_max})", param="id_slot",
-                       code="invalid_value")
+async def slot_action(id_slot: int, action: str = "", body: Optional[SlotActionRequest] = None,
+                      state: ServerState = Depends(get_state)) -> dict[str, Any]:
+    """llama-server's ``?action=save|restore|erase`` of a slot, with files in
+    ``--slot-save-path`` (each waits until the slot runs no request). Raises
+    :class:`APIError`: 501 without ``--slot-save-path`` (as llama-server); 400 for
+    another action, slot id or file name, a missing file or one that does not
+    restore; 500 when the file cannot be written."""
     if state.slot_save_path is None:
         raise APIError(501, "this server does not support slot actions: start it with --slot-save-path",
                        type="not_supported_error", code="not_supported")
-    raise APIError(501, f"slot {action}: not supported by this engine (its scheduler owns the slots' KV "
-                        "cache); --slot-save-path is accepted only", type="not_supported_error",
-                   code="not_supported")
+    if action not in ("save", "restore", "erase"):
+        raise invalid_value("action", f"{action!r} is not save, restore or erase")
+    if not 0 <= id_slot < state.llm.config.n_seq_max:
+        raise invalid_value("id_slot", f"{id_slot} is not in [0, {state.llm.config.n_seq_max})")
+    slots = state.llm.slots
+    if action == "erase":
+        return {"id_slot": id_slot, "n_erased": await asyncio.to_thread(slots.erase, id_slot)}
+    name = slot_file_name(body.filename if body is not None else None)
+    path = os.path.join(state.slot_save_path, name)
+    try:
+        if action == "save":
+            done = await asyncio.to_thread(slots.save, id_slot, path)
+            return {"id_slot": id_slot, "filename": name, "n_saved": done.n_tokens, "n_written": done.n_bytes,
+                    "timings": {"save_ms": done.ms}}
+        done = await asyncio.to_thread(slots.restore, id_slot, path)
+    except FileNotFoundError:
+        raise invalid_value("filename", f"{name!r} is not in the slot save folder") from None
+    except StateError as exc:
+        if action == "save":
+            raise APIError(500, f"unable to save slot {id_slot}: {exc}", code="slot_save_failed") from None
+        raise invalid_value("filename", f"unable to restore slot {id_slot}: {exc}") from None
+    return {"id_slot": id_slot, "filename": name, "n_restored": done.n_tokens, "n_read": done.n_bytes,
+            "timings": {"restore_ms": done.ms}}
+
+
+def slot_file_name(name: str | None) -> str:
+    """``name`` when it is a plain file name (no folder part, no ``..``, no NUL,
+    at most 255 bytes), as llama-server's ``fs_validate_filename``; raises
+    :func:`invalid_value` naming ``filename`` else."""
+    if not name:
+        raise invalid_value("filename", "a file name in the slot save folder is required")
+    bad = (name in (".", "..") or any(c in name for c in "/\\\0") or len(name.encode()) > 255
+           or name != name.strip() or any(ord(c) < 32 for c in name))
+    if bad:
+        raise invalid_value("filename", f"{name[:80]!r} is not a plain file name")
+    return name

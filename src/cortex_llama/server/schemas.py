@@ -23,6 +23,7 @@ __all__ = [
     "EmbeddingResponse", "TokenPiece", "TokenizeResponse", "DetokenizeResponse", "HealthResponse",
     "ErrorDetail", "ErrorResponse", "UNION_MEMBER_NAMES", "NativeCompletionRequest", "InfillRequest",
     "InfillChunk",
+    "SlotActionRequest",
 ]
 
 MAX_STOP = 16  # stop strings per request
@@ -545,6 +546,12 @@ class NativeCompletionRequest(_Request):
         if self.seed is not None and self.seed < -1:
             raise ValueError(f"seed: {self.seed} is not -1 (random) or a seed >= 0")
         return self
+
+
+class SlotActionRequest(_Request):
+    """The body of ``/slots/{id}?action=save|restore``: the file in ``--slot-save-path``."""
+
+    filename: str | None = None
 
 
 class InfillChunk(_Request):
