@@ -39,6 +39,7 @@ from .model import Detokenizer, Model, Vocab, quantize
 from .sampling import Candidates, PySampler, Sampler, SamplerChain
 from .gen.request import Request
 from .llm import LLM, Completion, GenerationParams, ModelConfig
+from .rerank import RerankResult
 from .chat import ChatDelta, ChatTemplates, ChatParser
 from .conversation import ChatCompletion, ChatOptions, ToolCall
 
@@ -47,7 +48,7 @@ __all__ = [
     "Model", "Vocab", "Detokenizer", "quantize",
     "Context", "LoraAdapter", "Batch",
     "Sampler", "SamplerChain", "PySampler", "Candidates",
-    "LLM", "ModelConfig", "GenerationParams", "Completion", "Request",
+    "LLM", "ModelConfig", "GenerationParams", "Completion", "Request", "RerankResult",
     "LlamaError", "ModelLoadError", "ContextError", "ClosedError", "DecodeError",
     "KVCacheFullError", "AbortedError", "InvalidBatchError", "FatalDecodeError",
     "TokenizeError", "GrammarError", "StateError", "TemplateError", "RPCError",

@@ -406,7 +406,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with LLM(args.model, context_size=_slot_context(args), threads=args.threads, gpu_layers=args.gpu_layers,
              batch_size=args.batch_size, ubatch_size=args.ubatch_size, seed=args.seed, chat_template=template,
              n_seq_max=args.parallel, kv_unified=args.kv_unified,
-             flash_attn={"on": True, "off": False, "auto": None}[args.flash_attn], embeddings=args.embeddings,
+             flash_attn={"on": True, "off": False, "auto": None}[args.flash_attn], embeddings=args.embeddings or args.reranking,
+             pooling="rank" if args.reranking else args.pooling,
              max_queue=args.max_queue, rpc_servers=rpc_servers,
              mmproj=args.mmproj, progress=_progress()) as llm:
         serve(llm, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("CORTEX_LLAMA_API_KEY"),
@@ -585,7 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="llama-server's --reasoning-format: where a model's thoughts go (default: auto, "
                         "message.reasoning_content)")
     p.add_argument("--chat-template-file", default=None, help="a file holding a Jinja chat template")
-    p.add_argument("--embeddings", action="store_true", help="enable /v1/embeddings")
+    p.add_argument("--embeddings", "--embedding", action="store_true", help="enable /v1/embeddings")
+    p.add_argument("--reranking", "--rerank", action="store_true",
+                   help="serve /rerank with a reranking model (embeddings with rank pooling)")
+    p.add_argument("--pooling", default=None, choices=["none", "mean", "cls", "last", "rank"],
+                   help="the embeddings' pooling (default: the model's)")
     p.add_argument("--mmproj", default=None,
                    help="a multimodal projector GGUF: image_url / input_audio parts in chat messages")
     p.add_argument("--media-path", default=None, metavar="DIR",

@@ -124,6 +124,10 @@ class Context(Owned):
             raise ValueError(f"n_threads_batch must be >= 1, got {n_threads_batch}")
         p.embeddings = bool(embeddings)
         p.pooling_type = _choice(POOLING_TYPES, pooling, "pooling")
+        if pooling == "rank" and not model.has_ranking_head:
+            # llama.cpp would pool the hidden state and call its first value a score
+            raise ValueError(f"pooling='rank' needs a reranking model: {model.path} has no ranking head "
+                             f"(its GGUF does not declare {model.architecture}.pooling_type rank)")
         p.attention_type = _choice(ATTENTION_TYPES, attention, "attention")
         p.flash_attn_type = _choice(FLASH_ATTN_TYPES, flash_attn, "flash_attn")
         p.rope_scaling_type = _choice(ROPE_SCALING_TYPES, rope_scaling, "rope_scaling")
@@ -424,14 +428,16 @@ class Context(Owned):
         return self._row(lib.llama_get_embeddings_ith, i, self._n_embd, "embeddings").copy()
 
     def seq_embeddings(self, seq_id: int) -> np.ndarray:
-        """Copy of the pooled embedding of sequence ``seq_id`` (pooling other than none)."""
+        """Copy of the pooled embedding of sequence ``seq_id`` (pooling other than
+        none); with rank pooling, its ``n_cls_out`` scores."""
         ptr = self._check()
         self._check_seq(seq_id)
         row = lib.llama_get_embeddings_seq(ptr, seq_id)
         if row == ffi.NULL:
             raise IndexError(f"no pooled embedding for sequence {seq_id} (pooling is "
                              f"{self.pooling!r}; embeddings={self._embeddings})")
-        return np.frombuffer(ffi.buffer(row, self._n_embd * 4), dtype=np.float32).copy()
+        width = self.model.n_cls_out if self.pooling == "rank" else self._n_embd
+        return np.frombuffer(ffi.buffer(row, width * 4), dtype=np.float32).copy()
 
     @property
     def pooling(self) -> str | None:

@@ -93,7 +93,8 @@ class Embedder:
         pooling = pooling or self.pooling or "mean"
         with self._lock:
             ctx = self._context(pooling)
-            out = np.empty((len(items), model.n_embd), dtype=np.float32)
+            width = model.n_cls_out if ctx.pooling == "rank" else model.n_embd
+            out = np.empty((len(items), width), dtype=np.float32)
             batch = Batch(ctx.n_batch, ctx.n_seq_max, n_vocab=model.n_vocab)
             i = 0
             while i < len(items):

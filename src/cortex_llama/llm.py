@@ -54,6 +54,7 @@ from .gen.request import Request
 from .gen.slot_files import Slots
 from .gen.streams import AsyncTextStream, TextStream
 from .model import Model
+from .rerank import RerankResult, ranked, rerank_tokens
 from .multimodal import Projector
 from .sampling import SamplerChain
 
@@ -145,7 +146,8 @@ class LLM:
         """Load the model, create the context and start the engine thread (no-op
         when loaded).
 
-        Raises :class:`ModelLoadError` / :class:`ContextError`.
+        Raises :class:`ModelLoadError` / :class:`ContextError`, and ``ValueError``
+        for rank pooling on a model without a ranking head.
         """
         with self._life:
             if self._model is not None:
@@ -159,6 +161,9 @@ class LLM:
             # auto, and a KV stream per slot unless kv_unified (see ModelConfig)
             n_ctx = c.context_size if c.kv_unified else c.context_size * c.n_seq_max
             try:
+                if c.embeddings and c.pooling == "rank" and not model.has_ranking_head:
+                    raise ValueError(f"ModelConfig.pooling='rank' needs a reranking model: {model.path} has "
+                                     f"no ranking head (its GGUF does not declare rank pooling)")
                 ctx = Context(model, n_ctx=n_ctx, n_batch=c.batch_size, n_ubatch=c.ubatch_size,
                               n_seq_max=c.n_seq_max, n_threads=c.threads, n_threads_batch=c.threads_batch,
                               flash_attn=c.resolved_flash_attn, type_k=c.type_k, type_v=c.type_v,
@@ -555,6 +560,31 @@ class LLM:
         if embedder is None:
             raise disabled()
         return embedder.embed(texts, pooling=pooling, normalize=normalize)
+
+    def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None) -> list[RerankResult]:
+        """Score ``documents`` against ``query`` with the model's ranking head
+        (rank pooling; ``ModelConfig(embeddings=True)`` and a reranking GGUF);
+        returns :class:`RerankResult` best first, at most ``top_n``.
+
+        Raises ``ValueError`` for an empty query or no documents, a non-string
+        document, a model without a ranking head or a pair longer than the batch
+        size; :class:`LlamaError` when embeddings are disabled,
+        :class:`ClosedError` when unloaded.
+        """
+        model = self._require()
+        embedder = self._embedder
+        if embedder is None:
+            raise disabled()
+        if not isinstance(query, str) or not query:
+            raise ValueError("query must be a non-empty string")
+        docs = [documents] if isinstance(documents, str) else list(documents)
+        if not docs or not all(isinstance(d, str) for d in docs):
+            raise ValueError("documents must be a non-empty list of strings")
+        if top_n is not None and top_n < 0:
+            raise ValueError(f"top_n must be >= 0, got {top_n}")
+        pairs = [rerank_tokens(model, query, d) for d in docs]
+        scores = embedder.embed(pairs, pooling="rank", normalize=False)[:, 0]
+        return ranked(scores, [len(p) for p in pairs], top_n)
 
     # -- asyncio -----------------------------------------------------------------
     async def acomplete(self, prompt: str | Sequence[int], params: GenerationParams | None = None,

@@ -318,6 +318,18 @@ class Model(Owned):
     def architecture(self) -> str | None:
         return self.meta("general.architecture")
 
+    @property
+    def has_ranking_head(self) -> bool:
+        """Whether the GGUF declares a reranker (``<arch>.pooling_type`` is rank,
+        as llama.cpp's converter writes for models with a classification head):
+        only then does ``pooling="rank"`` give relevance scores."""
+        return self.meta(f"{self.architecture}.pooling_type") == str(int(lib.LLAMA_POOLING_TYPE_RANK))
+
+    @property
+    def n_cls_out(self) -> int:
+        """Outputs of the classification head (rank pooling's scores per sequence)."""
+        return int(lib.llama_model_n_cls_out(self._check()))
+
     def meta(self, key: str) -> str | None:
         """One metadata value as a string, or None when the key is absent."""
         ptr = self._check()
@@ -488,6 +500,11 @@ class Vocab:
     def add_eos(self) -> bool:
         """Whether tokenizing with ``add_special`` ends with EOS (the GGUF's flag)."""
         return bool(lib.llama_vocab_get_add_eos(self._v()))
+
+    @property
+    def add_sep(self) -> bool:
+        """Whether a pair of texts is joined by SEP (the GGUF's flag; BERT-style rerankers)."""
+        return bool(lib.llama_vocab_get_add_sep(self._v()))
 
     def is_eog(self, token: int) -> bool:
         """True for end-of-generation tokens (eos, eot, ...)."""

@@ -32,6 +32,9 @@ _SPACE = "\u2581"  # SentencePiece's word-boundary marker
 _SPECIAL = [("<unk>", _UNKNOWN), ("<s>", _CONTROL), ("</s>", _CONTROL),
             ("<|im_start|>", _CONTROL), ("<|im_end|>", _CONTROL)]
 # llama.cpp finds a vocab's FIM tokens by these texts (fim_pre, fim_suf, fim_mid, fim_rep, fim_sep)
+#: a ranking model's prompt (llama-server fills in {query} and {document}), Qwen3-reranker style
+RERANK_TEMPLATE = ("<|im_start|>user\nDoes the document answer the query? Query: {query}\nDocument: {document}"
+                   "<|im_end|>\n<|im_start|>assistant\n")
 _FIM = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|repo_name|>", "<|file_sep|>"]
 
 
@@ -52,6 +55,9 @@ class TestModelSpec:
     seed: int = 0
     name: str = "cortex-llama test model"
     fim: bool = False  # end the vocab with Qwen-style fill-in-the-middle control tokens (_FIM)
+    #: a reranker: Qwen3's architecture (q/k norms) with a one-output classification
+    #: head (``cls.output``) and rank pooling declared, as llama.cpp converts Qwen3 rerankers
+    ranking_head: bool = False
 
     def __post_init__(self) -> None:
         if self.n_vocab < len(_SPECIAL) + 256 + 1 + (len(_FIM) if self.fim else 0):
@@ -133,6 +139,9 @@ def _tensors(spec: TestModelSpec) -> dict[str, np.ndarray]:
         tensors[p + "attn_k.weight"] = mat(n_embd_kv, spec.n_embd, s_in)
         tensors[p + "attn_v.weight"] = mat(n_embd_kv, spec.n_embd, s_in)
         tensors[p + "attn_output.weight"] = mat(spec.n_embd, spec.n_embd, s_in)
+        if spec.ranking_head:  # Qwen3's per-head q/k RMS norms
+            tensors[p + "attn_q_norm.weight"] = norm()[:head_dim].copy()
+            tensors[p + "attn_k_norm.weight"] = norm()[:head_dim].copy()
         tensors[p + "ffn_norm.weight"] = norm()
         tensors[p + "ffn_gate.weight"] = mat(spec.n_ff, spec.n_embd, s_in)
         tensors[p + "ffn_up.weight"] = mat(spec.n_ff, spec.n_embd, s_in)
@@ -141,6 +150,9 @@ def _tensors(spec: TestModelSpec) -> dict[str, np.ndarray]:
     # A wide output projection spreads the logits, so greedy picks are far from
     # ties and stay identical across batch shapes and thread counts.
     tensors["output.weight"] = mat(spec.n_vocab, spec.n_embd, 4.0 * s_in)
+    if spec.ranking_head:
+        # two outputs, "yes" and "no", softmaxed by llama.cpp: the score is P(yes)
+        tensors["cls.output.weight"] = mat(2, spec.n_embd, 4.0 * s_in).astype(np.float32)
     return tensors
 
 
@@ -151,7 +163,8 @@ def make_test_model(
     chat_template: str | None = CHATML_TEMPLATE,
     **overrides: Any,
 ) -> Path:
-    """Write a llama-architecture GGUF model with random weights to ``path``.
+    """Write a llama-architecture GGUF model with random weights to ``path``
+    (Qwen3's, with a classification head, for ``ranking_head=True``).
 
     ``preset`` is a name from :data:`PRESETS` (``tiny``, ``small``, ``1b``) or a
     :class:`TestModelSpec`; keyword ``overrides`` replace fields of it (``seed=1``,
@@ -178,7 +191,7 @@ def make_test_model(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), "qwen3" if spec.ranking_head else "llama")
     writer.add_name(spec.name)
     writer.add_description("random weights made by cortex_llama.testmodel: " + str(asdict(spec)))
     writer.add_context_length(spec.n_ctx)
@@ -191,6 +204,9 @@ def make_test_model(
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(spec.n_vocab)
+    if spec.ranking_head:
+        writer.add_pooling_type(gguf.PoolingType.RANK)
+        writer.add_classifier_output_labels(["yes", "no"])
     writer.add_file_type(
         gguf.LlamaFileType.MOSTLY_F16 if spec.dtype == "f16" else gguf.LlamaFileType.ALL_F32
     )
@@ -205,7 +221,10 @@ def make_test_model(
     writer.add_eos_token_id(2)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    if chat_template is not None:
+    if chat_template is not None and spec.ranking_head:
+        writer.add_chat_template([{"name": "default", "template": chat_template},
+                                  {"name": "rerank", "template": RERANK_TEMPLATE}])
+    elif chat_template is not None:
         writer.add_chat_template(chat_template)
 
     _write(writer, _tensors(spec))

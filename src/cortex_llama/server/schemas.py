@@ -24,6 +24,7 @@ __all__ = [
     "ErrorDetail", "ErrorResponse", "UNION_MEMBER_NAMES", "NativeCompletionRequest", "InfillRequest",
     "InfillChunk",
     "SlotActionRequest",
+    "RerankRequest",
 ]
 
 MAX_STOP = 16  # stop strings per request
@@ -546,6 +547,18 @@ class NativeCompletionRequest(_Request):
         if self.seed is not None and self.seed < -1:
             raise ValueError(f"seed: {self.seed} is not -1 (random) or a seed >= 0")
         return self
+
+
+class RerankRequest(_Request):
+    """llama-server's ``/rerank`` body: Jina's (``documents``) or TEI's (``texts``)."""
+
+    query: str | None = None
+    documents: list[str] | None = None
+    texts: list[str] | None = None
+    top_n: int | None = Field(None, ge=0)
+    return_documents: bool = False
+    return_text: bool = False
+    model: str | None = None
 
 
 class SlotActionRequest(_Request):

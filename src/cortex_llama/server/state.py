@@ -60,6 +60,12 @@ class ServerState:
     _eog: list[int] | None = field(default=None, repr=False)
     _pieces: dict[int, str] = field(default_factory=dict, repr=False)
 
+    @property
+    def reranking(self) -> bool:
+        """``--reranking``: embeddings on with rank pooling (``/rerank`` is served)."""
+        c = self.llm.config
+        return bool(c.embeddings) and c.pooling == "rank"
+
     def piece(self, tok: int) -> str:
         """The text of token ``tok`` (cached). Raises ``ValueError`` for an id
         outside the vocabulary."""
