@@ -21,6 +21,7 @@ class Req:
     tokens: list[int] = field(default_factory=list)
     cancel_requested: bool = False
     pinned_slot: int | None = None
+    lora_key: tuple[float, ...] = ()
 
 
 def _run_step(s: Scheduler, token: int = 7) -> StepPlan:

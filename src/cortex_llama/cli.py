@@ -407,7 +407,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
              batch_size=args.batch_size, ubatch_size=args.ubatch_size, seed=args.seed, chat_template=template,
              n_seq_max=args.parallel, kv_unified=args.kv_unified,
              flash_attn={"on": True, "off": False, "auto": None}[args.flash_attn], embeddings=args.embeddings or args.reranking,
-             pooling="rank" if args.reranking else args.pooling,
+             pooling="rank" if args.reranking else args.pooling, lora=_lora_specs(args),
              max_queue=args.max_queue, rpc_servers=rpc_servers,
              mmproj=args.mmproj, progress=_progress()) as llm:
         serve(llm, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("CORTEX_LLAMA_API_KEY"),
@@ -416,6 +416,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
               media_path=args.media_path, allowed_hosts=_list_arg(args.allowed_hosts),
               cors_origins=_list_arg(args.cors_origins), settings=settings)
     return 0
+
+
+def _lora_specs(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """(file, default scale) of --lora and --lora-scaled, in order (their ids).
+    Raises ``ValueError`` for a scale that is not a number."""
+    off = args.lora_init_without_apply
+    specs = [(f, 0.0 if off else 1.0) for f in args.lora]
+    for f, scale in args.lora_scaled:
+        try:
+            specs.append((f, 0.0 if off else float(scale)))
+        except ValueError:
+            raise ValueError(f"--lora-scaled {f} {scale}: the scale is not a number") from None
+    return specs
 
 
 def _list_arg(values: Sequence[str] | None) -> list[str]:
@@ -587,6 +600,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "message.reasoning_content)")
     p.add_argument("--chat-template-file", default=None, help="a file holding a Jinja chat template")
     p.add_argument("--embeddings", "--embedding", action="store_true", help="enable /v1/embeddings")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE",
+                   help="a LoRA adapter (repeatable; scale 1.0); a request's 'lora' field sets its own scales")
+    p.add_argument("--lora-scaled", action="append", nargs=2, default=[], metavar=("FILE", "SCALE"),
+                   help="a LoRA adapter with its default scale (repeatable)")
+    p.add_argument("--lora-init-without-apply", action="store_true",
+                   help="load the adapters with scale 0 (set scales with POST /lora-adapters or per request)")
     p.add_argument("--reranking", "--rerank", action="store_true",
                    help="serve /rerank with a reranking model (embeddings with rank pooling)")
     p.add_argument("--pooling", default=None, choices=["none", "mean", "cls", "last", "rank"],

@@ -51,6 +51,7 @@ from .conversation import (AsyncChatStream, ChatCompletion, ChatPlan, ChatStream
 from .gen.policy import GrammarConstraint, build_sampler
 from .gen.output import log_softmax_norm, top_logprobs
 from .gen.request import Request
+from .gen.lora import LoraInfo, LoraSet
 from .gen.slot_files import Slots
 from .gen.streams import AsyncTextStream, TextStream
 from .model import Model
@@ -90,6 +91,7 @@ class LLM:
         self._engine: Engine | None = None
         self._projector: Projector | None = None
         self._embedder: Embedder | None = None
+        self._loras: LoraSet | None = None
         self._templates: ChatTemplates | None = None
         self._n_ctx = 0
         self._eog_cache: dict[int, bool] = {}
@@ -169,12 +171,14 @@ class LLM:
                               flash_attn=c.resolved_flash_attn, type_k=c.type_k, type_v=c.type_v,
                               kv_unified=c.kv_unified)
                 projector = self._load_projector(model) if c.mmproj is not None else None
-                engine = Engine(ctx, max_queue=c.max_queue, projector=projector)
+                loras = LoraSet(model, c.lora) if c.lora else None
+                engine = Engine(ctx, max_queue=c.max_queue, projector=projector, loras=loras)
             except BaseException:
                 model.close()
                 raise
             self._model, self._ctx, self._engine = model, ctx, engine
             self._projector = projector
+            self._loras = loras
             self._n_ctx = engine.capacity  # cells one request may hold
             self._stats = engine.stats  # live counters (prompt_tokens_evaluated/reused, ...)
             if c.embeddings:
@@ -195,12 +199,15 @@ class LLM:
             self._model = self._ctx = None
             self._projector = None  # closed with its model
             self._templates = None  # closed with its model
+            loras, self._loras = self._loras, None
             if engine is not None:
                 if self._finalizer is not None:
                     self._finalizer.detach()
                 engine.close()
             if embedder is not None:
                 embedder.close()
+            if loras is not None:
+                loras.close()
             if model is not None:
                 model.close()  # closes the contexts too
 
@@ -355,8 +362,32 @@ class LLM:
         else:
             chain = build_sampler(model, p, default_seed=self.config.seed, n_ctx=self._n_ctx,
                                   prompt=toks, constraint=constraint)
-        return Request(toks, p, chain, model.vocab, self._eog_cache, on_cancel=engine.wake,
-                       preserved_tokens=preserved_tokens)
+        req = Request(toks, p, chain, model.vocab, self._eog_cache, on_cancel=engine.wake,
+                      preserved_tokens=preserved_tokens)
+        req.lora_key = self._lora_key(p.lora)
+        return req
+
+    def _lora_key(self, scales: Mapping[int, float] | None) -> tuple[float, ...]:
+        if self._loras is None:
+            if scales:
+                raise ValueError("lora: no LoRA adapters are loaded (ModelConfig.lora)")
+            return ()
+        return self._loras.key(scales)
+
+    @property
+    def lora(self) -> list[LoraInfo]:
+        """The LoRA adapters loaded with ``ModelConfig.lora`` with their default
+        scales (a request's ``GenerationParams.lora`` overrides them by id)."""
+        self._require()
+        return self._loras.info() if self._loras is not None else []
+
+    def set_lora_scales(self, scales: Mapping[int, float]) -> None:
+        """Change the default LoRA scales by adapter id for requests submitted from
+        now on. Raises ``ValueError`` for an unknown id or without adapters."""
+        self._require()
+        if self._loras is None:
+            raise ValueError("lora: no LoRA adapters are loaded (ModelConfig.lora)")
+        self._loras.set_defaults(scales)
 
     @staticmethod
     def _wait(req: Request) -> Completion:

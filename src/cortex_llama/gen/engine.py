@@ -36,6 +36,7 @@ from typing import Any, Callable, TypeVar
 
 from ..context import Context
 from ..errors import ClosedError, KVCacheFullError, QueueFullError
+from .lora import LoraSet
 from .params import FINISH_CANCELLED, FINISH_LENGTH
 from .request import Request
 from .runner import Executed, Runner
@@ -65,7 +66,7 @@ class Engine:
     """
 
     def __init__(self, ctx: Context, *, max_queue: int | None = None, projector: Any = None,
-                 per_slot: bool | None = None) -> None:
+                 per_slot: bool | None = None, loras: LoraSet | None = None) -> None:
         self.ctx = ctx
         self.max_queue = max_queue
         self.per_slot = ctx.per_slot_streams if per_slot is None else per_slot
@@ -75,7 +76,7 @@ class Engine:
         self.n_batch = ctx.n_batch
         self.scheduler = Scheduler(ctx.n_seq_max, self.capacity, ctx.n_batch, per_slot=self.per_slot,
                                    window_dropped=lambda seq: ctx.seq_pos_min(seq) > 0)
-        self.runner = Runner(ctx, projector, per_slot=self.per_slot)
+        self.runner = Runner(ctx, projector, per_slot=self.per_slot, loras=loras)
         self._pickers: dict[int, TokenPicker] = {}  # by id(job)
         # re-entrant: a stream collected (and so cancelled) by a GC pass that runs
         # inside the engine thread while it holds the lock must not deadlock

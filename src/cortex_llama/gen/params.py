@@ -66,6 +66,9 @@ class ModelConfig:
     use_extra_bufts: bool | None = None  # CPU weight repacking and other extra buffer types (None: on)
     no_host: bool = False  # no pinned host buffers for offloaded weights
     deterministic: bool = False  # batch-invariant kernels: output independent of other requests
+    #: LoRA adapter files loaded with the model, each a path (scale 1.0) or (path, scale);
+    #: their ids are their positions. A request picks its own scales (GenerationParams.lora)
+    lora: Sequence[Union[str, "os.PathLike[str]", tuple[Union[str, "os.PathLike[str]"], float]]] = ()
 
     def __post_init__(self) -> None:
         for name in ("context_size", "threads", "batch_size", "n_seq_max"):
@@ -136,6 +139,9 @@ class GenerationParams:
     logprobs: int | None = None
     truncate: bool = False  # drop the start of a too-long prompt instead of raising
     slot: int | None = None  # run in this slot (llama-server's id_slot; None: the best free one)
+    #: LoRA scales by adapter id (ModelConfig.lora) for this request; ids not given keep the
+    #: LLM's default scale (None: the defaults for all)
+    lora: Mapping[int, float] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -63,6 +63,8 @@ class Request:
         self.finish_reason: str | None = None
         #: the slot (KV sequence) it runs in, once admitted
         self.slot: int | None = None
+        #: the LoRA scales it runs with, one per loaded adapter (set by the LLM)
+        self.lora_key: tuple[float, ...] = ()
         self.usage = Usage(prompt_tokens=len(prompt_tokens))
         self.timings = Timings()
         self._t_submit = time.perf_counter()

@@ -1,6 +1,7 @@
 """The runner: applies a :class:`StepPlan` to the ``Context`` and decodes it.
 
-KV operations go to ``seq_rm``/``seq_cp``; media spans to the projector (encode,
+KV operations go to ``seq_rm``/``seq_cp``; the step's LoRA scales to
+``set_loras`` when they change; media spans to the projector (encode,
 then decode the embeddings at their cells); the token spans of the step to one
 ``llama_decode`` (the single-token fast path when the step is one token). Every
 C call reports through the context's one rc-to-exception check
@@ -15,6 +16,7 @@ from typing import Any
 
 from ..batch import Batch
 from ..context import Context
+from .lora import LoraSet
 from .scheduler import KVOp, Span, StepPlan
 
 __all__ = ["Runner", "Executed"]
@@ -36,11 +38,14 @@ class Executed:
 class Runner:
     """Executes plans on ``ctx`` (and ``projector`` for media), from one thread."""
 
-    def __init__(self, ctx: Context, projector: Any = None, *, per_slot: bool) -> None:
+    def __init__(self, ctx: Context, projector: Any = None, *, per_slot: bool,
+                 loras: LoraSet | None = None) -> None:
         self.ctx = ctx
         self.projector = projector
         self.per_slot = per_slot
+        self.loras = loras
         self._batch: Batch = ctx.new_batch()
+        self._lora_key: tuple[float, ...] = (0.0,) * len(loras.adapters) if loras else ()
 
     def apply(self, ops: list[KVOp]) -> None:
         """Run KV operations in order."""
@@ -62,6 +67,9 @@ class Runner:
         """Apply ``plan``'s ops, evaluate its media spans, then decode its token
         spans together. Failures are reported in the result, not raised."""
         self.apply(plan.ops)
+        if plan.spans and plan.lora_key != self._lora_key and self.loras is not None:
+            self.ctx.set_loras(self.loras.applied(plan.lora_key))  # the step's LoRA scales
+            self._lora_key = plan.lora_key
         result = Executed()
         tokens: list[Span] = []
         for span in plan.spans:

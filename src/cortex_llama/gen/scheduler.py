@@ -24,7 +24,10 @@ its tokens; it resumes by re-evaluating them).
 reserved for a slot file operation, whose cached tokens share the longest prefix with it (those tokens are not evaluated again); when a
 running slot shares a longer one, its cells are copied instead. Each step
 decodes the next token of every running request, then spends the rest of the
-``n_batch`` budget on prompt chunks, oldest request first: a new prompt starts
+``n_batch`` budget on prompt chunks, oldest request first (llama.cpp applies
+LoRA adapters to a whole decode, so when running requests differ in LoRA
+scales, a step takes one group of them, the group waiting longest first, and a
+slot's cells are reused only by a request with the same scales): a new prompt starts
 prefilling in the step after it arrives, and a long one delays the running
 streams by at most one chunk per step.
 """
@@ -56,6 +59,10 @@ class Schedulable(Protocol):
     def pinned_slot(self) -> int | None:
         """The slot this request must run in (llama-server's ``id_slot``), or None."""
 
+    @property
+    def lora_key(self) -> tuple[float, ...]:
+        """The LoRA scales it runs with (one per adapter; ``()``: none loaded)."""
+
 
 @dataclass(frozen=True)
 class KVOp:
@@ -78,6 +85,8 @@ class SlotState:
     cached: list[int] = field(default_factory=list)
     job: Job | None = None
     last_used: int = 0
+    #: the LoRA scales its cells were computed with (only a request with the same reuses them)
+    lora_key: tuple[float, ...] = ()
 
 
 @dataclass(eq=False)
@@ -89,6 +98,7 @@ class Job:
     slot: SlotState
     feed: list[int]
     order: int  # admission order: the largest is the youngest
+    last_step: int = 0  # the last step that decoded it (steps alternate between LoRA groups)
 
     @property
     def pending(self) -> int:
@@ -120,6 +130,7 @@ class StepPlan:
     admitted: list[tuple[Job, int]] = field(default_factory=list)
     preempted: list[Job] = field(default_factory=list)
     prefix_copies: int = 0
+    lora_key: tuple[float, ...] = ()  # the LoRA scales every span of the step runs with
 
     @property
     def n_tokens(self) -> int:
@@ -186,13 +197,15 @@ class Scheduler:
             raise ValueError(f"slot {seq_id} is not in [0, {len(self.slots)})")
         return self.slots[seq_id]
 
-    def set_cached(self, seq_id: int, tokens: Sequence[int]) -> None:
-        """Slot ``seq_id`` (idle) now holds ``tokens`` at positions 0.. (a restored
-        slot file, or ``[]`` once its cells were erased)."""
+    def set_cached(self, seq_id: int, tokens: Sequence[int], lora_key: tuple[float, ...] = ()) -> None:
+        """Slot ``seq_id`` (idle) now holds ``tokens`` at positions 0.., computed
+        with the LoRA scales ``lora_key`` (a restored slot file, or ``[]`` once
+        its cells were erased)."""
         slot = self.slot(seq_id)
         if slot.job is not None:
             raise ValueError(f"slot {seq_id} is running a request")
         slot.cached[:] = list(tokens)
+        slot.lora_key = lora_key
         slot.last_used = self._tick
 
     # -- the engine reports ------------------------------------------------------------------
@@ -250,8 +263,8 @@ class Scheduler:
             if not free:
                 return
             feed = req.prompt_tokens + req.tokens  # a preempted request resumes from here
-            slot, reuse = self._best_slot(free, feed, plan)
-            src, shared = self._best_running(feed)
+            slot, reuse = self._best_slot(free, req, feed, plan)
+            src, shared = self._best_running(req, feed)
             need = len(feed) - max(reuse, shared) + 1 + len(self.jobs)
             if not self.per_slot and self.jobs:
                 running = sum(len(j.slot.cached) for j in self.jobs)
@@ -274,27 +287,32 @@ class Scheduler:
             self._order += 1
             job = Job(req, slot, feed, self._order)
             slot.job = job
+            slot.lora_key = req.lora_key
             slot.last_used = self._tick
             self.jobs.append(job)
             plan.admitted.append((job, reuse))
 
-    def _usable(self, cached: Sequence[int], seq_id: int, feed: Sequence[int]) -> int:
-        """How many of ``cached`` can serve ``feed``: at least one entry is left to
-        evaluate (its logits are needed), an image is reused whole or not at all,
-        and nothing when a sliding window dropped early positions."""
+    def _usable(self, slot: SlotState, req: Schedulable, feed: Sequence[int]) -> int:
+        """How many of ``slot``'s cached entries can serve ``feed``: at least one
+        entry is left to evaluate (its logits are needed), an image is reused
+        whole or not at all, and nothing when a sliding window dropped early
+        positions or the cells were computed with other LoRA scales."""
+        cached, seq_id = slot.cached, slot.seq_id
+        if slot.lora_key != req.lora_key:
+            return 0
         n = min(common_prefix(cached, feed), len(feed) - 1)
         n = media.span_start(feed, n)
         if n > 0 and self._window_dropped(seq_id):
             return 0
         return max(n, 0)
 
-    def _best_slot(self, free: list[SlotState], feed: list[int], plan: StepPlan
+    def _best_slot(self, free: list[SlotState], req: Schedulable, feed: list[int], plan: StepPlan
                    ) -> tuple[SlotState, int]:
         """The free slot sharing the longest usable prefix with ``feed`` (least
         recently used among equals), and that prefix's length."""
         best, best_n = free[0], -1
         for s in sorted(free, key=lambda s: s.last_used):
-            n = self._usable(s.cached, s.seq_id, feed)
+            n = self._usable(s, req, feed)
             if n > best_n:
                 best, best_n = s, n
         if best_n == 0 and best.cached:
@@ -302,12 +320,12 @@ class Scheduler:
             best.cached.clear()
         return best, best_n
 
-    def _best_running(self, feed: list[int]) -> tuple[SlotState | None, int]:
+    def _best_running(self, req: Schedulable, feed: list[int]) -> tuple[SlotState | None, int]:
         """The running slot sharing the longest usable prefix with ``feed``."""
         best: SlotState | None = None
         best_n = 0
         for j in self.jobs:
-            n = self._usable(j.slot.cached, j.slot.seq_id, feed)
+            n = self._usable(j.slot, req, feed)
             if n > best_n:
                 best, best_n = j.slot, n
         return best, best_n
@@ -351,14 +369,15 @@ class Scheduler:
     def _spans(self, plan: StepPlan) -> None:
         """Every running request's next token, then prompt chunks (oldest first)
         within ``n_batch`` tokens and the free cells."""
-        decoding = [j for j in self.jobs if j.pending == 1]
+        jobs = self._step_group(plan)
+        decoding = [j for j in jobs if j.pending == 1]
         budget = self.n_batch - len(decoding)
         if not self.per_slot:
             budget = min(budget, self.capacity - self.cells_used - len(decoding))
         for j in decoding:
             a = len(j.slot.cached)
             plan.spans.append(Span(j, a, 1, True, j.feed[a] < 0))
-        for j in self.jobs:
+        for j in jobs:
             left = j.pending
             if left <= 1:
                 continue
@@ -373,3 +392,17 @@ class Scheduler:
             n = media.cut(j.feed, a, room)  # an image is evaluated whole (by the projector)
             plan.spans.append(Span(j, a, n, a + n == len(j.feed), j.feed[a] < 0))
             budget -= n
+        for span in plan.spans:
+            span.job.last_step = self._tick
+
+    def _step_group(self, plan: StepPlan) -> list[Job]:
+        """The running jobs this step decodes: all of them when they share their
+        LoRA scales, else the group of the job that waited longest for a step."""
+        jobs = self.jobs
+        if not jobs:
+            return jobs
+        first = min(jobs, key=lambda j: (j.last_step, j.order))
+        plan.lora_key = first.req.lora_key
+        if all(j.req.lora_key == plan.lora_key for j in jobs):
+            return jobs
+        return [j for j in jobs if j.req.lora_key == plan.lora_key]

@@ -87,9 +87,11 @@ def save_slot(ctx: Context, sched: Scheduler, seq_id: int, path: str) -> SlotFil
     return SlotFileResult(seq_id, path, len(tokens), n_bytes, (time.perf_counter() - start) * 1000)
 
 
-def restore_slot(ctx: Context, sched: Scheduler, seq_id: int, path: str) -> SlotFileResult:
+def restore_slot(ctx: Context, sched: Scheduler, seq_id: int, path: str,
+                 lora_key: tuple[float, ...] = ()) -> SlotFileResult:
     """Load ``path`` into slot ``seq_id`` (its old cells are dropped first; on
-    failure it is left empty).
+    failure it is left empty). The cells count as computed with the LoRA
+    scales ``lora_key`` (a slot file does not record them).
 
     Raises ``FileNotFoundError`` for a missing file and :class:`StateError` for
     a file llama.cpp rejects (another model, no room), a token payload that
@@ -109,7 +111,7 @@ def restore_slot(ctx: Context, sched: Scheduler, seq_id: int, path: str) -> Slot
     except BaseException:
         erase_slot(ctx, sched, seq_id)
         raise
-    sched.set_cached(seq_id, tokens)
+    sched.set_cached(seq_id, tokens, lora_key)
     return SlotFileResult(seq_id, path, len(tokens), os.path.getsize(path), (time.perf_counter() - start) * 1000)
 
 
@@ -148,9 +150,12 @@ class Slots:
         return self._run(seq_id, lambda: save_slot(e.ctx, e.scheduler, seq_id, os.fspath(path)), timeout)
 
     def restore(self, seq_id: int, path: str | os.PathLike[str], timeout: float | None = None) -> SlotFileResult:
-        """Restore ``path`` into slot ``seq_id`` (see :func:`restore_slot`)."""
+        """Restore ``path`` into slot ``seq_id`` (see :func:`restore_slot`); its
+        cells count as computed with the default LoRA scales."""
         e = self._engine
-        return self._run(seq_id, lambda: restore_slot(e.ctx, e.scheduler, seq_id, os.fspath(path)), timeout)
+        loras = e.runner.loras
+        key = loras.key(None) if loras is not None else ()
+        return self._run(seq_id, lambda: restore_slot(e.ctx, e.scheduler, seq_id, os.fspath(path), key), timeout)
 
     def erase(self, seq_id: int, timeout: float | None = None) -> int:
         """Drop slot ``seq_id``'s cached tokens; returns how many it held."""

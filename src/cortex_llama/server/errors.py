@@ -118,6 +118,8 @@ def from_exception(exc: BaseException, *, prompt_param: str = "prompt",
         m = re.search(r"GenerationParams\.(\w+)", msg)
         if m and m.group(1) in _PARAM_FIELDS:
             return APIError(400, msg, param=_PARAM_FIELDS[m.group(1)], code="invalid_value")
+        if msg.startswith("lora: "):
+            return APIError(400, msg, param="lora", code="invalid_value")
         if "prompt" in msg or "token" in msg:
             return APIError(400, msg, param=prompt_param, code="invalid_prompt")
         return APIError(400, msg, code="invalid_value")

@@ -109,11 +109,31 @@ def gen_params(state: ServerState, body: Union[CompletionRequest, ChatCompletion
         kw["seed"] = body.seed % 2**32
     if body.logit_bias:
         kw["logit_bias"] = _logit_bias(state, body.logit_bias)
+    if body.lora is not None:
+        kw["lora"] = lora_scales(body.lora)
     try:
         return GenerationParams(max_tokens=max_tokens, logprobs=logprobs, grammar=grammar,
                                 json_schema=json_schema, **kw)
     except (ValueError, TypeError) as exc:
         raise from_exception(exc) from None
+
+
+def lora_scales(entries: list[Any], param: str = "lora") -> dict[int, float]:
+    """llama-server's ``[{"id": 0, "scale": 0.5}, ...]`` as scales by adapter id
+    (the ids are checked against the loaded adapters at submit). Raises
+    :class:`APIError` (400) naming the entry of a malformed one."""
+    out: dict[int, float] = {}
+    for i, e in enumerate(entries):
+        where = f"{param}[{i}]"
+        if not isinstance(e, dict):
+            raise invalid_value(where, 'must be an object {"id": int, "scale": number}')
+        ident, scale = e.get("id"), e.get("scale", 0.0)
+        if isinstance(ident, bool) or not isinstance(ident, int):
+            raise invalid_value(f"{where}.id", f"must be an adapter id (an integer), got {ident!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise invalid_value(f"{where}.scale", f"must be a number, got {scale!r}")
+        out[ident] = float(scale)
+    return out
 
 
 def constraint(body: Union[CompletionRequest, ChatCompletionRequest]
@@ -447,6 +467,8 @@ def native_params(state: ServerState, body: NativeCompletionRequest) -> Generati
         raise invalid_value("id_slot", f"{body.id_slot} is not -1 (any slot) or in [0, {state.llm.config.n_seq_max})")
     if body.id_slot >= 0:
         kw["slot"] = body.id_slot
+    if body.lora is not None:
+        kw["lora"] = lora_scales(body.lora)
     try:
         return GenerationParams(max_tokens=n if n >= 0 else state.llm.config.context_size,
                                 logprobs=body.n_probs or None, grammar=body.grammar,

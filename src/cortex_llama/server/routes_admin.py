@@ -1,12 +1,17 @@
-"""Operators' routes: ``/metrics`` (Prometheus text format, with ``--metrics``)."""
+"""Operators' routes: ``/metrics`` (Prometheus text format, with ``--metrics``)
+and ``/lora-adapters`` (the LoRA adapters' default scales)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends
 from fastapi.responses import Response
 
-from .errors import APIError
+from .errors import APIError, from_exception
 from .metrics import CONTENT_TYPE, render_llamacpp
+from .plumbing import lora_scales
+from .schemas import ERROR_RESPONSES
 from .state import ServerState, get_state
 
 __all__ = ["router"]
@@ -27,3 +32,24 @@ async def prometheus(state: ServerState = Depends(get_state)) -> Response:
     text = state.metrics.render(engine, state.model_id) + render_llamacpp(engine)
     return Response(text, media_type=CONTENT_TYPE,
                     headers={"Process-Start-Time-Unix": str(state.created)})
+
+
+@router.get("/lora-adapters", responses=ERROR_RESPONSES, tags=["server"])
+async def lora_adapters(state: ServerState = Depends(get_state)) -> list[dict[str, Any]]:
+    """llama-server's list of the LoRA adapters loaded with ``--lora``/``--lora-scaled``
+    and their default scales."""
+    return [{"id": a.id, "path": a.path, "scale": a.scale, "task_name": "", "prompt_prefix": ""}
+            for a in state.llm.lora]
+
+
+@router.post("/lora-adapters", responses=ERROR_RESPONSES, tags=["server"])
+async def set_lora_adapters(body: list[Any] = Body(...), state: ServerState = Depends(get_state)
+                            ) -> dict[str, bool]:
+    """Set default scales (``[{"id": 0, "scale": 0.5}]``) for the requests that give
+    none. Raises :class:`APIError` 400 for a malformed entry or an unknown id."""
+    scales = lora_scales(body, "body")
+    try:
+        state.llm.set_lora_scales(scales)
+    except ValueError as exc:
+        raise from_exception(exc) from None
+    return {"success": True}

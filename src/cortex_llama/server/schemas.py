@@ -85,6 +85,7 @@ class _Sampling(_Request):
     repeat_penalty: float | None = Field(None, gt=0, description="extension: repetition penalty")
     grammar: str | None = Field(None, description="extension: a GBNF grammar constraining the output")
     response_format: ResponseFormat | None = None
+    lora: list[Any] | None = Field(None, description="extension: LoRA scales, [{\"id\": 0, \"scale\": 0.5}]")
 
     @model_validator(mode="after")
     def _check_shared(self) -> _Sampling:
@@ -535,6 +536,7 @@ class NativeCompletionRequest(_Request):
     grammar: str | None = None
     json_schema: dict[str, Any] | None = None
     id_slot: int = -1
+    lora: list[Any] | None = None
     model: str | None = None
 
     @model_validator(mode="after")
