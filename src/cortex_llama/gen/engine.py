@@ -80,7 +80,8 @@ class Engine:
         self._pickers: dict[int, TokenPicker] = {}  # by id(job)
         # re-entrant: a stream collected (and so cancelled) by a GC pass that runs
         # inside the engine thread while it holds the lock must not deadlock
-        self._cv = threading.Condition(threading.RLock())
+        self._lock = threading.RLock()  # plain critical sections take it directly
+        self._cv = threading.Condition(self._lock)
         self._closing = False
         self._cancels = False  # set by wake(): some request asked to be cancelled
         self._thread: threading.Thread | None = None
@@ -103,7 +104,7 @@ class Engine:
     def submit_many(self, reqs: list[Request]) -> None:
         """Queue ``reqs`` together (they can start in the same step), all or none.
         Raises like :meth:`submit`."""
-        with self._cv:
+        with self._lock:
             if self._closing:
                 raise ClosedError("the engine is closed (LLM unloaded)")
             queue = self.scheduler.queue
@@ -128,7 +129,7 @@ class Engine:
         ``ValueError`` for a slot outside ``[0, n_seq_max)`` and
         :class:`ClosedError` after :meth:`close`."""
         fut: Future[_T] = Future()
-        with self._cv:
+        with self._lock:
             if self._closing:
                 raise ClosedError("the engine is closed (LLM unloaded)")
             self.scheduler.slot(seq_id)
@@ -139,7 +140,7 @@ class Engine:
 
     def _run_slot_tasks(self) -> None:
         """Run the slot tasks whose slot is idle now, in submission order."""
-        with self._cv:
+        with self._lock:
             ready = [t for t in self._slot_tasks if self.scheduler.slot(t[0]).job is None]
             for t in ready:
                 self._slot_tasks.remove(t)
@@ -149,20 +150,20 @@ class Engine:
                     fut.set_result(fn())
                 except BaseException as exc:  # noqa: BLE001 - the caller's failure, in its future
                     fut.set_exception(exc)
-            with self._cv:
+            with self._lock:
                 if not any(t[0] == seq_id for t in self._slot_tasks):
                     self.scheduler.reserved.discard(seq_id)
 
     def wake(self) -> None:
         """A request was cancelled: make the loop look at its requests now."""
-        with self._cv:
+        with self._lock:
             self._cancels = True
             self._cv.notify()
 
     def close(self) -> None:
         """Stop the loop and end every queued or running request with
         :class:`ClosedError`. Idempotent; waits for the thread."""
-        with self._cv:
+        with self._lock:
             self._closing = True
             self._cv.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -174,13 +175,13 @@ class Engine:
     def _count(self, name: str, n: int = 1) -> None:
         """Add to a counter. Every counter changes here, under the engine's lock
         (submitters count from their threads, the loop from its own)."""
-        with self._cv:
+        with self._lock:
             self.stats[name] += n
 
     def metrics(self) -> dict[str, float]:
         """Counters and gauges (see ``LLM.metrics``)."""
         sched = self.scheduler
-        with self._cv:
+        with self._lock:
             out: dict[str, float] = {k: float(v) for k, v in self.stats.items()}
             out.update(requests_running=float(len(sched.jobs)), queue_depth=float(len(sched.queue)),
                        slots_busy=float(sched.slots_busy), slots_total=float(len(sched.slots)),
@@ -193,7 +194,7 @@ class Engine:
         sched = self.scheduler
         try:
             while True:
-                with self._cv:
+                with self._lock:
                     while (not self._closing and not sched.has_work() and not self._cancels
                            and not self._slot_tasks):
                         self._cv.wait()
@@ -213,23 +214,26 @@ class Engine:
         if self._cancels:
             self._cancels = False
             self._drop_cancelled()
-        with self._cv:  # the queue is shared with submitters
+        with self._lock:  # the queue is shared with submitters
             plan = self.scheduler.plan()
-        self._report_plan(plan)
+        if plan.admitted or plan.preempted or plan.prefix_copies:
+            self._report_plan(plan)
         if not plan.spans:
             if self.scheduler.queue and not self.scheduler.jobs:
                 time.sleep(0.001)  # nothing runs and the head cannot start: should not happen
             return
         executed = self.runner.execute(plan)
-        self._account(executed)
+        evaluated = self._commit(executed)
         for spans, exc in executed.failed:
             self._failed(spans, exc)
         outputs = [(span, row, out) for span, row, out in executed.outputs
                    if span.job in self.scheduler.jobs]
         picks = select_tokens(self.ctx, [(self._pickers[id(s.job)], row, out)
                                          for s, row, out in outputs])
+        generated = 0
         for (span, _, _), pick in zip(outputs, picks):
-            self._update(span.job, pick)
+            generated += self._update(span.job, pick)
+        self._account(executed, evaluated, generated)
 
     def _report_plan(self, plan: StepPlan) -> None:
         for job, reused in plan.admitted:
@@ -243,37 +247,47 @@ class Engine:
         if plan.prefix_copies:
             self._count("prefix_copies_total", plan.prefix_copies)
 
-    def _account(self, executed: Executed) -> None:
-        """Mark what was evaluated as cached, and count it."""
+    def _commit(self, executed: Executed) -> int:
+        """Mark what was evaluated as cached; returns the prompt tokens among it."""
         evaluated = 0
+        committed = self.scheduler.committed
         for span in executed.done:
-            self.scheduler.committed(span)
-            evaluated += max(0, min(span.start + span.n, len(self._request(span.job).prompt_tokens))
-                             - span.start)
-        if executed.n_decodes:
-            with self._cv:
-                st = self.stats
+            committed(span)
+            n_prompt = len(span.job.req.prompt_tokens)
+            if span.start < n_prompt:
+                evaluated += min(span.start + span.n, n_prompt) - span.start
+        return evaluated
+
+    def _account(self, executed: Executed, evaluated: int, generated: int) -> None:
+        """Count a step: its decodes, tokens, prompt tokens evaluated and tokens
+        generated (one locked update per step)."""
+        done = executed.done
+        n_jobs = len(done) if len(done) <= 1 else len({id(s.job) for s in done})
+        with self._lock:
+            st = self.stats
+            st["generated_tokens_total"] += generated
+            if executed.n_decodes:
                 st["decodes_total"] += executed.n_decodes
                 st["decode_tokens_total"] += executed.n_tokens
                 st["prompt_tokens_evaluated"] += evaluated
-                n_jobs = len({id(s.job) for s in executed.done})
                 st["decode_requests_total"] += n_jobs * executed.n_decodes  # the step's requests, per decode
                 if n_jobs >= 2:
                     st["batched_decodes_total"] += 1
 
-    def _update(self, job: Job, pick: Pick) -> None:
-        """Give the picked token to its request; end the job or let it go on."""
+    def _update(self, job: Job, pick: Pick) -> int:
+        """Give the picked token to its request; end the job or let it go on.
+        Returns 1 when the request took a token (0 when picking failed)."""
         req = self._request(job)
         if pick.error is not None:
             self._end_job(job, error=pick.error)
-            return
-        self._count("generated_tokens_total")
+            return 0
         if req.add_token(pick.token, pick.logits):
             self._end_job(job, reason=req.finish_reason)
         elif not self.scheduler.grow(job, pick.token):
             # its newest token would need a cell beyond the request's capacity
             req.finish(FINISH_LENGTH)
             self._end_job(job, reason=FINISH_LENGTH)
+        return 1
 
     @staticmethod
     def _request(job: Job) -> Request:
@@ -287,7 +301,7 @@ class Engine:
         request is preempted and the step retried; else their requests fail."""
         sched = self.scheduler
         if isinstance(exc, KVCacheFullError) and not self.per_slot and len(sched.jobs) > 1:
-            with self._cv:
+            with self._lock:
                 plan = StepPlan()
                 sched.preempt_youngest(plan)
             self.runner.apply(plan.ops)
@@ -300,7 +314,7 @@ class Engine:
             self._end_job(span.job, error=exc, keep_cache=False)
 
     def _drop_cancelled(self) -> None:
-        with self._cv:
+        with self._lock:
             jobs, waiting = self.scheduler.take_cancelled()
         for job in jobs:
             self._end_job(job, reason=FINISH_CANCELLED)
@@ -310,7 +324,7 @@ class Engine:
             r.finish(FINISH_CANCELLED)
 
     def _fail_everything(self) -> None:
-        with self._cv:
+        with self._lock:
             waiting = list(self.scheduler.queue)
             self.scheduler.queue.clear()
             tasks, self._slot_tasks = self._slot_tasks, []
@@ -334,7 +348,7 @@ class Engine:
         """Release ``job``'s slot (its cache stays for prefix reuse unless
         ``keep_cache`` is False) and end its request: failed with ``error``, or
         finished with ``reason``."""
-        with self._cv:
+        with self._lock:
             ops = self.scheduler.release(job, keep_cache=keep_cache)
         self.runner.apply(ops)
         self._pickers.pop(id(job), None)
@@ -349,7 +363,7 @@ class Engine:
             self._count("requests_finished")
             req.finish(reason or FINISH_LENGTH)
         if error is None:
-            with self._cv:  # the request's timings are final now
+            with self._lock:  # the request's timings are final now
                 st = self.stats
                 st["prompt_us_total"] += round(req.timings.prompt_ms * 1000)
                 st["generation_us_total"] += round(req.timings.generation_ms * 1000)

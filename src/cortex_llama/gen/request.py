@@ -72,7 +72,11 @@ class Request:
         self._t_first: float | None = None
         self._error: BaseException | None = None
         self._cancel = False
-        self._cond = threading.Condition(threading.Lock())
+        # plain sections take the lock itself (no Condition frames per token);
+        # notify_all only runs when a reader blocks in next_delta (_blocked)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._blocked = 0
         self._ended = threading.Event()  # result() waits on this alone: no wake-up per token
         self._wakers: list[Waker] = []  # woken at every delta and at the end
         self._end_wakers: list[Waker] = []  # woken at the end only (aresult)
@@ -166,7 +170,11 @@ class Request:
         with self._cond:
             if block:
                 while index >= len(self._parts) and not self.done:
-                    self._cond.wait()
+                    self._blocked += 1
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._blocked -= 1
             if index < len(self._parts):
                 return self._parts[index]
             if self._error is not None:
@@ -186,8 +194,9 @@ class Request:
                     wakers.remove(waker)
 
     def _notify(self, end: bool = False) -> None:
-        # under self._cond
-        self._cond.notify_all()
+        # under self._lock
+        if self._blocked:
+            self._cond.notify_all()
         for loop, wake in (self._wakers + self._end_wakers) if end else self._wakers:
             try:
                 loop.call_soon_threadsafe(wake)
@@ -196,7 +205,7 @@ class Request:
 
     def _emit(self, delta: str) -> None:
         if delta:
-            with self._cond:
+            with self._lock:
                 self._parts.append(delta)
                 self._notify()
 

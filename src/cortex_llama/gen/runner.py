@@ -66,7 +66,8 @@ class Runner:
     def execute(self, plan: StepPlan) -> Executed:
         """Apply ``plan``'s ops, evaluate its media spans, then decode its token
         spans together. Failures are reported in the result, not raised."""
-        self.apply(plan.ops)
+        if plan.ops:
+            self.apply(plan.ops)
         if plan.spans and plan.lora_key != self._lora_key and self.loras is not None:
             self.ctx.set_loras(self.loras.applied(plan.lora_key))  # the step's LoRA scales
             self._lora_key = plan.lora_key

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -106,11 +106,11 @@ class Job:
         return len(self.feed) - len(self.slot.cached)
 
 
-@dataclass(frozen=True)
-class Span:
+class Span(NamedTuple):
     """Entries ``feed[start:start + n]`` of ``job`` at positions ``start..`` of its
     sequence. ``last``: the span ends the feed, so its last entry's logits pick
-    the next token. ``is_media``: an image/audio span (evaluated by the projector)."""
+    the next token. ``is_media``: an image/audio span (evaluated by the projector).
+    (A named tuple: one is made per request and step, and it is the cheapest to make.)"""
 
     job: Job
     start: int
@@ -248,8 +248,9 @@ class Scheduler:
         """The next step: admissions (with their KV ops), preemptions, then spans."""
         self._tick += 1
         plan = StepPlan()
-        self._admit(plan)
-        if self.jobs:
+        if self.queue:
+            self._admit(plan)
+        if self.jobs and not self.per_slot:
             self._make_room(plan)
         self._spans(plan)
         return plan
@@ -353,8 +354,8 @@ class Scheduler:
     def _make_room(self, plan: StepPlan) -> None:
         """(Unified cache) every running request's next entry gets a cell: drop
         idle prefixes, then preempt the youngest, until they do."""
-        if self.per_slot:
-            return
+        if self.per_slot or self.capacity - self.cells_used >= len(self.jobs):
+            return  # (every job needs at most one cell)
         while self.jobs:
             need = max(1, sum(1 for j in self.jobs if j.pending == 1))
             if self.capacity - self.cells_used >= need:
@@ -370,18 +371,22 @@ class Scheduler:
         """Every running request's next token, then prompt chunks (oldest first)
         within ``n_batch`` tokens and the free cells."""
         jobs = self._step_group(plan)
-        decoding = [j for j in jobs if j.pending == 1]
-        budget = self.n_batch - len(decoding)
-        if not self.per_slot:
-            budget = min(budget, self.capacity - self.cells_used - len(decoding))
-        for j in decoding:
+        spans = plan.spans
+        prefilling = []
+        for j in jobs:  # the next token of each decoding job (one entry pending)
             a = len(j.slot.cached)
-            plan.spans.append(Span(j, a, 1, True, j.feed[a] < 0))
-        for j in jobs:
-            left = j.pending
+            if len(j.feed) - a == 1:
+                spans.append(Span(j, a, 1, True, j.feed[a] < 0))
+            else:
+                prefilling.append(j)
+        budget = self.n_batch - len(spans)
+        if not self.per_slot:
+            budget = min(budget, self.capacity - self.cells_used - len(spans))
+        for j in prefilling:
+            a = len(j.slot.cached)
+            left = len(j.feed) - a
             if left <= 1:
                 continue
-            a = len(j.slot.cached)
             room = min(left, budget)
             if self.per_slot:
                 room = min(room, self.capacity - a)
@@ -390,16 +395,18 @@ class Scheduler:
                     break
                 continue
             n = media.cut(j.feed, a, room)  # an image is evaluated whole (by the projector)
-            plan.spans.append(Span(j, a, n, a + n == len(j.feed), j.feed[a] < 0))
+            spans.append(Span(j, a, n, a + n == len(j.feed), j.feed[a] < 0))
             budget -= n
-        for span in plan.spans:
-            span.job.last_step = self._tick
+        if len(self.jobs) > 1:  # (only steps shared by several LoRA groups read it)
+            for span in spans:
+                span.job.last_step = self._tick
 
     def _step_group(self, plan: StepPlan) -> list[Job]:
         """The running jobs this step decodes: all of them when they share their
         LoRA scales, else the group of the job that waited longest for a step."""
         jobs = self.jobs
-        if not jobs:
+        if len(jobs) <= 1:
+            plan.lora_key = jobs[0].req.lora_key if jobs else ()
             return jobs
         first = min(jobs, key=lambda j: (j.last_step, j.order))
         plan.lora_key = first.req.lora_key

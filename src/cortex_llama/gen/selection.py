@@ -25,7 +25,7 @@ __all__ = ["TokenPicker", "Pick", "select_tokens"]
 class TokenPicker:
     """How one request's tokens are picked, decided once at admission."""
 
-    __slots__ = ("sampler", "biases", "guarded", "wants_logits")
+    __slots__ = ("sampler", "biases", "guarded", "wants_logits", "vectorized")
 
     def __init__(self, sampler: SamplerChain, wants_logits: bool) -> None:
         self.sampler = sampler
@@ -33,10 +33,8 @@ class TokenPicker:
         self.biases = sampler.argmax_biases
         self.guarded = policy.has_grammar(sampler)
         self.wants_logits = wants_logits
-
-    @property
-    def vectorized(self) -> bool:
-        return self.biases is not None and not self.wants_logits
+        #: picked with the step's other greedy rows by one argmax
+        self.vectorized = self.biases is not None and not wants_logits
 
 
 @dataclass
@@ -72,6 +70,8 @@ def _argmax_rows(ctx: Context, rows: Sequence[tuple[TokenPicker, int, int]]) -> 
 def select_tokens(ctx: Context, rows: Sequence[tuple[TokenPicker, int, int]]) -> list[Pick]:
     """One :class:`Pick` per (picker, batch row, output index) of ``ctx``'s last
     decode, in order. Never raises for a row's own failure (it is in the pick)."""
+    if len(rows) == 1 and rows[0][0].vectorized:  # one greedy request: the common case
+        return [Pick(token=_argmax_rows(ctx, rows)[0])]
     picks = [Pick() for _ in rows]
     greedy = [i for i, (p, _, _) in enumerate(rows) if p.vectorized]
     if greedy:
