@@ -29,7 +29,7 @@ def saved_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def srv(small_q4_path: Path, saved_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("server-slots") / "server.log"
     server = Server(small_q4_path, log, "--ctx-size", "1024", "--parallel", "2", "--temp", "0",
-                    "--slot-save-path", str(saved_dir), api_key=None)
+                    "--slot-save-path", str(saved_dir), "--cache-ram", "0", api_key=None)
     yield server
     assert server.stop() == 0, server.output()
 

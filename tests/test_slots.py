@@ -20,7 +20,9 @@ PROMPT = "The quick brown fox jumps over the lazy dog near the river bank"
 
 @pytest.fixture(scope="module", params=[False, True], ids=["per-slot", "unified"])
 def llm(request: pytest.FixtureRequest, small_q4_path: Path):
-    with LLM(small_q4_path, context_size=512, n_seq_max=3, threads=2, kv_unified=request.param) as m:
+    # (no prompt cache: an erased slot must come back empty, not restored from RAM)
+    with LLM(small_q4_path, context_size=512, n_seq_max=3, threads=2, kv_unified=request.param,
+             prompt_cache_mib=0) as m:
         yield m
 
 

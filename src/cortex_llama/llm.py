@@ -172,7 +172,9 @@ class LLM:
                               kv_unified=c.kv_unified)
                 projector = self._load_projector(model) if c.mmproj is not None else None
                 loras = LoraSet(model, c.lora) if c.lora else None
-                engine = Engine(ctx, max_queue=c.max_queue, projector=projector, loras=loras)
+                cache = None if c.prompt_cache_mib is None else c.prompt_cache_mib * 2**20
+                engine = Engine(ctx, max_queue=c.max_queue, projector=projector, loras=loras,
+                                prompt_cache_bytes=cache)
             except BaseException:
                 model.close()
                 raise

@@ -38,6 +38,7 @@ from ..context import Context
 from ..errors import ClosedError, KVCacheFullError, QueueFullError
 from .lora import LoraSet
 from .params import FINISH_CANCELLED, FINISH_LENGTH
+from .prompt_cache import PromptCache
 from .request import Request
 from .runner import Executed, Runner
 from .scheduler import Job, Scheduler, Span, StepPlan
@@ -66,7 +67,8 @@ class Engine:
     """
 
     def __init__(self, ctx: Context, *, max_queue: int | None = None, projector: Any = None,
-                 per_slot: bool | None = None, loras: LoraSet | None = None) -> None:
+                 per_slot: bool | None = None, loras: LoraSet | None = None,
+                 prompt_cache_bytes: int | None = 0) -> None:
         self.ctx = ctx
         self.max_queue = max_queue
         self.per_slot = ctx.per_slot_streams if per_slot is None else per_slot
@@ -74,9 +76,13 @@ class Engine:
         self.capacity = ctx.n_ctx_seq
         self.n_ctx = ctx.n_ctx
         self.n_batch = ctx.n_batch
+        #: saved prompt states (``prompt_cache_bytes``: 0 off, None no limit; per-slot streams only)
+        self.prompt_cache = (PromptCache(prompt_cache_bytes) if prompt_cache_bytes != 0 and self.per_slot
+                             else None)
         self.scheduler = Scheduler(ctx.n_seq_max, self.capacity, ctx.n_batch, per_slot=self.per_slot,
-                                   window_dropped=lambda seq: ctx.seq_pos_min(seq) > 0)
-        self.runner = Runner(ctx, projector, per_slot=self.per_slot, loras=loras)
+                                   window_dropped=lambda seq: ctx.seq_pos_min(seq) > 0,
+                                   prompt_cache=self.prompt_cache)
+        self.runner = Runner(ctx, projector, per_slot=self.per_slot, loras=loras, prompt_cache=self.prompt_cache)
         self._pickers: dict[int, TokenPicker] = {}  # by id(job)
         # re-entrant: a stream collected (and so cancelled) by a GC pass that runs
         # inside the engine thread while it holds the lock must not deadlock
@@ -183,6 +189,10 @@ class Engine:
         sched = self.scheduler
         with self._lock:
             out: dict[str, float] = {k: float(v) for k, v in self.stats.items()}
+            cache = self.prompt_cache
+            if cache is not None:
+                out.update(prompt_cache_entries=float(len(cache.entries)), prompt_cache_bytes=float(cache.size_bytes),
+                           prompt_cache_hits_total=float(cache.hits), prompt_cache_saves_total=float(cache.saves))
             out.update(requests_running=float(len(sched.jobs)), queue_depth=float(len(sched.queue)),
                        slots_busy=float(sched.slots_busy), slots_total=float(len(sched.slots)),
                        kv_cells_used=float(sched.cells_used), kv_cells_total=float(sched.total_cells),

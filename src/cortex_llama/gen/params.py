@@ -69,11 +69,16 @@ class ModelConfig:
     #: LoRA adapter files loaded with the model, each a path (scale 1.0) or (path, scale);
     #: their ids are their positions. A request picks its own scales (GenerationParams.lora)
     lora: Sequence[Union[str, "os.PathLike[str]", tuple[Union[str, "os.PathLike[str]"], float]]] = ()
+    #: host memory for prompts that left their slot (llama-server's --cache-ram: 8192 MiB;
+    #: 0 off, None no limit), restored when a request starts the same way; per-slot streams only
+    prompt_cache_mib: int | None = 8192
 
     def __post_init__(self) -> None:
         for name in ("context_size", "threads", "batch_size", "n_seq_max"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.prompt_cache_mib is not None and self.prompt_cache_mib < 0:
+            raise ValueError(f"ModelConfig.prompt_cache_mib must be >= 0 or None, got {self.prompt_cache_mib}")
         if self.n_seq_max > self.batch_size:
             raise ValueError(f"ModelConfig.n_seq_max ({self.n_seq_max}) must not exceed "
                              f"batch_size ({self.batch_size})")

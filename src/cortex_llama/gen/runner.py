@@ -1,6 +1,7 @@
 """The runner: applies a :class:`StepPlan` to the ``Context`` and decodes it.
 
-KV operations go to ``seq_rm``/``seq_cp``; the step's LoRA scales to
+KV operations go to ``seq_rm``/``seq_cp`` (and the prompt cache's to
+``state_bytes``/``load_state_bytes``); the step's LoRA scales to
 ``set_loras`` when they change; media spans to the projector (encode,
 then decode the embeddings at their cells); the token spans of the step to one
 ``llama_decode`` (the single-token fast path when the step is one token). Every
@@ -17,6 +18,7 @@ from typing import Any
 from ..batch import Batch
 from ..context import Context
 from .lora import LoraSet
+from .prompt_cache import PromptCache
 from .scheduler import KVOp, Span, StepPlan
 
 __all__ = ["Runner", "Executed"]
@@ -39,11 +41,12 @@ class Runner:
     """Executes plans on ``ctx`` (and ``projector`` for media), from one thread."""
 
     def __init__(self, ctx: Context, projector: Any = None, *, per_slot: bool,
-                 loras: LoraSet | None = None) -> None:
+                 loras: LoraSet | None = None, prompt_cache: PromptCache | None = None) -> None:
         self.ctx = ctx
         self.projector = projector
         self.per_slot = per_slot
         self.loras = loras
+        self.prompt_cache = prompt_cache
         self._batch: Batch = ctx.new_batch()
         self._lora_key: tuple[float, ...] = (0.0,) * len(loras.adapters) if loras else ()
 
@@ -55,6 +58,12 @@ class Runner:
                 ctx.seq_rm(op.seq_id, -1, -1)
             elif op.kind == "trim":
                 ctx.seq_rm(op.seq_id, op.start, -1)
+            elif op.kind == "save":
+                assert self.prompt_cache is not None
+                tokens, lora_key = op.payload
+                self.prompt_cache.put(tokens, lora_key, ctx.state_bytes(op.seq_id))
+            elif op.kind == "restore":
+                ctx.load_state_bytes(op.payload.data, op.seq_id)
             elif op.kind == "copy":
                 if self.per_slot:  # another stream: llama.cpp copies whole streams only
                     ctx.seq_cp(op.src, op.seq_id, -1, -1)

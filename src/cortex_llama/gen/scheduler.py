@@ -36,11 +36,14 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
 from . import media
+
+if TYPE_CHECKING:
+    from .prompt_cache import PromptCache
 
 __all__ = ["Scheduler", "StepPlan", "KVOp", "Span", "SlotState", "Job", "Schedulable",
            "common_prefix"]
@@ -69,12 +72,15 @@ class KVOp:
     """One KV-cache operation on sequence ``seq_id``, run before the step's decode:
     ``clear`` drops all its cells, ``trim`` those at positions >= ``start``,
     ``copy`` gives it sequence ``src``'s cells at positions < ``start`` (in
-    per-slot streams: the whole stream is copied; a ``trim`` follows)."""
+    per-slot streams: the whole stream is copied; a ``trim`` follows);
+    ``save`` puts its state into the prompt cache (``payload``: its tokens and
+    LoRA key), ``restore`` loads the cache entry ``payload`` into it."""
 
     kind: str
     seq_id: int
     start: int = 0
     src: int = -1
+    payload: Any = field(default=None, compare=False)
 
 
 @dataclass
@@ -157,7 +163,8 @@ class Scheduler:
     """
 
     def __init__(self, n_slots: int, capacity: int, n_batch: int, *, per_slot: bool,
-                 window_dropped: Callable[[int], bool] | None = None) -> None:
+                 window_dropped: Callable[[int], bool] | None = None,
+                 prompt_cache: PromptCache | None = None) -> None:
         if n_slots < 1 or capacity < 1 or n_batch < n_slots:
             # every running slot's next token goes into each step's batch
             raise ValueError(f"bad scheduler sizes: n_slots={n_slots}, capacity={capacity}, "
@@ -171,6 +178,8 @@ class Scheduler:
         self.queue: collections.deque[Schedulable] = collections.deque()  # waiting, FIFO
         #: slots held back from admission (a slot file operation waits for them)
         self.reserved: set[int] = set()
+        #: saved prompt states (per-slot streams only: a unified cache has no stream to restore into)
+        self.prompt_cache = prompt_cache if per_slot else None
         self._order = 0
         self._tick = 0
 
@@ -264,7 +273,7 @@ class Scheduler:
             if not free:
                 return
             feed = req.prompt_tokens + req.tokens  # a preempted request resumes from here
-            slot, reuse = self._best_slot(free, req, feed, plan)
+            slot, reuse = self._best_slot(free, req, feed)
             src, shared = self._best_running(req, feed)
             need = len(feed) - max(reuse, shared) + 1 + len(self.jobs)
             if not self.per_slot and self.jobs:
@@ -272,17 +281,7 @@ class Scheduler:
                 if self.capacity - running - max(reuse, shared) < need:
                     return  # wait for room (FIFO: the head blocks the rest)
             self.queue.popleft()
-            if src is not None and shared > reuse:
-                plan.ops.append(KVOp("clear", slot.seq_id))
-                plan.ops.append(KVOp("copy", slot.seq_id, start=shared, src=src.seq_id))
-                if self.per_slot:
-                    plan.ops.append(KVOp("trim", slot.seq_id, start=shared))
-                slot.cached[:] = feed[:shared]
-                reuse = shared
-                plan.prefix_copies += 1
-            elif reuse < len(slot.cached):
-                plan.ops.append(KVOp("trim", slot.seq_id, start=reuse))
-                del slot.cached[reuse:]
+            reuse = self._prepare(slot, req, feed, (reuse, src, shared), plan)
             if not self.per_slot:
                 self._evict_idle(min(need, self.capacity - reuse), plan, keep=slot)
             self._order += 1
@@ -307,8 +306,7 @@ class Scheduler:
             return 0
         return max(n, 0)
 
-    def _best_slot(self, free: list[SlotState], req: Schedulable, feed: list[int], plan: StepPlan
-                   ) -> tuple[SlotState, int]:
+    def _best_slot(self, free: list[SlotState], req: Schedulable, feed: list[int]) -> tuple[SlotState, int]:
         """The free slot sharing the longest usable prefix with ``feed`` (least
         recently used among equals), and that prefix's length."""
         best, best_n = free[0], -1
@@ -316,10 +314,48 @@ class Scheduler:
             n = self._usable(s, req, feed)
             if n > best_n:
                 best, best_n = s, n
-        if best_n == 0 and best.cached:
-            plan.ops.append(KVOp("clear", best.seq_id))
-            best.cached.clear()
         return best, best_n
+
+    def _prepare(self, slot: SlotState, req: Schedulable, feed: list[int],
+                 found: tuple[int, SlotState | None, int], plan: StepPlan) -> int:
+        """Make ``slot`` hold the longest usable start of ``feed``: its own cells
+        (``found``: how many), a running slot's (copied) or a prompt cache
+        entry's (restored), saving what it held to the prompt cache before it
+        goes. Returns how many entries of ``feed`` it holds."""
+        reuse, src, shared = found
+        cache = self.prompt_cache
+        entry, hit = cache.best(feed, req.lora_key, max(reuse, shared)) if cache is not None else (None, 0)
+        if reuse < len(slot.cached):  # its cells (or their tail) are about to go
+            self._save(slot, plan)
+        if entry is not None and cache is not None:
+            cache.take(entry)
+            plan.ops += [KVOp("clear", slot.seq_id), KVOp("restore", slot.seq_id, payload=entry)]
+            slot.cached[:] = entry.tokens
+            slot.lora_key = entry.lora_key
+            reuse = hit
+        elif src is not None and shared > reuse:
+            plan.ops.append(KVOp("clear", slot.seq_id))
+            plan.ops.append(KVOp("copy", slot.seq_id, start=shared, src=src.seq_id))
+            if self.per_slot:
+                plan.ops.append(KVOp("trim", slot.seq_id, start=shared))
+            slot.cached[:] = feed[:shared]
+            plan.prefix_copies += 1
+            return shared
+        elif reuse == 0 and slot.cached:
+            plan.ops.append(KVOp("clear", slot.seq_id))
+            slot.cached.clear()
+        if reuse < len(slot.cached):
+            plan.ops.append(KVOp("trim", slot.seq_id, start=reuse))
+            del slot.cached[reuse:]
+        return reuse
+
+    def _save(self, slot: SlotState, plan: StepPlan) -> None:
+        """Save ``slot``'s state to the prompt cache before its cells go (text
+        slots whose early positions are all there only)."""
+        if (self.prompt_cache is None or not slot.cached or any(t < 0 for t in slot.cached)
+                or self._window_dropped(slot.seq_id)):
+            return
+        plan.ops.append(KVOp("save", slot.seq_id, payload=(tuple(slot.cached), slot.lora_key)))
 
     def _best_running(self, req: Schedulable, feed: list[int]) -> tuple[SlotState | None, int]:
         """The running slot sharing the longest usable prefix with ``feed``."""
