@@ -202,6 +202,33 @@ def test_anthropic_claude(server: Server) -> None:
     assert cut.stop_reason == "max_tokens" and not [b for b in cut.content if b.type == "tool_use"]
 
 
+class Mood(pydantic.BaseModel):
+    """Bounded without string lengths: the anthropic client moves ``maxLength`` (and
+    ``minimum``...) into the description, and a random model's string never ends."""
+
+    mood: Literal["happy", "sad"]
+    age: int
+    sure: bool
+
+
+def test_anthropic_structured_output(server: Server) -> None:
+    """``messages.parse(output_format=...)`` sends ``output_config.format``: a JSON
+    schema the answer follows (llama-server ignores it and answers free text)."""
+    anthropic = pytest.importorskip("anthropic")
+    c = anthropic.Anthropic(base_url=server.url, api_key=KEY, max_retries=0, timeout=HTTP_TIMEOUT)
+    ask = [{"role": "user", "content": "A mood, as JSON."}]
+    m = c.messages.parse(model=CLAUDE, max_tokens=CALL_TOKENS, messages=ask, output_format=Mood, extra_body=GREEDY)
+    assert isinstance(m.parsed_output, Mood) and m.stop_reason == "end_turn"
+    beta = server.post("/v1/messages", {"model": CLAUDE, "max_tokens": CALL_TOKENS, "messages": ask, **GREEDY,
+                                        "output_format": {"type": "json_schema", "schema": Mood.model_json_schema()}})
+    assert Mood.model_validate_json(beta.json()["content"][0]["text"]) == m.parsed_output
+    bad = {"type": "json_schema", "schema": {"type": "frobnicate"}}
+    for body in ({"output_config": {"format": bad}}, {"output_format": bad},
+                 {"output_config": {"format": {"type": "xml", "schema": {}}}}):
+        r = server.post("/v1/messages", {"model": CLAUDE, "max_tokens": 4, "messages": ask, **body})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith(next(iter(body))), r.text
+
+
 # ---------------------------------------------------------------------------
 # LangChain: ChatOpenAI (chat, streams, bind_tools, with_structured_output), OpenAIEmbeddings
 # ---------------------------------------------------------------------------
