@@ -36,8 +36,11 @@ openai = pytest.importorskip("openai")
 pydantic = pytest.importorskip("pydantic")
 jsonschema = pytest.importorskip("jsonschema")
 
+# the tests that make many forced calls are slow (~3-30 s each on 2 busy cores); the
+# server fixes' tests, embeddings and the quick LiteLLM ones are not
 pytestmark = [pytest.mark.server,
-              pytest.mark.filterwarnings("ignore:.*ReadOnly. qualifier:UserWarning")]  # litellm's types
+              pytest.mark.filterwarnings("ignore:.*ReadOnly. qualifier:UserWarning"),  # litellm's types
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:litellm")]
 
 CALL_TOKENS = 300  # room for a forced call or a JSON answer (the grammar allows some whitespace)
 
@@ -83,6 +86,7 @@ def check_weather(name: str, args: Any) -> None:
 # ---------------------------------------------------------------------------
 # openai: the helpers that parse (structured output, strict tools), async, streams
 # ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_openai_parse_helpers(server: Server) -> None:
     client = server.client()
     msgs = [{"role": "user", "content": "A person, as JSON."}]
@@ -104,6 +108,7 @@ def test_openai_parse_helpers(server: Server) -> None:
     assert isinstance(call.function.parsed_arguments, Person)
 
 
+@pytest.mark.slow
 def test_openai_responses_parse_and_streamed_call(server: Server) -> None:
     client = server.client()
     r = client.responses.parse(model="gpt-4o-mini", input="A person, as JSON.", text_format=Person,
@@ -163,6 +168,7 @@ GREEDY = {"temperature": 0}  # (this client has no temperature argument)
 ANTHROPIC_WEATHER = {"name": "get_weather", "description": "The weather in a city.", "input_schema": WEATHER_PARAMS}
 
 
+@pytest.mark.slow
 def test_anthropic_claude(server: Server) -> None:
     anthropic = pytest.importorskip("anthropic")
     c = anthropic.Anthropic(base_url=server.url, api_key=KEY, max_retries=0, timeout=HTTP_TIMEOUT)
@@ -233,9 +239,8 @@ def test_anthropic_structured_output(server: Server) -> None:
 # LangChain: ChatOpenAI (chat, streams, bind_tools, with_structured_output), OpenAIEmbeddings
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def lc(server: Server) -> Any:
-    lc_openai = pytest.importorskip("langchain_openai")
-    return lc_openai
+def lc() -> Any:
+    return pytest.importorskip("langchain_openai")
 
 
 def chat_model(lc: Any, server: Server, **kw: Any) -> Any:
@@ -244,6 +249,7 @@ def chat_model(lc: Any, server: Server, **kw: Any) -> Any:
                          timeout=HTTP_TIMEOUT, **kw)
 
 
+@pytest.mark.slow
 def test_langchain_chat_and_streams(lc: Any, server: Server) -> None:
     llm = chat_model(lc, server, max_tokens=16)
     assert llm.model_name == "gpt-3.5-turbo"  # ChatOpenAI's default
@@ -252,6 +258,11 @@ def test_langchain_chat_and_streams(lc: Any, server: Server) -> None:
     assert msg.content == want and msg.response_metadata["model_name"] == server.model_id
     assert msg.usage_metadata["output_tokens"] <= 16
     assert "".join(c.content for c in llm.stream(HI)) == want
+    chunks = list(llm.stream(HI, stream_usage=True))  # (off by default with a base_url)
+    whole = chunks[0]
+    for c in chunks[1:]:
+        whole += c
+    assert whole.content == want and whole.usage_metadata["output_tokens"] == msg.usage_metadata["output_tokens"]
 
     async def go() -> tuple[str, str]:
         a = await llm.ainvoke(HI)
@@ -263,6 +274,7 @@ def test_langchain_chat_and_streams(lc: Any, server: Server) -> None:
     assert resp.text == want
 
 
+@pytest.mark.slow
 def test_langchain_bind_tools(lc: Any, server: Server) -> None:
     from langchain_core.messages import HumanMessage, ToolMessage
 
@@ -288,6 +300,7 @@ def test_langchain_bind_tools(lc: Any, server: Server) -> None:
     check_weather(call["name"], call["args"])
 
 
+@pytest.mark.slow
 def test_langchain_structured_output(lc: Any, server: Server) -> None:
     ask = "A person, as JSON."
     with warnings.catch_warnings():  # gpt-3.5-turbo: LangChain switches json_schema to function_calling
@@ -345,6 +358,11 @@ def test_litellm_completion_and_streams(litellm: Any, server: Server) -> None:
         return a.choices[0].message.content, "".join([c.choices[0].delta.content or "" async for c in s])
 
     assert asyncio.run(asyncio.wait_for(go(), HTTP_TIMEOUT)) == (want, want)
+    counted = list(litellm.completion(messages=HI, stream=True, stream_options={"include_usage": True},
+                                      **lite(server, max_tokens=16)))
+    assert counted[-1].usage.completion_tokens == r.usage.completion_tokens
+    resp = litellm.responses(input="Say hello.", max_output_tokens=16, **lite(server))
+    assert resp.output[0].content[0].text == want
     # LiteLLM's Anthropic provider speaks /v1/messages
     m = litellm.completion(model=f"anthropic/{CLAUDE}", api_base=server.url, api_key=KEY, messages=HI,
                            max_tokens=16, temperature=0, num_retries=0)
@@ -376,3 +394,26 @@ def test_litellm_embedding(litellm: Any, server: Server) -> None:
     assert np.allclose([d["embedding"] for d in r.data], [d.embedding for d in want.data], atol=1e-5)
     a = asyncio.run(litellm.aembedding(input=["second"], **kw))
     assert np.allclose(a.data[0]["embedding"], want.data[1].embedding, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# the real model: a LangChain tool loop
+# ---------------------------------------------------------------------------
+@pytest.mark.real
+def test_real_model_langchain_tool_loop(lc: Any, real_model_path: Path, tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct Q4_1 through ChatOpenAI: a forced call, the tool's
+    result as a ToolMessage, then an answer in words."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+
+    srv = Server(real_model_path, tmp_path / "real.log", "--ctx-size", "4096", "--parallel", "2")
+    try:
+        llm = chat_model(lc, srv, max_tokens=128)
+        history: list[Any] = [HumanMessage("What is the weather in Paris?")]
+        call_msg = llm.bind_tools([WEATHER], tool_choice="get_weather").invoke(history)
+        (call,) = call_msg.tool_calls
+        check_weather(call["name"], call["args"])
+        history += [call_msg, ToolMessage('{"temperature": 21, "sky": "clear"}', tool_call_id=call["id"])]
+        answer = llm.bind_tools([WEATHER]).invoke(history)
+        assert isinstance(answer.content, str) and answer.content.strip() and not answer.tool_calls
+    finally:
+        assert srv.stop() == 0, srv.output()
