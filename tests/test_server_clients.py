@@ -142,6 +142,28 @@ def test_openai_async_stream_equals_plain(server: Server) -> None:
     assert asyncio.run(asyncio.wait_for(go(), HTTP_TIMEOUT)) == (want, want)
 
 
+class Count(pydantic.BaseModel):
+    n: int
+
+
+def test_openai_stream_helper_assembles_the_plain_message(server: Server) -> None:
+    """The stream helper's final message equals the plain one: a forced call and
+    ``content`` None (the first delta carries ``content: null``, as llama-server's)."""
+    client = server.client()
+    kw: dict[str, Any] = dict(model="gpt-4o-mini", messages=[{"role": "user", "content": "Count."}], temperature=0,
+                              tools=[openai.pydantic_function_tool(Count)], tool_choice="required",
+                              max_tokens=CALL_TOKENS)
+    plain = client.chat.completions.parse(**kw).choices[0].message
+    with client.chat.completions.stream(**kw) as stream:
+        kinds = {e.type for e in stream}
+        final = stream.get_final_completion().choices[0].message
+    assert plain.content is None and final.content is None and "content.delta" not in kinds
+    assert "tool_calls.function.arguments.done" in kinds
+    assert [c.function.parsed_arguments for c in final.tool_calls] == [c.function.parsed_arguments
+                                                                      for c in plain.tool_calls]
+    assert isinstance(final.tool_calls[0].function.parsed_arguments, Count)
+
+
 def test_forced_call_cut_by_max_tokens_streams_like_plain(server: Server) -> None:
     """A forced call cut short by max_tokens: streamed, it ends with ``length`` and no
     call, as the plain answer does (it used to end the stream with an error)."""
