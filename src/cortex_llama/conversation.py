@@ -319,6 +319,14 @@ def finish_chat(parser: OutputParser, done: Completion) -> ChatCompletion:
     return ChatCompletion.from_message(done, parser.message)
 
 
+def _cut_short(request: Request) -> bool:
+    """Whether a stream's output ended short (``length``, ``cancelled``): its end is
+    then parsed as partial, as :func:`finish_chat` parses the whole answer, so a
+    forced call cut by ``max_tokens`` ends the stream with ``length`` (no call), not
+    an error."""
+    return request.finish_reason not in (FINISH_EOG, FINISH_STOP)
+
+
 
 class ChatStream(Iterator[ChatDelta]):
     """Typed deltas of a streamed chat: content, reasoning and tool-call pieces, as
@@ -342,7 +350,7 @@ class ChatStream(Iterator[ChatDelta]):
             piece = next(self._text, None)
             if piece is None:
                 self._ended = True
-                self._pending = self._parser.feed("", partial=False)
+                self._pending = self._parser.feed("", partial=_cut_short(self.request))
             else:
                 self._pending = self._parser.feed(piece)
         return self._pending.pop(0)
@@ -383,7 +391,7 @@ class AsyncChatStream(AsyncIterator[ChatDelta]):
                 piece = await self._text.__anext__()
             except StopAsyncIteration:
                 self._ended = True
-                self._pending = self._parser.feed("", partial=False)
+                self._pending = self._parser.feed("", partial=_cut_short(self.request))
                 continue
             self._pending = self._parser.feed(piece)
         return self._pending.pop(0)

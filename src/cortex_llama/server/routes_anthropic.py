@@ -26,7 +26,7 @@ from .chat_bridge import (Block, BlockCutter, BlockEvent, ChatRun, chat_body, ch
 from .errors import APIError, from_exception, invalid_value, require_str
 from .handlers import validation_error
 from .schemas import ChatCompletionRequest
-from .schemas_anthropic import CountTokensRequest, MessagesRequest
+from .schemas_anthropic import CountTokensRequest, MessagesRequest, OutputFormat
 from .state import ServerState, get_state
 
 __all__ = ["router", "AnthropicRoute", "anthropic_error"]
@@ -39,9 +39,12 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
 
 # -- errors in Anthropic's shape ------------------------------------------------------------------
 def anthropic_error(err: APIError) -> dict[str, Any]:
-    """Anthropic's error body of ``err``. Never raises."""
+    """Anthropic's error body of ``err`` (it has no ``param``: the message starts with
+    the field). Never raises."""
     kind = ERROR_TYPES.get(err.status, "api_error" if err.status >= 500 else "invalid_request_error")
-    return {"type": "error", "error": {"type": kind, "message": err.message}}
+    named = err.param is None or err.message.startswith(err.param)
+    message = err.message if named else f"{err.param}: {err.message}"
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 class AnthropicRoute(APIRoute):
@@ -155,6 +158,19 @@ def _messages(body: CountTokensRequest) -> list[dict[str, Any]]:
     return out
 
 
+def _output_format(body: MessagesRequest) -> tuple[str, OutputFormat] | None:
+    """(its field, the format) of a structured-output request, else None."""
+    if body.output_config is not None and body.output_config.format is not None:
+        return "output_config.format", body.output_config.format
+    return ("output_format", body.output_format) if body.output_format is not None else None
+
+
+def _names(body: CountTokensRequest) -> dict[str, str]:
+    """:data:`NAMES`, with ``response_format`` named after the structured-output field when given."""
+    fmt = _output_format(body) if isinstance(body, MessagesRequest) else None
+    return {**NAMES, "response_format": fmt[0]} if fmt is not None else NAMES
+
+
 def _chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
     """The chat request of ``body``. Raises :class:`APIError` (400) naming the bad field."""
     fields: dict[str, Any] = {"messages": _messages(body)}
@@ -165,6 +181,9 @@ def _chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
                 fields[name] = getattr(body, name)
         if body.stop_sequences:
             fields["stop"] = body.stop_sequences
+        fmt = _output_format(body)
+        if fmt is not None:
+            fields["response_format"] = {"type": "json_schema", "json_schema": {"schema": fmt[1].schema_}}
     choice = body.tool_choice
     if body.tools and (choice is None or choice.type != "none"):
         fields["tools"] = [{"type": "function", "function": {
@@ -176,7 +195,7 @@ def _chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
                 fields["parallel_tool_calls"] = False
     if body.thinking is not None and body.thinking.type != "adaptive":
         fields["chat_template_kwargs"] = {"enable_thinking": body.thinking.type == "enabled"}
-    return chat_body(fields, NAMES)
+    return chat_body(fields, _names(body))
 
 
 # -- the answer -----------------------------------------------------------------------------------
@@ -273,7 +292,7 @@ def _error_event(err: APIError) -> str:
 async def create_message(body: MessagesRequest, raw: HTTPRequest, state: ServerState = Depends(get_state)) -> Any:
     """A message in answer to ``messages``. Raises :class:`APIError` (answered in
     Anthropic's shape): 400 naming a bad field, 503 when the queue is full."""
-    run = await start_chat(state, _chat_request(body), NAMES)
+    run = await start_chat(state, _chat_request(body), _names(body))
     mid = new_id("msg_")
     if body.stream:
         return event_stream(_events(state, body, run, mid), run, _error_event)

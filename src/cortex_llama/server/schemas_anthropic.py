@@ -12,7 +12,8 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["AnthropicTool", "AnthropicToolChoice", "ThinkingConfig", "CountTokensRequest", "MessagesRequest"]
+__all__ = ["AnthropicTool", "AnthropicToolChoice", "ThinkingConfig", "OutputFormat", "OutputConfig",
+           "CountTokensRequest", "MessagesRequest"]
 
 
 class _Request(BaseModel):
@@ -43,6 +44,17 @@ class AnthropicToolChoice(_Request):
 class ThinkingConfig(_Request):
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: int | None = Field(None, ge=0)  # accepted, not enforced
+
+
+class OutputFormat(_Request):
+    """Structured output: ``{"type": "json_schema", "schema": {...}}``."""
+
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Request):
+    format: OutputFormat | None = None  # (effort: accepted, not used)
 
 
 class CountTokensRequest(_Request):
@@ -80,6 +92,9 @@ class MessagesRequest(CountTokensRequest):
     min_p: float | None = Field(None, ge=0, le=1, description="extension: min-p sampling")
     seed: int | None = Field(None, description="extension: the sampling seed")
     grammar: str | None = Field(None, description="extension: a GBNF grammar constraining the output")
+    output_config: OutputConfig | None = None
+    output_format: OutputFormat | None = Field(None, description="the structured-outputs beta's name for "
+                                                                 "output_config.format")
 
     @model_validator(mode="after")
     def _check_stops(self) -> MessagesRequest:

@@ -168,7 +168,7 @@ class ChatStream:
     async def events(self, include_usage: bool) -> AsyncIterator[str]:
         """The events; raises the engine's error of a request."""
         for i in range(len(self.job.reqs)):
-            yield self._chunk(i, ChatDelta(role="assistant", content=""))
+            yield self._chunk(i, ChatDelta(role="assistant", content=None))  # llama-server's first delta
         async for i, d in merge_iters(self.streams):
             yield self._delta(i, d) if d is not None else await self._final(i)
         if include_usage:
