@@ -1,27 +1,17 @@
 """The host-memory prompt cache (``ModelConfig.prompt_cache_mib``, llama-server's
 ``--cache-ram``): a prompt whose slot was taken by another request is restored
 from RAM, equal to its first run; the cache's own rules on plain data; and on the
-Q4_0 synthetic model through the engine."""
+Q4_0 synthetic model through the engine (the scheduler's save and restore
+operations are tested in tests/test_scheduler.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from cortex_llama import LLM
 from cortex_llama.gen.prompt_cache import PromptCache
-from cortex_llama.gen.scheduler import Scheduler
 
 LONG = [f"Document {i}: " + " ".join(f"word{i}x{j}" for j in range(40)) for i in range(3)]
-
-
-@dataclass(eq=False)
-class Req:
-    prompt_tokens: list[int]
-    tokens: list[int] = field(default_factory=list)
-    cancel_requested: bool = False
-    pinned_slot: int | None = None
-    lora_key: tuple[float, ...] = ()
 
 
 def test_cache_rules() -> None:
@@ -39,26 +29,6 @@ def test_cache_rules() -> None:
     assert [e.tokens for e in cache.entries] == [(7, 8), (5, 5, 5)]
     cache.put(range(20, 28), (), b"")
     assert cache.best([20, 9, 9], (), better_than=0)[0] is None  # 1 of 8 kept: under a quarter
-
-
-def test_scheduler_saves_before_the_cells_go_and_restores_into_the_slot() -> None:
-    s = Scheduler(1, 64, 32, per_slot=True, prompt_cache=PromptCache(None))
-    a = Req([1, 2, 3, 4, 5, 6])
-    s.queue.append(a)
-    (job, _), = s.plan().admitted
-    job.slot.cached[:] = a.prompt_tokens  # as if evaluated
-    s.release(job)
-    s.queue.append(Req([9, 9, 9]))
-    plan = s.plan()
-    assert [op.kind for op in plan.ops] == ["save", "clear"]
-    assert plan.ops[0].payload == ((1, 2, 3, 4, 5, 6), ())
-    assert s.prompt_cache is not None
-    s.prompt_cache.put(*plan.ops[0].payload, data=b"state")  # what the runner does
-    s.release(plan.admitted[0][0])
-    s.queue.append(Req([1, 2, 3, 4, 7]))
-    plan = s.plan()
-    assert [op.kind for op in plan.ops] == ["clear", "restore", "trim"]  # (its slot held nothing)
-    assert plan.admitted[0][1] == 4 and s.prompt_cache.hits == 1
 
 
 def test_a_prompt_evicted_from_its_slot_comes_back_from_ram(small_q4_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cortex_llama.gen.prompt_cache import PromptCache
 from cortex_llama.gen.scheduler import KVOp, Scheduler, StepPlan, common_prefix
 
 
@@ -211,3 +212,23 @@ def test_reserved_slots_are_not_admitted_into_and_set_cached_is_reused() -> None
         s.set_cached(0, [])
     with pytest.raises(ValueError, match=r"slot 5 is not in \[0, 2\)"):
         s.slot(5)
+
+
+def test_scheduler_saves_before_the_cells_go_and_restores_into_the_slot() -> None:
+    s = Scheduler(1, 64, 32, per_slot=True, prompt_cache=PromptCache(None))
+    a = Req([1, 2, 3, 4, 5, 6])
+    s.queue.append(a)
+    (job, _), = s.plan().admitted
+    job.slot.cached[:] = a.prompt_tokens  # as if evaluated
+    s.release(job)
+    s.queue.append(Req([9, 9, 9]))
+    plan = s.plan()
+    assert [op.kind for op in plan.ops] == ["save", "clear"]
+    assert plan.ops[0].payload == ((1, 2, 3, 4, 5, 6), ())
+    assert s.prompt_cache is not None
+    s.prompt_cache.put(*plan.ops[0].payload, data=b"state")  # what the runner does
+    s.release(plan.admitted[0][0])
+    s.queue.append(Req([1, 2, 3, 4, 7]))
+    plan = s.plan()
+    assert [op.kind for op in plan.ops] == ["clear", "restore", "trim"]  # (its slot held nothing)
+    assert plan.admitted[0][1] == 4 and s.prompt_cache.hits == 1
