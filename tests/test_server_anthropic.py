@@ -176,6 +176,21 @@ def test_bad_input_answers_400_in_anthropics_shape(server: Server, body: dict[st
         client(server).messages.count_tokens(model="m", messages=[{"role": "tool", "content": "x"}])
 
 
+def test_middleware_errors_in_anthropics_shape(server: Server) -> None:
+    """A wrong key, a body that is not JSON, a foreign Host: answered before any route
+    runs, still in Anthropic's shape on /v1/messages (OpenAI's elsewhere)."""
+    cases = [({"Authorization": "Bearer wrong"}, None, 401, "authentication_error"),
+             ({"content-type": "text/plain"}, b"{}", 415, "invalid_request_error"),
+             ({"host": "evil.example"}, None, 403, "permission_error")]
+    for headers, content, status, kind in cases:
+        r = server.post("/v1/messages", {"max_tokens": 1, "messages": HELLO} if content is None else None,
+                        headers=headers, **({"content": content} if content is not None else {}))
+        assert r.status_code == status and r.json()["type"] == "error", r.text
+        assert r.json()["error"]["type"] == kind
+    other = server.post("/v1/chat/completions", None, headers={"host": "evil.example"})
+    assert other.status_code == 403 and "param" in other.json()["error"]
+
+
 def test_x_api_key(server: Server) -> None:
     """The anthropic client's own header, once the server's middleware accepts it."""
     c = anthropic.Anthropic(base_url=server.url, api_key=KEY, max_retries=0, timeout=60)

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from ..errors import (ChatRequestError, ClosedError, GrammarError, LlamaError, MediaError, QueueFullError,
                       TemplateError)
 
-__all__ = ["APIError", "error_body", "from_exception", "exceed_context", "invalid_value", "require_str",
+__all__ = ["APIError", "anthropic_error", "error_body", "from_exception", "exceed_context", "invalid_value", "require_str",
            "RETRY_AFTER_S"]
 
 RETRY_AFTER_S = 1  # seconds a client is told to wait when the queue is full
@@ -126,3 +126,17 @@ def from_exception(exc: BaseException, *, prompt_param: str = "prompt",
     if isinstance(exc, LlamaError):
         return APIError(500, f"{type(exc).__name__}: {exc}", code="engine_error")
     return APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error")
+
+
+# -- Anthropic's shape (the /v1/messages routes) ------------------------------------------------------
+ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
+
+
+def anthropic_error(err: APIError) -> dict[str, Any]:
+    """Anthropic's error body of ``err`` (it has no ``param``: the message starts with
+    the field). Never raises."""
+    kind = ANTHROPIC_ERROR_TYPES.get(err.status, "api_error" if err.status >= 500 else "invalid_request_error")
+    named = err.param is None or err.message.startswith(err.param)
+    message = err.message if named else f"{err.param}: {err.message}"
+    return {"type": "error", "error": {"type": kind, "message": message}}

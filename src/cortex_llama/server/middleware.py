@@ -1,8 +1,8 @@
 """ASGI middleware of the server: Host check, API key, body size limit, JSON
 content type, request counting.
 
-Each answers its errors with the OpenAI-style JSON body itself, before the
-request reaches FastAPI.
+Each answers its errors with the OpenAI-style JSON body itself (Anthropic's on
+``/v1/messages``), before the request reaches FastAPI.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import ipaddress
 import json
 from typing import Any, Awaitable, Callable, Collection, MutableMapping
 
-from .errors import APIError
+from .errors import APIError, anthropic_error
 from .metrics import ServerMetrics
 
 __all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware", "CountingMiddleware", "JSONBodyMiddleware",
@@ -25,8 +25,14 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-async def send_error(send: Send, err: APIError) -> None:
-    body = json.dumps(err.body()).encode()
+ANTHROPIC_PATHS = ("/v1/messages",)  # their clients read Anthropic's error shape
+
+
+async def send_error(send: Send, err: APIError, scope: Scope | None = None) -> None:
+    """Answer ``err``: OpenAI's error shape, Anthropic's on its routes."""
+    path = str(scope.get("path", "")) if scope is not None else ""
+    shaped = anthropic_error(err) if path.startswith(ANTHROPIC_PATHS) else err.body()
+    body = json.dumps(shaped).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
@@ -56,11 +62,11 @@ class ApiKeyMiddleware:
         if given is None:
             await send_error(send, APIError(401, "missing API key: send the header 'Authorization: Bearer "
                                                  "<key>' or 'X-Api-Key: <key>'", code="missing_api_key",
-                                            headers={"WWW-Authenticate": "Bearer"}))
+                                            headers={"WWW-Authenticate": "Bearer"}), scope)
             return
         if not hmac.compare_digest(given, self.key):
             await send_error(send, APIError(401, "invalid API key", code="invalid_api_key",
-                                            headers={"WWW-Authenticate": "Bearer"}))
+                                            headers={"WWW-Authenticate": "Bearer"}), scope)
             return
         await self.app(scope, receive, send)
 
@@ -85,7 +91,7 @@ class BodyLimitMiddleware:
                              code="request_too_large")
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            await send_error(send, too_large)
+            await send_error(send, too_large, scope)
             return
         parts: list[bytes] = []
         seen = 0
@@ -96,7 +102,7 @@ class BodyLimitMiddleware:
             chunk = msg.get("body", b"")
             seen += len(chunk)
             if seen > self.limit:
-                await send_error(send, too_large)
+                await send_error(send, too_large, scope)
                 return
             parts.append(chunk)
             if not msg.get("more_body", False):
@@ -155,7 +161,7 @@ class JSONBodyMiddleware:
                 shown = f"Content-Type {raw[:80]!r}" if raw else "no Content-Type"
                 await send_error(send, APIError(415, f"{shown}: the request body must be JSON, sent with "
                                                      "'Content-Type: application/json'",
-                                                code="unsupported_media_type"))
+                                                code="unsupported_media_type"), scope)
                 return
         await self.app(scope, receive, send)
 
@@ -202,6 +208,6 @@ class HostCheckMiddleware:
             if host is not None and host not in self.allowed and not (self.any_ip and _is_ip(host)):
                 await send_error(send, APIError(403, f"Host {host!r} is not allowed: this server answers "
                                                      f"{', '.join(sorted(self.allowed))} (add names with "
-                                                     "--allowed-hosts)", code="host_not_allowed"))
+                                                     "--allowed-hosts)", code="host_not_allowed"), scope)
                 return
         await self.app(scope, receive, send)

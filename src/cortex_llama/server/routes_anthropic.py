@@ -23,7 +23,7 @@ from starlette.requests import Request as HTTPRequest
 from ..conversation import ChatCompletion
 from .chat_bridge import (Block, BlockCutter, BlockEvent, ChatRun, chat_body, chat_tokens, event_stream,
                           finish_chat, matched_stop, new_id, sse_event, start_chat, tool_input)
-from .errors import APIError, from_exception, invalid_value, require_str
+from .errors import APIError, anthropic_error, from_exception, invalid_value, require_str
 from .handlers import validation_error
 from .schemas import ChatCompletionRequest
 from .schemas_anthropic import CountTokensRequest, MessagesRequest, OutputFormat
@@ -33,18 +33,6 @@ __all__ = ["router", "AnthropicRoute", "anthropic_error"]
 
 # chat request field -> the Messages field it comes from (for error messages)
 NAMES = {"stop": "stop_sequences", "chat_template_kwargs": "thinking", "response_format": "tools"}
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error"}
-
-
-# -- errors in Anthropic's shape ------------------------------------------------------------------
-def anthropic_error(err: APIError) -> dict[str, Any]:
-    """Anthropic's error body of ``err`` (it has no ``param``: the message starts with
-    the field). Never raises."""
-    kind = ERROR_TYPES.get(err.status, "api_error" if err.status >= 500 else "invalid_request_error")
-    named = err.param is None or err.message.startswith(err.param)
-    message = err.message if named else f"{err.param}: {err.message}"
-    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 class AnthropicRoute(APIRoute):
