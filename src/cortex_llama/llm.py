@@ -55,7 +55,7 @@ from .gen.lora import LoraInfo, LoraSet
 from .gen.slot_files import Slots
 from .gen.streams import AsyncTextStream, TextStream
 from .model import Model
-from .rerank import RerankResult, ranked, rerank_tokens
+from .rerank import RerankResult, rerank_documents
 from .multimodal import Projector
 from .sampling import SamplerChain
 
@@ -171,9 +171,9 @@ class LLM:
                               flash_attn=c.resolved_flash_attn, type_k=c.type_k, type_v=c.type_v,
                               kv_unified=c.kv_unified)
                 projector = self._load_projector(model) if c.mmproj is not None else None
-                loras = LoraSet(model, c.lora) if c.lora else None
+                loras = LoraSet(model, c.lora)
                 cache = None if c.prompt_cache_mib is None else c.prompt_cache_mib * 2**20
-                engine = Engine(ctx, max_queue=c.max_queue, projector=projector, loras=loras,
+                engine = Engine(ctx, max_queue=c.max_queue, projector=projector, loras=loras or None,
                                 prompt_cache_bytes=cache)
             except BaseException:
                 model.close()
@@ -366,29 +366,23 @@ class LLM:
                                   prompt=toks, constraint=constraint)
         req = Request(toks, p, chain, model.vocab, self._eog_cache, on_cancel=engine.wake,
                       preserved_tokens=preserved_tokens)
-        req.lora_key = self._lora_key(p.lora)
+        assert self._loras is not None
+        req.lora_key = self._loras.key(p.lora)
         return req
-
-    def _lora_key(self, scales: Mapping[int, float] | None) -> tuple[float, ...]:
-        if self._loras is None:
-            if scales:
-                raise ValueError("lora: no LoRA adapters are loaded (ModelConfig.lora)")
-            return ()
-        return self._loras.key(scales)
 
     @property
     def lora(self) -> list[LoraInfo]:
         """The LoRA adapters loaded with ``ModelConfig.lora`` with their default
         scales (a request's ``GenerationParams.lora`` overrides them by id)."""
         self._require()
-        return self._loras.info() if self._loras is not None else []
+        assert self._loras is not None
+        return self._loras.info()
 
     def set_lora_scales(self, scales: Mapping[int, float]) -> None:
         """Change the default LoRA scales by adapter id for requests submitted from
-        now on. Raises ``ValueError`` for an unknown id or without adapters."""
+        now on. Raises ``ValueError`` for an unknown id (any id without adapters)."""
         self._require()
-        if self._loras is None:
-            raise ValueError("lora: no LoRA adapters are loaded (ModelConfig.lora)")
+        assert self._loras is not None
         self._loras.set_defaults(scales)
 
     @staticmethod
@@ -605,19 +599,9 @@ class LLM:
         :class:`ClosedError` when unloaded.
         """
         model = self._require()
-        embedder = self._embedder
-        if embedder is None:
+        if self._embedder is None:
             raise disabled()
-        if not isinstance(query, str) or not query:
-            raise ValueError("query must be a non-empty string")
-        docs = [documents] if isinstance(documents, str) else list(documents)
-        if not docs or not all(isinstance(d, str) for d in docs):
-            raise ValueError("documents must be a non-empty list of strings")
-        if top_n is not None and top_n < 0:
-            raise ValueError(f"top_n must be >= 0, got {top_n}")
-        pairs = [rerank_tokens(model, query, d) for d in docs]
-        scores = embedder.embed(pairs, pooling="rank", normalize=False)[:, 0]
-        return ranked(scores, [len(p) for p in pairs], top_n)
+        return rerank_documents(model, self._embedder, query, documents, top_n)
 
     # -- asyncio -----------------------------------------------------------------
     async def acomplete(self, prompt: str | Sequence[int], params: GenerationParams | None = None,

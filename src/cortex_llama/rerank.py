@@ -15,9 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
+from .embed import Embedder
 from .model import Model
 
-__all__ = ["RerankResult", "rerank_tokens", "ranked"]
+__all__ = ["RerankResult", "rerank_tokens", "ranked", "rerank_documents"]
 
 
 @dataclass(frozen=True)
@@ -56,3 +57,21 @@ def ranked(scores: np.ndarray, lengths: Sequence[int], top_n: int | None) -> lis
     """Results best first (a stable sort: equal scores keep their order), at most ``top_n``."""
     order = sorted(range(len(lengths)), key=lambda i: -float(scores[i]))
     return [RerankResult(i, float(scores[i]), lengths[i]) for i in order[:top_n]]
+
+
+def rerank_documents(model: Model, embedder: Embedder, query: str, documents: Sequence[str] | str,
+                     top_n: int | None) -> list[RerankResult]:
+    """Score ``documents`` against ``query`` (see ``LLM.rerank``). Raises
+    ``ValueError`` for an empty query, no documents, a non-string document,
+    ``top_n < 0``, a model without a ranking head or a pair longer than the
+    embedder's batch."""
+    if not isinstance(query, str) or not query:
+        raise ValueError("query must be a non-empty string")
+    docs = [documents] if isinstance(documents, str) else list(documents)
+    if not docs or not all(isinstance(d, str) for d in docs):
+        raise ValueError("documents must be a non-empty list of strings")
+    if top_n is not None and top_n < 0:
+        raise ValueError(f"top_n must be >= 0, got {top_n}")
+    pairs = [rerank_tokens(model, query, d) for d in docs]
+    scores = embedder.embed(pairs, pooling="rank", normalize=False)[:, 0]
+    return ranked(scores, [len(p) for p in pairs], top_n)

@@ -52,6 +52,9 @@ class LoraSet:
         self._defaults = scales
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self.adapters)
+
     def close(self) -> None:
         for a in self.adapters:
             a.close()
@@ -76,6 +79,8 @@ class LoraSet:
             with self._lock:
                 return self.key(scales, under_lock=False)
         out = list(self._defaults)
+        if scales and not out:
+            raise ValueError("lora: no LoRA adapters are loaded (ModelConfig.lora)")
         for i, s in (scales or {}).items():
             if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(out):
                 raise ValueError(f"lora: adapter id {i!r} is not in [0, {len(out)}) "
