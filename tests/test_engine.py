@@ -397,3 +397,28 @@ def test_queue_full(tiny_path: Path) -> None:
         running.cancel()
         assert waiting.result(WAIT).tokens
         assert running.result(WAIT).finish_reason == FINISH_CANCELLED
+
+
+def test_prompt_progress_follows_the_prefill(small_q4_path: Path) -> None:
+    """GenerationParams.return_progress: Request.progress starts at the cached
+    tokens and grows by the chunks the engine evaluates, up to the prompt."""
+    with LLM(small_q4_path, threads=2, n_seq_max=1, context_size=512, batch_size=16) as llm:
+        prompt = list(range(10, 70))
+
+        async def run() -> list[tuple[int, int, int]]:
+            seen: list[tuple[int, int, int]] = []
+            req = llm.submit(prompt, temperature=0, max_tokens=2, return_progress=True)
+            event = asyncio.Event()
+            req.add_waker((asyncio.get_running_loop(), event.set))
+            while not req.done:
+                await event.wait()
+                event.clear()
+                p = req.progress
+                if p is not None and (not seen or seen[-1] != (p.total, p.cache, p.processed)):
+                    seen.append((p.total, p.cache, p.processed))
+            return seen
+
+        seen = asyncio.run(run())
+        assert seen[0] == (60, 0, 0) and seen[-1] == (60, 0, 60)
+        assert [s[2] for s in seen] == sorted(s[2] for s in seen) and len(seen) >= 4  # 60 tokens, 16 a step
+        assert llm.submit(prompt, max_tokens=1).progress is None  # only when asked for

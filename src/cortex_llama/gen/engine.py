@@ -263,9 +263,12 @@ class Engine:
         committed = self.scheduler.committed
         for span in executed.done:
             committed(span)
-            n_prompt = len(span.job.req.prompt_tokens)
+            req = self._request(span.job)
+            n_prompt = len(req.prompt_tokens)
             if span.start < n_prompt:
                 evaluated += min(span.start + span.n, n_prompt) - span.start
+                if req.report_progress:
+                    req.prompt_evaluated(min(span.start + span.n, n_prompt))
         return evaluated
 
     def _account(self, executed: Executed, evaluated: int, generated: int) -> None:

@@ -147,6 +147,8 @@ class GenerationParams:
     #: LoRA scales by adapter id (ModelConfig.lora) for this request; ids not given keep the
     #: LLM's default scale (None: the defaults for all)
     lora: Mapping[int, float] | None = None
+    #: Request.progress follows the prompt's prefill (llama-server's return_progress)
+    return_progress: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

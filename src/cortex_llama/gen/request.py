@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 import numpy as np
@@ -27,9 +28,21 @@ from .output import OutputStage
 from .params import FINISH_CANCELLED, FINISH_STOP, Completion, GenerationParams, Timings, Usage
 from .streams import AsyncTextStream, TextStream, Waker
 
-__all__ = ["Request"]
+__all__ = ["Request", "PromptProgress"]
 
 _ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class PromptProgress:
+    """How far a prompt's prefill is (llama-server's ``prompt_progress``): its
+    ``total`` tokens, those reused from the cache, those in the cache now
+    (``processed``, from ``cache`` up to ``total``) and the milliseconds since admission."""
+
+    total: int
+    cache: int
+    processed: int
+    time_ms: float
 
 
 class Request:
@@ -65,6 +78,10 @@ class Request:
         self.slot: int | None = None
         #: the LoRA scales it runs with, one per loaded adapter (set by the LLM)
         self.lora_key: tuple[float, ...] = ()
+        #: :attr:`progress` follows the prompt's prefill (``GenerationParams.return_progress``,
+        #: llama-server's); each change wakes the wakers
+        self.report_progress = params.return_progress
+        self.progress: PromptProgress | None = None
         self.usage = Usage(prompt_tokens=len(prompt_tokens))
         self.timings = Timings()
         self._t_submit = time.perf_counter()
@@ -217,6 +234,20 @@ class Request:
         if self._t_admit is None:
             self._t_admit = time.perf_counter()
             self.usage.cached_tokens = cached_tokens
+            if self.report_progress:
+                self._progress(cached_tokens)
+
+    def prompt_evaluated(self, processed: int) -> None:
+        """The prompt's first ``processed`` tokens are in the KV cache now (the
+        engine tells only requests with :attr:`report_progress`)."""
+        self._progress(processed)
+
+    def _progress(self, processed: int) -> None:
+        start = self._t_admit if self._t_admit is not None else time.perf_counter()
+        with self._lock:
+            self.progress = PromptProgress(len(self.prompt_tokens), self.usage.cached_tokens, processed,
+                                           (time.perf_counter() - start) * 1000)
+            self._notify()
 
     def add_token(self, tok: int, logits: np.ndarray | None = None) -> bool:
         """Take the sampled token ``tok`` (with the logits it came from, for
