@@ -196,6 +196,7 @@ CORTEX_FLAGS: dict[str, Mapper] = {
     "--slot-save-path": _same("--slot-save-path"),
     "--jinja": _same("--jinja"), "--no-jinja": _same("--no-jinja"),
     "-rea": _reasoning, "--reasoning": _reasoning,
+    "--sleep-idle-seconds": _same("--sleep-idle-seconds"),
 }
 #: flags the harness itself consumed (model resolution): not counted as dropped
 CONSUMED: frozenset[str] = frozenset({"--offline"})

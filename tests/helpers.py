@@ -89,10 +89,11 @@ def free_port() -> int:
 class Server:
     """`python -m cortex_llama serve` in a subprocess, environment passed through."""
 
-    def __init__(self, model: Path, log: Path, *args: str, api_key: str | None = KEY) -> None:
+    def __init__(self, model: Path, log: Path, *args: str, api_key: str | None = KEY,
+                 env: dict[str, str] | None = None, port: int | None = None) -> None:
         import httpx
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
         self.log = log
@@ -102,7 +103,8 @@ class Server:
         if api_key:
             cmd += ["--api-key", api_key]
         self._log = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.proc.poll() is not None:

@@ -454,7 +454,8 @@ def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
         os.makedirs(args.slot_save_path, exist_ok=True)
     return {"n_predict": args.n_predict, "sampling": sampling, "slots_endpoint": args.slots,
             "metrics_endpoint": args.metrics, "slot_save_path": args.slot_save_path,
-            "enable_thinking": {"on": True, "off": False, "auto": None}[args.reasoning]}
+            "enable_thinking": {"on": True, "off": False, "auto": None}[args.reasoning],
+            "sleep_idle_seconds": args.sleep_idle_seconds}
 
 
 def _serve_llama_flags(p: argparse.ArgumentParser) -> None:
@@ -479,6 +480,9 @@ def _serve_llama_flags(p: argparse.ArgumentParser) -> None:
                    help="accepted for llama-server's sake: chat templates always run through Jinja")
     p.add_argument("-rea", "--reasoning", choices=["on", "off", "auto"], default="auto",
                    help="thinking in chat templates: on/off set enable_thinking (default: auto)")
+    p.add_argument("--sleep-idle-seconds", type=int, default=-1,
+                   help="unload the model after this many seconds without a request and load it again on "
+                        "the next one (-1: never; /health, /props, /models, /metrics do not wake it)")
 
 
 def _model_args(p: argparse.ArgumentParser, generation: bool = True) -> None:

@@ -20,7 +20,9 @@ from ..content import MediaPolicy
 from ..llm import LLM
 from . import (routes_admin, routes_anthropic, routes_embeddings, routes_native, routes_openai, routes_rerank,
                routes_responses)
+from .gcp import GcpParams, install_gcp
 from .handlers import install_handlers
+from .sleep import Sleeper, SleepMiddleware, lifespan
 from .middleware import (LOOPBACK_NAMES, ApiKeyMiddleware, BodyLimitMiddleware, CountingMiddleware,
                          HostCheckMiddleware, JSONBodyMiddleware)
 from .state import ServerState, model_slug
@@ -36,7 +38,8 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
                max_body_bytes: int = DEFAULT_MAX_BODY, title: str = "cortex-llama",
                reasoning_format: str = "auto", media_path: str | os.PathLike[str] | None = None,
                host: str = "127.0.0.1", allowed_hosts: Sequence[str] = (),
-               cors_origins: Sequence[str] = (), settings: Mapping[str, Any] | None = None) -> FastAPI:
+               cors_origins: Sequence[str] = (), settings: Mapping[str, Any] | None = None,
+               gcp: GcpParams | None = None) -> FastAPI:
     """A FastAPI app serving ``llm`` with OpenAI's API (mount it in your own app or
     run it with uvicorn). The caller keeps ownership of ``llm`` (load and close it).
 
@@ -55,20 +58,24 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
     default). ``settings`` sets more
     :class:`.state.ServerState` fields (``n_predict``, ``sampling``,
     ``slots_endpoint``, ``metrics_endpoint``, ``enable_thinking``,
-    ``slot_save_path``). Raises ``ValueError`` when ``media_path`` is not a directory and
-    ``TypeError`` for an unknown settings name.
+    ``slot_save_path``). ``gcp``: Google Cloud Platform's predict route
+    (:mod:`.gcp`; :meth:`GcpParams.from_env` reads llama-server's ``AIP_*``
+    variables). Raises ``ValueError`` when ``media_path`` is not a directory or the
+    predict route is taken, and ``TypeError`` for an unknown settings name.
     """
     from .. import __version__
 
     if media_path is not None and not Path(media_path).is_dir():
         raise ValueError(f"media_path {os.fspath(media_path)!r} is not a directory")
-    app = FastAPI(title=title, version=__version__,
-                  description="OpenAI-compatible API of cortex-llama (llama.cpp through cffi) on a "
-                              "continuous-batching engine.")
     state = ServerState(llm=llm, model_id=model_alias or model_slug(llm.config.model_path),
                         reasoning_format=reasoning_format,
                         media=MediaPolicy(Path(media_path) if media_path is not None else None),
                         **dict(settings or {}))
+    if state.sleep_idle_seconds >= 0:
+        state.sleeper = Sleeper(llm, state.sleep_idle_seconds, on_sleep=lambda: _save_for_sleep(state))
+    app = FastAPI(title=title, version=__version__, lifespan=lifespan(state.sleeper),
+                  description="OpenAI-compatible API of cortex-llama (llama.cpp through cffi) on a "
+                              "continuous-batching engine.")
     app.state.server = state
     app.state.llm = llm
     app.state.metrics = state.metrics
@@ -77,12 +84,16 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
                                      routes_responses, routes_anthropic)]
     for router in routers:
         app.include_router(router)
+    install_gcp(app, gcp or GcpParams(), [*app.routes, *(r for x in routers for r in x.routes)])
     routes = {getattr(r, "path", "") for r in [*app.routes, *(r for x in routers for r in x.routes)]} - {""}
-    # middleware, outermost last: count, Host, CORS (preflights answered without a key), key, size, type
+    # middleware, outermost last: count, Host, CORS (preflights answered without a key), key, size, type, wake
+    if state.sleeper is not None:
+        app.add_middleware(SleepMiddleware, sleeper=state.sleeper)
     app.add_middleware(JSONBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes)
     if api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=OPEN_PATHS)
+        health = (gcp.health_route,) if gcp is not None and gcp.enabled and gcp.health_route else ()
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=OPEN_PATHS + health)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-Api-Key", "Content-Type"], max_age=600)
@@ -92,3 +103,9 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
         app.add_middleware(HostCheckMiddleware, allowed=names, any_ip=wildcard)
     app.add_middleware(CountingMiddleware, metrics=state.metrics, routes=routes)
     return app
+
+
+async def _save_for_sleep(state: ServerState) -> None:
+    """What ``/props`` and ``/models`` answer while asleep, and the engine's counters."""
+    state.asleep = {"props": await routes_native.props_body(state), "card": routes_openai.card_meta(state)}
+    state.carry_metrics()

@@ -69,6 +69,14 @@ class ServerMetrics:
         self._http: Counter[tuple[str, int]] = Counter()
         self._started = time.monotonic()
         self._last: tuple[float, float, float] = (self._started, 0.0, 0.0)  # time, generated, prompt
+        self._scraped: dict[str, float] = {}  # the engine's counters at the previous llamacpp scrape
+
+    def window(self, engine: Mapping[str, float]) -> dict[str, float]:
+        """The engine's counters at the previous call (empty at the first): the
+        start of the window llama-server's throughput gauges average over."""
+        with self._lock:
+            previous, self._scraped = self._scraped, {k: float(v) for k, v in engine.items()}
+        return previous
 
     def count_http(self, route: str, status: int) -> None:
         with self._lock:
@@ -112,13 +120,19 @@ def _per(n: float, d: float) -> float:
     return n / d if d > 0 else 0.0
 
 
-def render_llamacpp(engine: Mapping[str, float]) -> str:
+def render_llamacpp(engine: Mapping[str, float], since: Mapping[str, float] | None = None) -> str:
     """llama-server's ``llamacpp:*`` metrics (its names, help and types) from the
     engine's counters: prompt tokens exclude those reused from the cache; the
-    throughput gauges are averages since start; speculative decoding is absent (0)."""
+    throughput gauges average over the window since the counters ``since`` (the
+    previous scrape's, :meth:`ServerMetrics.window`; None or empty: since start), as
+    llama-server's, which resets them at every scrape; speculative decoding is absent (0)."""
     e = {k: float(v) for k, v in engine.items()}
     prompt_s, gen_s = e.get("prompt_us_total", 0.0) / 1e6, e.get("generation_us_total", 0.0) / 1e6
     evaluated, predicted = e.get("prompt_tokens_evaluated", 0.0), e.get("generated_tokens_total", 0.0)
+    b = dict(since or {})
+
+    def delta(name: str) -> float:
+        return max(e.get(name, 0.0) - b.get(name, 0.0), 0.0)
     counters = [
         ("prompt_tokens_total", "Number of prompt tokens processed, excluding cached tokens", evaluated),
         ("prompt_tokens_cached_total", "Number of prompt tokens reused from the cache",
@@ -134,8 +148,10 @@ def render_llamacpp(engine: Mapping[str, float]) -> str:
         ("spec_decode_num_drafts_total", "Speculative: Total speculative decoding verification steps", 0.0),
     ]
     gauges = [
-        ("prompt_tokens_seconds", "Average prompt throughput in tokens/s", _per(evaluated, prompt_s)),
-        ("predicted_tokens_seconds", "Average generation throughput in tokens/s", _per(predicted, gen_s)),
+        ("prompt_tokens_seconds", "Average prompt throughput in tokens/s",
+         _per(delta("prompt_tokens_evaluated"), delta("prompt_us_total") / 1e6)),
+        ("predicted_tokens_seconds", "Average generation throughput in tokens/s",
+         _per(delta("generated_tokens_total"), delta("generation_us_total") / 1e6)),
         ("requests_processing", "Number of requests processing", e.get("requests_running", 0.0)),
         ("requests_deferred", "Number of requests deferred", e.get("queue_depth", 0.0)),
         ("n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call",

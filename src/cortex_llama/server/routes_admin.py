@@ -24,12 +24,14 @@ router = APIRouter()
 async def prometheus(state: ServerState = Depends(get_state)) -> Response:
     """Engine and server counters in Prometheus text format, ours (``cortex_llama_*``)
     and llama-server's (``llamacpp:*``). Raises :class:`APIError` 501 unless the
-    server was started with ``--metrics`` (as llama-server)."""
+    server was started with ``--metrics`` (as llama-server). A sleeping server
+    (``--sleep-idle-seconds``) answers its counters as they were on falling asleep
+    and is not woken."""
     if not state.metrics_endpoint:
         raise APIError(501, "this server does not serve /metrics: start it with --metrics",
                        type="not_supported_error", code="metrics_disabled")
     engine = state.engine_metrics()
-    text = state.metrics.render(engine, state.model_id) + render_llamacpp(engine)
+    text = state.metrics.render(engine, state.model_id) + render_llamacpp(engine, state.metrics.window(engine))
     return Response(text, media_type=CONTENT_TYPE,
                     headers={"Process-Start-Time-Unix": str(state.created)})
 

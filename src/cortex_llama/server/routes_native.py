@@ -21,15 +21,18 @@ from .schemas import (ERROR_RESPONSES, ApplyTemplateResponse, ChatCompletionRequ
 from .shaping import generation_settings, native_final, stream_native
 from .state import ServerState, get_state
 
-__all__ = ["router"]
+__all__ = ["router", "props_body"]
 
 router = APIRouter()
 
 
 @router.get("/health", response_model=HealthResponse, tags=["server"])
 async def health(state: ServerState = Depends(get_state)) -> HealthResponse:
-    """200 while the model is loaded and the engine serves (503 otherwise)."""
+    """200 while the model is loaded and the engine serves, or while the server
+    sleeps (``--sleep-idle-seconds``); 503 otherwise."""
     llm = state.llm
+    if state.sleeping:
+        return HealthResponse(model=state.model_id, slots_total=llm.config.n_seq_max, slots_busy=0, queue_depth=0)
     if not llm.is_loaded:
         raise APIError(503, "the model is not loaded", code="model_not_loaded")
     m = state.engine_metrics()
@@ -154,7 +157,16 @@ def _token_text(state: ServerState, tok: int | None) -> str:
 @router.get("/props", tags=["server"])
 async def props(state: ServerState = Depends(get_state)) -> dict[str, Any]:
     """llama-server's server properties: default generation settings, slots, model,
-    chat template, modalities. Raises :class:`APIError` 503 when the model is not loaded."""
+    chat template, modalities, ``is_sleeping``; while the server sleeps, those saved
+    on falling asleep. Raises :class:`APIError` 503 when the model is not loaded."""
+    if state.sleeping and "props" in state.asleep:
+        return {**state.asleep["props"], "is_sleeping": True}
+    return await props_body(state)
+
+
+async def props_body(state: ServerState) -> dict[str, Any]:
+    """``GET /props``'s body for the loaded model. Raises :class:`APIError` 503 when
+    the model is not loaded."""
     from .. import __version__
     from .._build_info import LLAMA_CPP_COMMIT
 

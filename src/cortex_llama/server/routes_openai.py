@@ -24,7 +24,7 @@ from .state import ServerState, get_state
 if TYPE_CHECKING:
     from ..gen.request import Request
 
-__all__ = ["router"]
+__all__ = ["router", "card_meta"]
 
 router = APIRouter()
 
@@ -39,12 +39,18 @@ def _route(method: str, path: str, **kw: Any) -> Callable[[Callable[..., Any]], 
 
 
 # -- models -----------------------------------------------------------------------------------
-def _card(state: ServerState) -> ModelCard:
+def card_meta(state: ServerState) -> dict[str, Any]:
+    """The served model's ``meta`` (the model loaded; while the server sleeps, the
+    one saved on falling asleep)."""
+    if state.sleeping and "card" in state.asleep:
+        return dict(state.asleep["card"])
     llm = state.llm
-    return ModelCard(id=state.model_id, created=state.created,
-                     meta={"n_ctx": llm.config.context_size, "n_parallel": llm.config.n_seq_max,
-                           "n_vocab": llm.model.n_vocab, "n_embd": llm.model.n_embd,
-                           "path": str(llm.config.model_path)})
+    return {"n_ctx": llm.config.context_size, "n_parallel": llm.config.n_seq_max, "n_vocab": llm.model.n_vocab,
+            "n_embd": llm.model.n_embd, "path": str(llm.config.model_path)}
+
+
+def _card(state: ServerState) -> ModelCard:
+    return ModelCard(id=state.model_id, created=state.created, meta=card_meta(state))
 
 
 @_route("GET", "/models", response_model=ModelList, tags=["models"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -11,6 +12,7 @@ from typing import Any, Mapping, Sequence
 from ..llm import LLM
 from ..rpc import is_loopback
 from .app import DEFAULT_MAX_BODY, create_app
+from .gcp import GcpParams
 
 __all__ = ["serve", "exposure_warning"]
 
@@ -44,18 +46,26 @@ def serve(llm: LLM, *, host: str = "127.0.0.1", port: int = 8080, api_key: str |
     cancels the rest; then this function returns (so the caller can close
     ``llm`` and exit with status 0). Warns on stderr when binding beyond loopback without an
     API key. ``media_path``, ``allowed_hosts``, ``cors_origins`` and
-    ``settings`` are :func:`create_app`'s. The caller closes ``llm`` afterwards. Raises
-    ``ValueError`` when ``media_path`` is not a directory, ``OSError`` when the
-    address cannot be bound (uvicorn exits the process in that case).
+    ``settings`` are :func:`create_app`'s. With ``AIP_MODE=PREDICTION`` in the
+    environment (llama-server's Google Cloud Platform compatibility, :mod:`.gcp`)
+    the port is ``AIP_HTTP_PORT`` and the predict route is served. The caller
+    closes ``llm`` afterwards. Raises ``ValueError`` when ``media_path`` is not a
+    directory or an ``AIP_*`` variable is malformed, ``OSError`` when the address
+    cannot be bound (uvicorn exits the process in that case).
     """
     import uvicorn
 
     warning = exposure_warning(host, api_key)
     if warning:
         print(warning, file=sys.stderr)
+    gcp = GcpParams.from_env(os.environ)
+    if gcp.enabled and gcp.port != port:
+        print(f"cortex-llama: Google Cloud Platform compat: port {gcp.port} (AIP_HTTP_PORT) in place of {port}",
+              file=sys.stderr)
+        port = gcp.port
     app = create_app(llm, api_key=api_key, model_alias=model_alias, max_body_bytes=max_body_bytes,
                      reasoning_format=reasoning_format, media_path=media_path, host=host,
-                     allowed_hosts=allowed_hosts, cors_origins=cors_origins, settings=settings)
+                     allowed_hosts=allowed_hosts, cors_origins=cors_origins, settings=settings, gcp=gcp)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=shutdown_timeout, server_header=False)
     server = uvicorn.Server(config)

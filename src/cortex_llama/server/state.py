@@ -8,7 +8,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request as HTTPRequest
 
@@ -17,7 +17,15 @@ from ..content import MediaPolicy
 from ..llm import LLM
 from .metrics import ServerMetrics
 
-__all__ = ["ServerState", "get_state", "model_slug"]
+if TYPE_CHECKING:
+    from .sleep import Sleeper
+
+__all__ = ["ServerState", "get_state", "model_slug", "GAUGES"]
+
+#: the engine metrics that are gauges (the others are counters, summed over the
+#: model's loads; ``tokens_max`` is a maximum)
+GAUGES = frozenset({"requests_running", "queue_depth", "slots_busy", "slots_total", "kv_cells_used",
+                    "kv_cells_total"})
 
 
 def model_slug(model_path: str | os.PathLike[str]) -> str:
@@ -42,7 +50,9 @@ class ServerState:
     ``slots_endpoint`` and ``metrics_endpoint`` enable ``/slots`` and ``/metrics``;
     ``enable_thinking`` is ``--reasoning on|off`` (None: auto), the chat default a
     request's ``chat_template_kwargs.enable_thinking`` overrides; ``slot_save_path``
-    is ``--slot-save-path``.
+    is ``--slot-save-path``; ``sleep_idle_seconds`` is ``--sleep-idle-seconds``
+    (< 0: never sleeps; see :mod:`.sleep`), ``sleeper`` its timer (set by the app),
+    ``asleep`` what the routes answering while asleep saved on falling asleep.
     """
 
     llm: LLM
@@ -57,6 +67,10 @@ class ServerState:
     metrics_endpoint: bool = False
     enable_thinking: bool | None = None
     slot_save_path: str | None = None
+    sleep_idle_seconds: float = -1
+    sleeper: Sleeper | None = field(default=None, repr=False)
+    asleep: dict[str, Any] = field(default_factory=dict, repr=False)
+    _carry: dict[str, float] = field(default_factory=dict, repr=False)
     _eog: list[int] | None = field(default=None, repr=False)
     _pieces: dict[int, str] = field(default_factory=dict, repr=False)
 
@@ -82,9 +96,32 @@ class ServerState:
             self._eog = [t for t in range(self.llm.model.n_vocab) if vocab.is_eog(t)]
         return self._eog
 
+    @property
+    def sleeping(self) -> bool:
+        """Whether the model is unloaded for ``--sleep-idle-seconds`` (or falling asleep)."""
+        return self.sleeper is not None and self.sleeper.sleeping
+
     def engine_metrics(self) -> dict[str, Any]:
-        """The engine's gauges and counters (empty once the model is closed)."""
-        return dict(self.llm.metrics()) if self.llm.is_loaded else {}
+        """The engine's gauges and counters, the counters summed over the model's
+        loads (a sleeping server unloads it); without a model loaded, the sums and
+        idle gauges (empty when it never slept)."""
+        live = dict(self.llm.metrics()) if self.llm.is_loaded else {}
+        if not self._carry:
+            return live
+        out: dict[str, Any] = dict(self._carry)
+        for name, value in live.items():
+            if name in GAUGES:
+                out[name] = value
+            elif name == "tokens_max":
+                out[name] = max(value, out.get(name, 0))
+            else:
+                out[name] = out.get(name, 0) + value
+        return out
+
+    def carry_metrics(self) -> None:
+        """Keep the counters before the model unloads (its engine's start at 0 again)."""
+        self._carry = {k: (v if k not in GAUGES or k.endswith("_total") else 0)
+                       for k, v in self.engine_metrics().items()}
 
 
 def get_state(raw: HTTPRequest) -> ServerState:
