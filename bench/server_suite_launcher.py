@@ -197,6 +197,7 @@ CORTEX_FLAGS: dict[str, Mapper] = {
     "--jinja": _same("--jinja"), "--no-jinja": _same("--no-jinja"),
     "-rea": _reasoning, "--reasoning": _reasoning,
     "--sleep-idle-seconds": _same("--sleep-idle-seconds"),
+    "--tags": _same("--tags"),
 }
 #: flags the harness itself consumed (model resolution): not counted as dropped
 CONSUMED: frozenset[str] = frozenset({"--offline"})

@@ -253,3 +253,21 @@ def test_infill_bad_fields_are_400_naming_them(fim: Server) -> None:
     assert long.status_code == 200, long.text
     header = 1 + len(_toks(fim, "myproject\n")) + 1 + len(_toks(fim, "filename\n"))
     assert long.json()["tokens_evaluated"] == header + 1 + 1 + 384 + 1 + (128 - 2) + 1
+
+
+# -- --alias / --tags -------------------------------------------------------------------------------
+def test_aliases_and_tags_as_llama_server(tiny_path: Path, tmp_path: Path) -> None:
+    """--alias takes several names, comma-separated: the id is the first in sorted order;
+    --tags are listed beside them."""
+    server = Server(tiny_path, tmp_path / "server.log", "--model-alias", "tinyllama-2, fim,code,",
+                    "--tags", "chat,fim,small", api_key=None)
+    try:
+        card = server.get("/v1/models").json()["data"]
+        assert len(card) == 1
+        assert card[0]["id"] == "code" and card[0]["aliases"] == ["code", "fim", "tinyllama-2"]
+        assert card[0]["tags"] == ["chat", "fim", "small"]
+        assert server.get("/props").json()["model_alias"] == "code"
+        r = server.post("/v1/completions", {"prompt": "Once", "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["model"] == "code", r.text
+    finally:
+        assert server.stop() == 0, server.output()

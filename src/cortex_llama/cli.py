@@ -446,6 +446,7 @@ def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The server's defaults and switches from serve's llama-server flags. Raises
     ``ValueError`` for an impossible sampling default."""
     from .llm import GenerationParams
+    from .server.state import name_list
 
     sampling = {field: getattr(args, flag) for flag, field in _SAMPLING_FLAGS.items()
                 if getattr(args, flag) is not None}
@@ -455,7 +456,7 @@ def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"n_predict": args.n_predict, "sampling": sampling, "slots_endpoint": args.slots,
             "metrics_endpoint": args.metrics, "slot_save_path": args.slot_save_path,
             "enable_thinking": {"on": True, "off": False, "auto": None}[args.reasoning],
-            "sleep_idle_seconds": args.sleep_idle_seconds}
+            "sleep_idle_seconds": args.sleep_idle_seconds, "tags": name_list(args.tags)}
 
 
 def _serve_llama_flags(p: argparse.ArgumentParser) -> None:
@@ -480,6 +481,7 @@ def _serve_llama_flags(p: argparse.ArgumentParser) -> None:
                    help="accepted for llama-server's sake: chat templates always run through Jinja")
     p.add_argument("-rea", "--reasoning", choices=["on", "off", "auto"], default="auto",
                    help="thinking in chat templates: on/off set enable_thinking (default: auto)")
+    p.add_argument("--tags", default=None, help="model tags, comma-separated (listed by /v1/models)")
     p.add_argument("--sleep-idle-seconds", type=int, default=-1,
                    help="unload the model after this many seconds without a request and load it again on "
                         "the next one (-1: never; /health, /props, /models, /metrics do not wake it)")
@@ -599,7 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $CORTEX_LLAMA_API_KEY)")
     p.add_argument("-a", "--alias", "--model-alias", dest="model_alias", default=None,
                    help="the model id /v1/models lists and answers carry (default: a slug of the GGUF file "
-                        "name); any requested model name is accepted")
+                        "name), or several, comma-separated (the id is the first in sorted order); any "
+                        "requested model name is accepted")
     p.add_argument("--reasoning-format", default="auto", choices=["none", "auto", "deepseek", "deepseek-legacy"],
                    help="llama-server's --reasoning-format: where a model's thoughts go (default: auto, "
                         "message.reasoning_content)")

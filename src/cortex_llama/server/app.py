@@ -25,7 +25,7 @@ from .handlers import install_handlers
 from .sleep import Sleeper, SleepMiddleware, lifespan
 from .middleware import (LOOPBACK_NAMES, ApiKeyMiddleware, BodyLimitMiddleware, CountingMiddleware,
                          HostCheckMiddleware, JSONBodyMiddleware)
-from .state import ServerState, model_slug
+from .state import ServerState, model_slug, name_list
 
 __all__ = ["create_app", "DEFAULT_MAX_BODY"]
 
@@ -46,7 +46,8 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
     ``api_key`` requires ``Authorization: Bearer <api_key>`` or ``X-Api-Key``
     on every route but ``/health`` (the docs included); ``model_alias`` is the
     model id answers carry (default: :func:`.state.model_slug` of the GGUF file
-    name; any ``model`` a client sends is accepted); bodies longer than
+    name; any ``model`` a client sends is accepted), or several, comma-separated
+    as llama-server's ``--alias`` (the id is the first in sorted order); bodies longer than
     ``max_body_bytes`` are answered 413, POST bodies that are not
     ``application/json`` 415; ``reasoning_format`` is llama-server's
     ``--reasoning-format`` (none, auto, deepseek, deepseek-legacy), which a
@@ -67,8 +68,9 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
 
     if media_path is not None and not Path(media_path).is_dir():
         raise ValueError(f"media_path {os.fspath(media_path)!r} is not a directory")
-    state = ServerState(llm=llm, model_id=model_alias or model_slug(llm.config.model_path),
-                        reasoning_format=reasoning_format,
+    aliases = name_list(model_alias)
+    state = ServerState(llm=llm, model_id=aliases[0] if aliases else model_slug(llm.config.model_path),
+                        aliases=aliases, reasoning_format=reasoning_format,
                         media=MediaPolicy(Path(media_path) if media_path is not None else None),
                         **dict(settings or {}))
     if state.sleep_idle_seconds >= 0:

@@ -50,7 +50,8 @@ def card_meta(state: ServerState) -> dict[str, Any]:
 
 
 def _card(state: ServerState) -> ModelCard:
-    return ModelCard(id=state.model_id, created=state.created, meta=card_meta(state))
+    return ModelCard(id=state.model_id, created=state.created, aliases=state.aliases, tags=state.tags,
+                     meta=card_meta(state))
 
 
 @_route("GET", "/models", response_model=ModelList, tags=["models"])

@@ -316,6 +316,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "cortex-llama"
+    aliases: list[str] = []  # llama-server's --alias names
+    tags: list[str] = []  # llama-server's --tags
     meta: dict[str, Any] | None = None
 
 

@@ -20,7 +20,7 @@ from .metrics import ServerMetrics
 if TYPE_CHECKING:
     from .sleep import Sleeper
 
-__all__ = ["ServerState", "get_state", "model_slug", "GAUGES"]
+__all__ = ["ServerState", "get_state", "model_slug", "name_list", "GAUGES"]
 
 #: the engine metrics that are gauges (the others are counters, summed over the
 #: model's loads; ``tokens_max`` is a maximum)
@@ -39,6 +39,12 @@ def model_slug(model_path: str | os.PathLike[str]) -> str:
     return slug or "model"
 
 
+def name_list(value: str | None) -> list[str]:
+    """llama-server's comma-separated ``--alias`` / ``--tags``: the names stripped,
+    without empty ones and duplicates, sorted (its ``std::set``)."""
+    return sorted({n.strip() for n in (value or "").split(",")} - {""})
+
+
 @dataclass
 class ServerState:
     """The served model and the settings the routes read.
@@ -52,7 +58,8 @@ class ServerState:
     request's ``chat_template_kwargs.enable_thinking`` overrides; ``slot_save_path``
     is ``--slot-save-path``; ``sleep_idle_seconds`` is ``--sleep-idle-seconds``
     (< 0: never sleeps; see :mod:`.sleep`), ``sleeper`` its timer (set by the app),
-    ``asleep`` what the routes answering while asleep saved on falling asleep.
+    ``asleep`` what the routes answering while asleep saved on falling asleep;
+    ``aliases`` and ``tags`` are ``--alias``'s names and ``--tags``' (``/v1/models``).
     """
 
     llm: LLM
@@ -68,6 +75,8 @@ class ServerState:
     enable_thinking: bool | None = None
     slot_save_path: str | None = None
     sleep_idle_seconds: float = -1
+    aliases: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
     sleeper: Sleeper | None = field(default=None, repr=False)
     asleep: dict[str, Any] = field(default_factory=dict, repr=False)
     _carry: dict[str, float] = field(default_factory=dict, repr=False)
