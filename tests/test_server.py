@@ -77,6 +77,28 @@ def test_exposure_warning() -> None:
     assert "--api-key" in (exposure_warning("192.168.1.5", None) or "")
 
 
+def test_several_hosts_are_each_bound(tiny_path: Path, tmp_path: Path) -> None:
+    """--host takes several addresses, comma-separated, as llama-server's: each answers,
+    with the API key required on both."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("IPv6 loopback is unavailable")
+    srv = Server(tiny_path, tmp_path / "server.log", "--host", "127.0.0.1,::1")
+    try:
+        for base in (srv.url, f"http://[::1]:{srv.port}"):
+            assert httpx.get(base + "/health", timeout=HTTP_TIMEOUT).status_code == 200
+            assert httpx.post(base + "/v1/completions", json={}, timeout=HTTP_TIMEOUT).status_code == 401
+            r = httpx.post(base + "/v1/completions", json={"prompt": "Once", "max_tokens": 2}, headers=srv.headers,
+                           timeout=HTTP_TIMEOUT)
+            assert r.status_code == 200, r.text
+    finally:
+        assert srv.stop() == 0, srv.output()
+
+
 @pytest.fixture(scope="module", params=["small", "small_q4"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The main server: 8 slots, embeddings, the Hermes template, an API key."""
