@@ -171,6 +171,16 @@ def _reasoning(v: str | None) -> list[str] | None:
     return ["--reasoning", v] if v in ("on", "off", "auto") else None
 
 
+def _flash_attn(v: str | None) -> list[str] | None:
+    return ["-fa", v] if v in ("on", "off", "auto") else None
+
+
+def _cors_origins(v: str | None) -> list[str] | None:
+    """llama-server's origin list; its special value ``localhost`` (reflect a local
+    Origin) has no counterpart."""
+    return ["--cors-origins", v] if v and v != "localhost" else None
+
+
 CORTEX_FLAGS: dict[str, Mapper] = {
     "--host": _same("--host"),
     "--port": _same("--port"),
@@ -198,6 +208,12 @@ CORTEX_FLAGS: dict[str, Mapper] = {
     "-rea": _reasoning, "--reasoning": _reasoning,
     "--sleep-idle-seconds": _same("--sleep-idle-seconds"),
     "--tags": _same("--tags"),
+    "-kvu": _same("--kv-unified"), "--kv-unified": _same("--kv-unified"),
+    "-ub": _positive_int("-ub"), "--ubatch-size": _positive_int("-ub"),
+    "-fa": _flash_attn, "--flash-attn": _flash_attn,
+    "--media-path": _same("--media-path"),
+    "--cors-origins": _cors_origins,
+    "--presence-penalty": _same("--presence-penalty"), "--frequency-penalty": _same("--frequency-penalty"),
 }
 #: flags the harness itself consumed (model resolution): not counted as dropped
 CONSUMED: frozenset[str] = frozenset({"--offline"})
