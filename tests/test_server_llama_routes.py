@@ -271,3 +271,36 @@ def test_aliases_and_tags_as_llama_server(tiny_path: Path, tmp_path: Path) -> No
         assert r.status_code == 200 and r.json()["model"] == "code", r.text
     finally:
         assert server.stop() == 0, server.output()
+
+
+# -- llama-server's extras of chat answers: timings, timings_per_token, __verbose ----------------------
+def _events(r: Any) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(x[6:]) for x in r.text.split("\n\n") if x.startswith("data: {")]
+
+
+def test_chat_answers_carry_timings_and_verbose(srv: Server) -> None:
+    chat = {"messages": [{"role": "system", "content": "Book"}, {"role": "user", "content": "hi"}], "max_tokens": 4}
+    body = srv.post("/v1/chat/completions", chat).json()
+    t = body["timings"]
+    assert t["predicted_n"] == body["usage"]["completion_tokens"]
+    assert t["prompt_n"] + t["cache_n"] == body["usage"]["prompt_tokens"]
+    assert "__verbose" not in body
+    verbose = srv.post("/v1/chat/completions", {**chat, "verbose": True}).json()["__verbose"]
+    assert "Book" in verbose["prompt"] and verbose["generation_settings"]["n_predict"] == 4
+    assert verbose["tokens_predicted"] == verbose["timings"]["predicted_n"]
+
+
+def test_chat_stream_timings_on_the_last_event(srv: Server) -> None:
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True}
+    for usage in (False, True):
+        events = _events(srv.post("/v1/chat/completions", {**chat, "stream_options": {"include_usage": usage}}))
+        first, last = events[0], events[-1]
+        assert first["choices"][0]["delta"] == {"role": "assistant", "content": None} and "timings" not in first
+        assert [e for e in events if "timings" in e] == [last]
+        assert bool(last["choices"]) is not usage and last["timings"]["predicted_n"] <= 5
+    events = _events(srv.post("/v1/chat/completions", {**chat, "timings_per_token": True}))
+    assert "timings" not in events[0] and all("timings" in e for e in events[1:])
+    counts = [e["timings"]["predicted_n"] for e in events[1:]]
+    assert counts == sorted(counts) and counts[-1] <= 5

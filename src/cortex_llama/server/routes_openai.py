@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request as HTTPRequest
 
 from .chat_bridge import chat_tokens
@@ -18,7 +18,7 @@ from .plumbing import (Job, chat_inputs, check_counts, choice_params, constraint
                        results_or_disconnect, stream_response, submit, submit_each, cancel_all)
 from .schemas import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
                       ERROR_RESPONSES, ModelCard, ModelList)
-from .shaping import ChatStream, chat_choices, completion_choices, stream_completion
+from .shaping import ChatStream, chat_choices, completion_choices, completion_timings, stream_completion, verbose_body
 from .state import ServerState, get_state
 
 if TYPE_CHECKING:
@@ -139,12 +139,17 @@ async def chat_completions(body: ChatCompletionRequest, raw: HTTPRequest,
     rid, now = "chatcmpl-" + secrets.token_hex(12), int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return stream_response(ChatStream(state, job, streams, rid, now).events(include_usage), job)
+        return stream_response(ChatStream(state, job, streams, rid, now, body.timings_per_token).events(include_usage),
+                               job)
     results = await results_or_disconnect(raw, job)
     if results is None:
         return Response(status_code=499)
-    return ChatCompletionResponse(id=rid, created=now, model=state.model_id,
-                                  choices=chat_choices(state, job, results), usage=job.usage(results))
+    answer = ChatCompletionResponse(id=rid, created=now, model=state.model_id, choices=chat_choices(state, job, results),
+                                    usage=job.usage(results), timings=completion_timings(results[0]))
+    if not body.verbose:
+        return answer
+    return JSONResponse({**answer.model_dump(mode="json"), "__verbose": verbose_body(
+        state, params, max_tokens or default, job.reqs[0].prompt_tokens, results[0])})
 
 
 @_route("POST", "/chat/completions/input_tokens", tags=["chat"])

@@ -256,6 +256,10 @@ class ChatCompletionRequest(_Sampling):
         None, description="extension: continue the final assistant message (true: its content, or its "
                           "reasoning_content when it has only that); needs add_generation_prompt false. "
                           "A final assistant message is continued anyway (llama-server's prefill)")
+    timings_per_token: bool = Field(False, description="extension: llama-server's timings on every streamed "
+                                                       "event (the last one has them anyway)")
+    verbose: bool = Field(False, description="extension: llama-server's __verbose, the native /completion "
+                                             "body of the request (prompt, generation_settings, ...)")
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
@@ -399,6 +403,7 @@ class ChatCompletionResponse(BaseModel):
     system_fingerprint: str | None = None
     choices: list[ChatChoice]
     usage: Usage
+    timings: dict[str, Any] | None = None  # llama-server's (its /completion timings)
 
 
 class ToolCallFunctionDelta(BaseModel):
@@ -441,6 +446,7 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str | None = None
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+    timings: dict[str, Any] | None = None  # llama-server's: on the last event (every one with timings_per_token)
 
 
 class Embedding(BaseModel):

@@ -3,6 +3,7 @@ logprobs, and their Server-Sent Event streams (ending with ``data: [DONE]``)."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["completion_logprobs", "chat_logprobs", "completion_choices", "chat_choices", "stream_completion",
            "ChatStream", "generation_settings", "native_timings", "native_probs", "pick_fields", "native_final",
-           "stream_native", "DEFAULT_SEED"]
+           "stream_native", "DEFAULT_SEED", "completion_timings", "verbose_body"]
 
 
 def _finish(reason: str) -> str:
@@ -114,8 +115,10 @@ class ChatStream:
     """The chat API's SSE events of a job whose choices stream chat deltas
     (``streams``: the ``LLM.astream_chat`` iterators, one per choice)."""
 
-    def __init__(self, state: ServerState, job: Job, streams: list[Any], rid: str, now: int) -> None:
+    def __init__(self, state: ServerState, job: Job, streams: list[Any], rid: str, now: int,
+                 timings_per_token: bool = False) -> None:
         self.state, self.job, self.streams, self.rid, self.now = state, job, streams, rid, now
+        self.timings_per_token = timings_per_token
         self._templates: dict[int, SSETemplate] = {}
         self._sent_lp = [0] * len(job.reqs)
         self._called = [False] * len(job.reqs)
@@ -145,6 +148,11 @@ class ChatStream:
         return chat_logprobs(self.state, part, self.job.top_logprobs or 0)
 
     def _delta(self, i: int, d: Any) -> str:
+        if self.timings_per_token:
+            return _with_timings(self._plain_delta(i, d), request_timings(self.job.reqs[i]))
+        return self._plain_delta(i, d)
+
+    def _plain_delta(self, i: int, d: Any) -> str:
         if d.tool_calls:
             self._called[i] = True
         lps = self._new_logprobs(i) if self.job.top_logprobs is not None else None
@@ -156,25 +164,44 @@ class ChatStream:
         return self._chunk(i, ChatDelta(content=d.content or None, reasoning_content=d.reasoning_content or None,
                                         tool_calls=calls), logprobs=lps)
 
-    async def _final(self, i: int) -> str:
+    async def _final(self, i: int, last: bool) -> str:
+        """The finish event of choice ``i``; ``last``: the stream's last event, with
+        the request's timings (llama-server's)."""
         c = await self.job.reqs[i].aresult()
         finish = "tool_calls" if self._called[i] else _finish(c.finish_reason)
         self._sent_lp[i] = min(self._sent_lp[i], len(c.logprobs or []))
         rest_lp = None
         if c.logprobs is not None and self._sent_lp[i] < len(c.logprobs):
             rest_lp = chat_logprobs(self.state, c, self.job.top_logprobs or 0, self._sent_lp[i])
-        return self._chunk(i, ChatDelta(), finish, rest_lp)
+        event = self._chunk(i, ChatDelta(), finish, rest_lp)
+        return _with_timings(event, completion_timings(c)) if last or self.timings_per_token else event
 
     async def events(self, include_usage: bool) -> AsyncIterator[str]:
-        """The events; raises the engine's error of a request."""
+        """The events (the first of each choice with the role, its content null, as
+        llama-server's); raises the engine's error of a request."""
         for i in range(len(self.job.reqs)):
             yield self._chunk(i, ChatDelta(role="assistant", content=None))  # llama-server's first delta
+        left = len(self.job.reqs)
+        last: Completion | None = None
         async for i, d in merge_iters(self.streams):
-            yield self._delta(i, d) if d is not None else await self._final(i)
+            if d is not None:
+                yield self._delta(i, d)
+                continue
+            left -= 1
+            last = await self.job.reqs[i].aresult()
+            yield await self._final(i, last=left == 0 and not include_usage)
         if include_usage:
             yield sse(ChatCompletionChunk(id=self.rid, object="chat.completion.chunk", created=self.now,
-                                          model=self.state.model_id, choices=[], usage=self.job.usage()))
+                                          model=self.state.model_id, choices=[], usage=self.job.usage(),
+                                          timings=completion_timings(last) if last is not None else None))
         yield "data: [DONE]\n\n"
+
+
+def _with_timings(event: str, timings: dict[str, Any]) -> str:
+    """An SSE event of one JSON object with llama-server's ``timings`` added."""
+    head = event.rstrip()
+    assert head.endswith("}"), event
+    return f"{head[:-1]},\"timings\":{json.dumps(timings)}}}\n\n"
 
 
 # -- llama-server's native /completion ---------------------------------------------------------
@@ -218,6 +245,24 @@ def native_timings(prompt_tokens: int, cached: int, n_gen: int, t: Timings) -> d
         "predicted_per_token_ms": t.generation_ms / (n_gen - 1) if n_gen > 1 else 0.0,
         "predicted_per_second": 1e3 * (n_gen - 1) / t.generation_ms if n_gen > 1 and t.generation_ms > 0 else 0.0,
     }
+
+
+def completion_timings(c: Completion) -> dict[str, Any]:
+    """llama-server's ``timings`` of a finished request. Never raises."""
+    return native_timings(c.usage.prompt_tokens, c.usage.cached_tokens, len(c.tokens), c.timings)
+
+
+def request_timings(req: Request) -> dict[str, Any]:
+    """llama-server's ``timings`` of a request so far (``timings_per_token``). Never raises."""
+    return native_timings(len(req.prompt_tokens), req.usage.cached_tokens, req.usage.completion_tokens, req.timings)
+
+
+def verbose_body(state: ServerState, params: GenerationParams, n_predict: int, prompt: list[int],
+                 c: Completion) -> dict[str, Any]:
+    """llama-server's ``__verbose`` of an OpenAI-shaped answer: the native
+    ``/completion`` body of the same generation. Never raises."""
+    body = NativeCompletionRequest.model_validate({"prompt": ""})
+    return native_final(state, body, generation_settings(state, body, params, n_predict), prompt, c, 0)
 
 
 def native_probs(state: ServerState, lps: Sequence[TokenLogprob], top: int, post: bool) -> list[dict[str, Any]]:
