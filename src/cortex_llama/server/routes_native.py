@@ -75,8 +75,10 @@ async def apply_template(body: ChatCompletionRequest, state: ServerState = Depen
 
 
 @router.post("/completion", responses=ERROR_RESPONSES, tags=["completions"])
+@router.post("/completions", responses=ERROR_RESPONSES, tags=["completions"], include_in_schema=False)
 async def completion(body: NativeCompletionRequest, raw: HTTPRequest, state: ServerState = Depends(get_state)) -> Any:
-    """llama-server's native completion: one body (a list of bodies for a list of
+    """llama-server's native completion (also at ``/completions``, as llama-server's):
+    one body (a list of bodies for a list of
     prompts) with ``content``, ``stop_type``, ``timings``, ``generation_settings``...;
     ``stream`` answers one SSE event per token, then the final body. Raises
     :class:`APIError`: 400 naming the field (``exceed_context_size_error`` for a

@@ -1,6 +1,7 @@
 """OpenAI's routes: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``,
-each also at llama-server's unprefixed path (``/models``, ``/completions``,
-``/chat/completions``; not in the schema). Embeddings: :mod:`.routes_embeddings`."""
+each but ``/v1/completions`` also at llama-server's unprefixed path (``/models``,
+``/chat/completions``; not in the schema; llama-server's ``/completions`` is its
+native completion, :mod:`.routes_native`). Embeddings: :mod:`.routes_embeddings`."""
 
 from __future__ import annotations
 
@@ -81,9 +82,10 @@ def _prompts(body: CompletionRequest) -> list[Union[str, list[int]]]:
     return prompts
 
 
-@_route("POST", "/completions", response_model=CompletionResponse, tags=["completions"])
+@router.post("/v1/completions", response_model=CompletionResponse, responses=ERROR_RESPONSES, tags=["completions"])
 async def completions(body: CompletionRequest, raw: HTTPRequest, state: ServerState = Depends(get_state)) -> Any:
-    """Text completion; ``stream`` answers Server-Sent Events ending with ``data: [DONE]``."""
+    """Text completion; ``stream`` answers Server-Sent Events ending with ``data: [DONE]``
+    (only at ``/v1``: the unprefixed ``/completions`` is llama-server's native completion)."""
     llm = state.llm
     prompts = _prompts(body)
     max_tokens = body.max_tokens if body.max_tokens is not None else llm.config.context_size
