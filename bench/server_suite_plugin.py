@@ -33,7 +33,7 @@ class SuiteTestTimeout(Exception):
     """A test phase ran past $SERVER_SUITE_TEST_TIMEOUT."""
 
 
-def _alarm(signum: int, frame: Any) -> None:
+def _on_alarm(signum: int, frame: Any) -> None:
     raise SuiteTestTimeout(f"test phase ran past {os.environ.get('SERVER_SUITE_TEST_TIMEOUT', '120')} s "
                            "(server_suite_plugin deadline)")
 
@@ -47,7 +47,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     utils = sys.modules.get("utils")
     if utils is not None and hasattr(utils, "ServerPreset"):
         utils.ServerPreset.load_all = staticmethod(_no_preload)
-    signal.signal(signal.SIGALRM, _alarm)
+    signal.signal(signal.SIGALRM, _on_alarm)
 
 
 def _deadline() -> int:
