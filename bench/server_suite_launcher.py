@@ -40,7 +40,7 @@ BOOLEAN_FLAGS: frozenset[str] = frozenset({
     "--verbose", "-v", "--log-verbose", "--context-shift", "--no-context-shift", "--no-ui", "--no-webui",
     "--no-models-autoload", "--jinja", "--no-jinja", "--no-mmproj", "--no-cache-idle-slots",
     "--ui-mcp-proxy", "--backend_sampling", "--backend-sampling", "--no-warmup", "--mlock", "--no-mmap",
-    "--cache-prompt", "--no-cache-prompt", "--props", "--no-prefill-assistant",
+    "--cache-prompt", "--no-cache-prompt", "--props", "--no-prefill-assistant", "--lora-init-without-apply",
 })
 
 #: model references: each is replaced by the local model (or, for the draft, by it too)
@@ -175,6 +175,10 @@ def _flash_attn(v: str | None) -> list[str] | None:
     return ["-fa", v] if v in ("on", "off", "auto") else None
 
 
+def _pooling(v: str | None) -> list[str] | None:
+    return ["--pooling", v] if v in ("none", "mean", "cls", "last", "rank") else None
+
+
 def _cors_origins(v: str | None) -> list[str] | None:
     """llama-server's origin list; its special value ``localhost`` (reflect a local
     Origin) has no counterpart."""
@@ -214,6 +218,9 @@ CORTEX_FLAGS: dict[str, Mapper] = {
     "--media-path": _same("--media-path"),
     "--cors-origins": _cors_origins,
     "--presence-penalty": _same("--presence-penalty"), "--frequency-penalty": _same("--frequency-penalty"),
+    "--pooling": _pooling,
+    "--reranking": lambda v: ["--reranking"], "--rerank": lambda v: ["--reranking"],
+    "--lora": _same("--lora"), "--lora-init-without-apply": _same("--lora-init-without-apply"),
 }
 #: flags the harness itself consumed (model resolution): not counted as dropped
 CONSUMED: frozenset[str] = frozenset({"--offline"})
