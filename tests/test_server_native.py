@@ -45,10 +45,11 @@ def test_completion_body_and_server_defaults(native: Server) -> None:
     assert isinstance(b["content"], str) and isinstance(b["has_new_line"], bool)
     gs = b["generation_settings"]
     assert gs["n_predict"] == 6 and gs["temperature"] == 0 and gs["seed"] == 42 and gs["logit_bias"] == []
-    # no n_predict: the server's -n 16; more than -n is capped at it
-    for n in (None, 100):
+    # no n_predict (or -1): the server's -n 16; a request's own n_predict wins, more than -n too
+    # (llama-server's: the slot's limit is the task's n_predict unless it is -1)
+    for n, want in ((None, 16), (-1, 16), (40, 40)):
         body = {"prompt": "Once upon a time", **({"n_predict": n} if n else {}), "ignore_eos": True}
-        assert native.post("/completion", body).json()["tokens_predicted"] == 16
+        assert native.post("/completion", body).json()["tokens_predicted"] == want
 
 
 def test_completion_prompt_forms(native: Server) -> None:

@@ -462,7 +462,8 @@ def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
 def _serve_llama_flags(p: argparse.ArgumentParser) -> None:
     """llama-server's flags for the server's defaults and endpoints."""
     p.add_argument("-n", "--n-predict", type=int, default=-1,
-                   help="tokens a request may generate at most (-1: until the context is full)")
+                   help="tokens a request generates when it sets no n_predict/max_tokens (-1: until the "
+                        "context is full)")
     p.add_argument("--temp", type=float, default=None, help="default temperature (default: 0.8)")
     p.add_argument("--top-k", type=int, default=None, help="default top-k (default: 40)")
     p.add_argument("--top-p", type=float, default=None, help="default top-p (default: 0.95)")

@@ -437,12 +437,10 @@ def native_logit_bias(state: ServerState, raw: Union[list[list[Any]], dict[str, 
 
 
 def native_n_predict(state: ServerState, requested: int | None) -> int:
-    """The tokens a native request may generate: its ``n_predict`` (else the
-    server's ``-n``), capped by the server's ``-n``; -1 means no limit. Never raises."""
-    n = state.n_predict if requested is None else requested
-    if state.n_predict >= 0 and (n < 0 or n > state.n_predict):
-        n = state.n_predict
-    return n
+    """The tokens a native request may generate: its ``n_predict``, else (or for
+    -1) the server's ``-n``, as llama-server's (the request's own number wins, more
+    than ``-n`` too); -1 means no limit. Never raises."""
+    return state.n_predict if requested is None or requested < 0 else requested
 
 
 def native_params(state: ServerState, body: NativeCompletionRequest) -> GenerationParams:
