@@ -304,3 +304,22 @@ def test_chat_stream_timings_on_the_last_event(srv: Server) -> None:
     assert "timings" not in events[0] and all("timings" in e for e in events[1:])
     counts = [e["timings"]["predicted_n"] for e in events[1:]]
     assert counts == sorted(counts) and counts[-1] <= 5
+
+
+def test_chat_json_schema_shorthand(srv: Server) -> None:
+    chat = {"messages": [{"role": "user", "content": "Write an example"}], "max_tokens": 32}
+    r = srv.post("/v1/chat/completions", {**chat, "json_schema": {"const": "42"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"].strip() == '"42"'
+    both = srv.post("/v1/chat/completions", {**chat, "json_schema": {"const": "42"}, "grammar": 'root ::= "a"'})
+    assert _err(both)["param"] == "json_schema"
+
+
+def test_verbose_server_answers_carry_verbose(tiny_path: Path, tmp_path: Path) -> None:
+    server = Server(tiny_path, tmp_path / "server.log", "--verbose", api_key=None)
+    try:
+        body = server.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                    "max_tokens": 2}).json()
+        assert body["__verbose"]["tokens_predicted"] == body["usage"]["completion_tokens"]
+    finally:
+        assert server.stop() == 0, server.output()

@@ -456,7 +456,8 @@ def _serve_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"n_predict": args.n_predict, "sampling": sampling, "slots_endpoint": args.slots,
             "metrics_endpoint": args.metrics, "slot_save_path": args.slot_save_path,
             "enable_thinking": {"on": True, "off": False, "auto": None}[args.reasoning],
-            "sleep_idle_seconds": args.sleep_idle_seconds, "tags": name_list(args.tags)}
+            "sleep_idle_seconds": args.sleep_idle_seconds, "tags": name_list(args.tags),
+            "verbose": args.verbose}
 
 
 def _serve_llama_flags(p: argparse.ArgumentParser) -> None:
@@ -482,6 +483,8 @@ def _serve_llama_flags(p: argparse.ArgumentParser) -> None:
                    help="accepted for llama-server's sake: chat templates always run through Jinja")
     p.add_argument("-rea", "--reasoning", choices=["on", "off", "auto"], default="auto",
                    help="thinking in chat templates: on/off set enable_thinking (default: auto)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="llama-server's --verbose: chat answers carry __verbose (the native /completion body)")
     p.add_argument("--tags", default=None, help="model tags, comma-separated (listed by /v1/models)")
     p.add_argument("--sleep-idle-seconds", type=int, default=-1,
                    help="unload the model after this many seconds without a request and load it again on "

@@ -335,7 +335,9 @@ def chat_inputs(state: ServerState, body: ChatCompletionRequest) -> tuple[list[d
     if state.enable_thinking is not None and "enable_thinking" not in (body.chat_template_kwargs or {}):
         opts["enable_thinking"] = state.enable_thinking  # --reasoning on|off
     rf = body.response_format
-    if rf is not None and rf.type != "text":
+    if body.json_schema is not None:  # llama-server's shorthand
+        opts["response_format"] = {"type": "json_schema", "json_schema": {"schema": body.json_schema}}
+    elif rf is not None and rf.type != "text":
         schema = rf.json_schema.schema_ if rf.json_schema is not None else rf.schema_
         opts["response_format"] = ({"type": "json_object", "schema": schema} if rf.type == "json_object"
                                    else {"type": "json_schema", "json_schema": {"schema": schema}})

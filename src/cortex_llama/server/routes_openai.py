@@ -148,7 +148,7 @@ async def chat_completions(body: ChatCompletionRequest, raw: HTTPRequest,
         return Response(status_code=499)
     answer = ChatCompletionResponse(id=rid, created=now, model=state.model_id, choices=chat_choices(state, job, results),
                                     usage=job.usage(results), timings=completion_timings(results[0]))
-    if not body.verbose:
+    if not (body.verbose or state.verbose):
         return answer
     return JSONResponse({**answer.model_dump(mode="json"), "__verbose": verbose_body(
         state, params, max_tokens or default, job.reqs[0].prompt_tokens, results[0])})

@@ -260,11 +260,16 @@ class ChatCompletionRequest(_Sampling):
                                                        "event (the last one has them anyway)")
     verbose: bool = Field(False, description="extension: llama-server's __verbose, the native /completion "
                                              "body of the request (prompt, generation_settings, ...)")
+    json_schema: dict[str, Any] | None = Field(None, description="extension: llama-server's shorthand for "
+                                                                "a json_schema response_format")
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: needs logprobs to be true")
+        if self.json_schema is not None and (self.grammar is not None or (
+                self.response_format is not None and self.response_format.type != "text")):
+            raise ValueError("json_schema: give json_schema, response_format or grammar, not two")
         if self.tools is not None:
             names = [t.function.name for t in self.tools]
             dup = {n for n in names if names.count(n) > 1}

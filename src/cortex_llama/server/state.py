@@ -59,7 +59,8 @@ class ServerState:
     is ``--slot-save-path``; ``sleep_idle_seconds`` is ``--sleep-idle-seconds``
     (< 0: never sleeps; see :mod:`.sleep`), ``sleeper`` its timer (set by the app),
     ``asleep`` what the routes answering while asleep saved on falling asleep;
-    ``aliases`` and ``tags`` are ``--alias``'s names and ``--tags``' (``/v1/models``).
+    ``aliases`` and ``tags`` are ``--alias``'s names and ``--tags``' (``/v1/models``);
+    ``verbose`` is ``--verbose`` (every chat answer carries ``__verbose``).
     """
 
     llm: LLM
@@ -77,6 +78,7 @@ class ServerState:
     sleep_idle_seconds: float = -1
     aliases: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+    verbose: bool = False
     sleeper: Sleeper | None = field(default=None, repr=False)
     asleep: dict[str, Any] = field(default_factory=dict, repr=False)
     _carry: dict[str, float] = field(default_factory=dict, repr=False)
