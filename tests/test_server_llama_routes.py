@@ -323,3 +323,13 @@ def test_verbose_server_answers_carry_verbose(tiny_path: Path, tmp_path: Path) -
         assert body["__verbose"]["tokens_predicted"] == body["usage"]["completion_tokens"]
     finally:
         assert server.stop() == 0, server.output()
+
+
+def test_openai_embeddings_refuse_pooling_none(tiny_path: Path, tmp_path: Path) -> None:
+    """--pooling none gives a vector per token: OpenAI's body has no shape for it (400 naming
+    input, as llama-server's)."""
+    server = Server(tiny_path, tmp_path / "server.log", "--embeddings", "--pooling", "none", api_key=None)
+    try:
+        assert _err(server.post("/v1/embeddings", {"input": "hello hello"}))["param"] == "input"
+    finally:
+        assert server.stop() == 0, server.output()

@@ -144,7 +144,13 @@ def _native(vecs: np.ndarray) -> JSONResponse:
 
 async def embeddings(body: EmbeddingRequest, state: ServerState = Depends(get_state)) -> Any:
     """Normalized embeddings of ``input`` (OpenAI's body), or of llama-server's
-    ``content`` (its native body). Raises :class:`APIError` (400) naming the field."""
+    ``content`` (its native body). Raises :class:`APIError` (400) naming the field,
+    or for OpenAI's body on a server with ``--pooling none`` (one vector per token
+    has no OpenAI shape; llama-server's 400 too)."""
+    if body.input is not None and state.llm.config.pooling == "none":
+        raise APIError(400, "input: OpenAI's embeddings need pooled vectors, and this server runs with "
+                            "--pooling none (use /embedding, or start it with --pooling mean|cls|last)",
+                       param="input", code="pooling_not_supported")
     vecs, n_tokens, field = await _embed(state, body)
     if field == "content":
         return _native(vecs)
