@@ -53,12 +53,14 @@ def test_plain_text_equals_chat_completions(server: Server) -> None:
     assert m.type == "message" and m.role == "assistant" and m.model == "test-model" and m.id.startswith("msg_")
     assert [b.type for b in m.content] == ["text"] and m.content[0].text == chat.choices[0].message.content
     assert m.stop_reason == ("max_tokens" if chat.choices[0].finish_reason == "length" else "end_turn")
-    assert m.usage.input_tokens == chat.usage.prompt_tokens
+    # llama-server's (and Anthropic's) usage: input_tokens exclude the cache reads
+    assert m.usage.input_tokens + m.usage.cache_read_input_tokens == chat.usage.prompt_tokens
     assert m.usage.output_tokens == chat.usage.completion_tokens
     # system as text blocks renders the same
     m2 = client(server).messages.create(model="test-model", max_tokens=16, messages=HELLO, extra_body=GREEDY,
                                         system=[{"type": "text", "text": "You are "}, {"type": "text", "text": "terse."}])
-    assert m2.content[0].text == m.content[0].text and m2.usage.input_tokens == m.usage.input_tokens
+    assert m2.content[0].text == m.content[0].text
+    assert m2.usage.input_tokens + m2.usage.cache_read_input_tokens == chat.usage.prompt_tokens
 
 
 def test_streamed_events_join_to_the_plain_text(server: Server) -> None:
@@ -74,7 +76,9 @@ def test_streamed_events_join_to_the_plain_text(server: Server) -> None:
     text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
     assert text == plain.content[0].text == final.content[0].text
     assert final.stop_reason == plain.stop_reason and final.usage.output_tokens == plain.usage.output_tokens
-    assert events[0].message.usage.input_tokens == plain.usage.input_tokens
+    start = events[0].message.usage
+    assert start.input_tokens + start.cache_read_input_tokens == \
+        plain.usage.input_tokens + plain.usage.cache_read_input_tokens
     raw = server.post("/v1/messages", {"max_tokens": 12, "messages": HELLO, "stream": True, **GREEDY})
     assert raw.headers["content-type"].startswith("text/event-stream")
     assert raw.text.startswith("event: message_start\ndata: ") and raw.text.rstrip().endswith('{"type": "message_stop"}')
@@ -86,7 +90,7 @@ def test_count_tokens_equals_the_prompt(server: Server) -> None:
                {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [WEATHER]}):
         n = c.messages.count_tokens(model="test-model", **kw).input_tokens
         m = c.messages.create(model="test-model", max_tokens=1, extra_body=GREEDY, **kw)
-        assert n == m.usage.input_tokens > 0
+        assert n == m.usage.input_tokens + m.usage.cache_read_input_tokens > 0
 
 
 def test_forced_tool_use(server: Server) -> None:
@@ -131,7 +135,7 @@ def test_tool_result_round_trip(server: Server) -> None:
         {"role": "tool", "tool_call_id": "toolu_1", "content": '{"temperature": 21}'}]
     chat = server.client().chat.completions.create(model="test-model", messages=chat_msgs, tools=[CHAT_WEATHER],
                                                    max_tokens=8, temperature=0)
-    assert m.usage.input_tokens == chat.usage.prompt_tokens
+    assert m.usage.input_tokens + m.usage.cache_read_input_tokens == chat.usage.prompt_tokens
     if m.stop_reason != "tool_use":
         assert m.content[0].text == chat.choices[0].message.content
     if server.template == "hermes":

@@ -210,10 +210,13 @@ def _content(done: ChatCompletion) -> list[dict[str, Any]]:
 
 
 def _message(state: ServerState, mid: str, content: list[dict[str, Any]], stop: tuple[str | None, str | None],
-             input_tokens: int, output_tokens: int) -> dict[str, Any]:
+             prompt_tokens: int, cached: int, output_tokens: int) -> dict[str, Any]:
+    """A Message; its usage as llama-server's: ``input_tokens`` are the prompt tokens
+    evaluated, ``cache_read_input_tokens`` those reused from the KV cache."""
     return {"id": mid, "type": "message", "role": "assistant", "model": state.model_id, "content": content,
             "stop_reason": stop[0], "stop_sequence": stop[1],
-            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}}
+            "usage": {"cache_read_input_tokens": cached, "input_tokens": prompt_tokens - cached,
+                      "output_tokens": output_tokens}}
 
 
 def _start_block(b: Block) -> dict[str, Any]:
@@ -250,7 +253,8 @@ def _render(e: BlockEvent) -> list[str]:
 async def _events(state: ServerState, body: MessagesRequest, run: ChatRun, mid: str) -> AsyncIterator[str]:
     """The Messages API's events of a streamed run; raises the engine's error."""
     n_in = len(run.request.prompt_tokens)
-    yield _event("message_start", message=_message(state, mid, [], (None, None), n_in, 0))
+    yield _event("message_start", message=_message(state, mid, [], (None, None), n_in,
+                                                   run.request.usage.cached_tokens, 0))
     cutter = BlockCutter()
     assert run.stream is not None
     async for d in run.stream:
@@ -288,7 +292,7 @@ async def create_message(body: MessagesRequest, raw: HTTPRequest, state: ServerS
     if done is None:
         return Response(status_code=499)
     return _message(state, mid, _content(done), _stop(state, body, done), len(run.request.prompt_tokens),
-                    len(done.tokens))
+                    done.usage.cached_tokens, len(done.tokens))
 
 
 @router.post("/v1/messages/count_tokens", tags=["anthropic"])
