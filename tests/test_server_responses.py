@@ -54,6 +54,18 @@ def test_plain_text_equals_chat_completions(server: Server) -> None:
     assert r2.output_text == r.output_text and r2.usage.input_tokens == r.usage.input_tokens
 
 
+def test_input_tokens_route_counts_the_prompt(server: Server) -> None:
+    """llama-server's POST /v1/responses/input_tokens (and /responses/input_tokens): the
+    prompt tokens of a request, nothing generated; previous_response_id's conversation too."""
+    body: dict[str, Any] = {"model": "test-model", "input": "Say hi", "instructions": "Be terse.", "max_output_tokens": 4}
+    r = server.post("/v1/responses", body).json()
+    for path in ("/v1/responses/input_tokens", "/responses/input_tokens"):
+        got = server.post(path, body).json()
+        assert got == {"object": "response.input_tokens", "input_tokens": r["usage"]["input_tokens"]}, path
+    more = server.post("/v1/responses/input_tokens", {"input": "And again", "previous_response_id": r["id"]}).json()
+    assert more["input_tokens"] > r["usage"]["input_tokens"]
+
+
 def test_streamed_events_join_to_the_plain_text(server: Server) -> None:
     client = server.client()
     kw: dict[str, Any] = dict(model="test-model", input="Say hello.", max_output_tokens=12, temperature=0)

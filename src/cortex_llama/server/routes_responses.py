@@ -20,8 +20,8 @@ from fastapi.responses import Response
 from starlette.requests import Request as HTTPRequest
 
 from ..conversation import ChatCompletion
-from .chat_bridge import (Block, BlockCutter, BlockEvent, ChatRun, chat_body, event_stream, finish_chat, new_id,
-                          sse_event, start_chat)
+from .chat_bridge import (Block, BlockCutter, BlockEvent, ChatRun, chat_body, chat_tokens, event_stream, finish_chat,
+                          new_id, sse_event, start_chat)
 from .errors import APIError
 from .plumbing import Job
 from .responses_items import ResponseStore, StoredResponse, get_store, items_to_messages, output_to_items
@@ -264,6 +264,16 @@ async def create_response(body: ResponsesRequest, raw: HTTPRequest, state: Serve
     return final
 
 
+async def response_input_tokens(body: ResponsesRequest, state: ServerState = Depends(get_state),
+                                store: ResponseStore = Depends(get_store)) -> dict[str, Any]:
+    """llama-server's ``{"object": "response.input_tokens", "input_tokens": N}``: the
+    prompt tokens this request would read (after ``previous_response_id``'s
+    conversation), without generating. Raises :class:`APIError` (400) naming a bad field."""
+    stored = store.get(body.previous_response_id).items if body.previous_response_id else []
+    n = await chat_tokens(state, _chat_request(body, _input_items(body), stored), NAMES)
+    return {"object": "response.input_tokens", "input_tokens": n}
+
+
 async def get_response(response_id: str, store: ResponseStore = Depends(get_store)) -> dict[str, Any]:
     """A stored response. Raises :class:`APIError` (404) when it is not stored."""
     return store.get(response_id, "response_id", 404).body
@@ -272,5 +282,7 @@ async def get_response(response_id: str, store: ResponseStore = Depends(get_stor
 for _prefix, _schema in (("/v1", True), ("", False)):
     router.add_api_route(_prefix + "/responses", create_response, methods=["POST"], responses=ERROR_RESPONSES,
                          tags=["responses"], include_in_schema=_schema)
+    router.add_api_route(_prefix + "/responses/input_tokens", response_input_tokens, methods=["POST"],
+                         responses=ERROR_RESPONSES, tags=["responses"], include_in_schema=_schema)
     router.add_api_route(_prefix + "/responses/{response_id}", get_response, methods=["GET"],
                          responses=ERROR_RESPONSES, tags=["responses"], include_in_schema=_schema)
