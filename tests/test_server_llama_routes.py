@@ -333,3 +333,11 @@ def test_openai_embeddings_refuse_pooling_none(tiny_path: Path, tmp_path: Path) 
         assert _err(server.post("/v1/embeddings", {"input": "hello hello"}))["param"] == "input"
     finally:
         assert server.stop() == 0, server.output()
+
+
+def test_web_ui_feature_routes_answer_403(srv: Server) -> None:
+    """llama-server's /cors-proxy (--ui-mcp-proxy) and /tools (--tools), which this server
+    does not have: 403 feature_disabled, as llama-server's when they are off."""
+    for path in ("/cors-proxy", "/tools"):
+        for r in (srv.get(path), srv.post(path, {})):
+            assert _err(r, 403)["type"] == "feature_disabled", (path, r.text)

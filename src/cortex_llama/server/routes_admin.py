@@ -55,3 +55,15 @@ async def set_lora_adapters(body: list[Any] = Body(...), state: ServerState = De
     except ValueError as exc:
         raise from_exception(exc) from None
     return {"success": True}
+
+
+@router.api_route("/cors-proxy", methods=["GET", "POST"], responses=ERROR_RESPONSES, tags=["server"],
+                  include_in_schema=False)
+@router.api_route("/tools", methods=["GET", "POST"], responses=ERROR_RESPONSES, tags=["server"],
+                  include_in_schema=False)
+async def disabled_feature() -> None:
+    """llama-server's routes of its web UI's features this server does not have (the
+    MCP CORS proxy of ``--ui-mcp-proxy``, the built-in tools of ``--tools``): 403
+    ``feature_disabled``, as llama-server answers them when they are off. Raises
+    :class:`APIError` 403."""
+    raise APIError(403, "this feature is disabled", type="feature_disabled", code="feature_disabled")
