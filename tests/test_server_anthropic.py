@@ -229,3 +229,26 @@ def test_thinking_blocks(small_q4_path: Path, tmp_path: Path) -> None:
         assert off.input_tokens > on.input_tokens  # the empty think block of enable_thinking=false
     finally:
         assert srv.stop() == 0, srv.output()
+
+
+def test_thinking_blocks_in_history_reach_the_template(tiny_path: Path, tmp_path: Path) -> None:
+    """An assistant turn's thinking blocks become its reasoning_content (llama-server's), so
+    a template that renders it counts them; redacted thinking is dropped."""
+    tmpl = tmp_path / "think.jinja"
+    tmpl.write_text("{% for m in messages %}{{ m.role }}: {% if m.reasoning_content %}<think>{{ m.reasoning_content }}"
+                    "</think>{% endif %}{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    srv = Server(tiny_path, tmp_path / "server.log", "--chat-template-file", str(tmpl), api_key=None)
+    try:
+        def count(blocks: list[dict[str, Any]]) -> int:
+            msgs = [{"role": "user", "content": "Fix it"}, {"role": "assistant", "content": blocks},
+                    {"role": "user", "content": "Go on"}]
+            r = srv.post("/v1/messages/count_tokens", {"model": "m", "messages": msgs})
+            assert r.status_code == 200, r.text
+            return int(r.json()["input_tokens"])
+
+        text = [{"type": "text", "text": "Done."}]
+        plain = count(text)
+        assert count([{"type": "thinking", "thinking": "check the layout first", "signature": ""}, *text]) > plain
+        assert count([{"type": "redacted_thinking", "data": "xyz"}, *text]) == plain
+    finally:
+        assert srv.stop() == 0, srv.output()

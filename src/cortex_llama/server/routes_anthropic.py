@@ -105,7 +105,10 @@ def _user(blocks: list[Any], param: str) -> list[dict[str, Any]]:
 
 
 def _assistant(blocks: list[Any], param: str) -> dict[str, Any]:
-    texts, calls = [], []
+    """An assistant turn: its text, its tool calls, and its thinking blocks as
+    ``reasoning_content`` (llama-server's: the template decides whether to render
+    them; redacted ones are dropped)."""
+    texts, calls, thoughts = [], [], []
     for j, b in enumerate(blocks):
         p = f"{param}[{j}]"
         kind = b.get("type") if isinstance(b, dict) else None
@@ -117,11 +120,15 @@ def _assistant(blocks: list[Any], param: str) -> dict[str, Any]:
                 raise invalid_value(p + ".input", "must be an object")
             calls.append({"id": require_str(b.get("id"), p + ".id"), "type": "function",
                           "function": {"name": require_str(b.get("name"), p + ".name"), "arguments": json.dumps(args)}})
-        elif kind not in ("thinking", "redacted_thinking"):  # earlier thoughts are not rendered again
+        elif kind == "thinking":
+            thoughts.append(require_str(b.get("thinking"), p + ".thinking"))
+        elif kind != "redacted_thinking":
             raise invalid_value(p + ".type", f"an assistant block must be 'text', 'thinking' or 'tool_use', got {kind!r}")
     msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if calls:
         msg["tool_calls"] = calls
+    if thoughts:
+        msg["reasoning_content"] = "".join(thoughts)
     return msg
 
 
