@@ -139,3 +139,35 @@ def test_no_slots_and_no_metrics_answer_501(small_q4_path: Path, tmp_path: Path)
         assert srv.get("/props").json()["endpoint_slots"] is False
     finally:
         assert srv.stop() == 0
+
+
+def test_return_progress_events(small_q4_path: Path, tmp_path: Path) -> None:
+    """llama-server's return_progress: streamed /completion and chat send a
+    prompt_progress update at admission (processed == cache) and one per prefill
+    chunk, up to the whole prompt, before the first token; nothing without it."""
+    srv = Server(small_q4_path, tmp_path / "server.log", "--ctx-size", "512", "--parallel", "1",
+                 "--batch-size", "16", "--temp", "0", api_key=None)
+    try:
+        prompt = " ".join(f"w{i}" for i in range(40))
+        events = _events(srv, {"prompt": prompt, "n_predict": 2, "stream": True, "return_progress": True,
+                               "timings_per_token": True})
+        progress = [e for e in events if "prompt_progress" in e]
+        first, last = progress[0]["prompt_progress"], progress[-1]["prompt_progress"]
+        assert first["processed"] == first["cache"] and last["processed"] == last["total"] > 16
+        assert len(progress) >= 3 and progress[0]["timings"]["prompt_n"] == 0
+        assert [p["prompt_progress"]["processed"] for p in progress] == sorted(
+            p["prompt_progress"]["processed"] for p in progress)
+        assert events.index(progress[-1]) < next(i for i, e in enumerate(events) if e.get("tokens"))
+        assert not [e for e in _events(srv, {"prompt": prompt, "n_predict": 2, "stream": True})
+                    if "prompt_progress" in e]
+        with httpx.stream("POST", srv.url + "/v1/chat/completions", timeout=60, json={
+                "messages": [{"role": "user", "content": prompt}], "max_tokens": 2, "stream": True,
+                "return_progress": True}) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines()
+                      if line.startswith("data: ") and line != "data: [DONE]"]
+        chat = [c["prompt_progress"] for c in chunks if "prompt_progress" in c]
+        assert chat[-1]["processed"] == chat[-1]["total"] and len(chat) >= 3
+        assert all(c["choices"][0]["delta"] == {"role": "assistant", "content": None}
+                   for c in chunks if "prompt_progress" in c)
+    finally:
+        assert srv.stop() == 0

@@ -81,7 +81,8 @@ class Request:
         #: :attr:`progress` follows the prompt's prefill (``GenerationParams.return_progress``,
         #: llama-server's); each change wakes the wakers
         self.report_progress = params.return_progress
-        self.progress: PromptProgress | None = None
+        #: every progress update, in order (a reader never misses one)
+        self.progress_log: list[PromptProgress] = []
         self.usage = Usage(prompt_tokens=len(prompt_tokens))
         self.timings = Timings()
         self._t_submit = time.perf_counter()
@@ -245,9 +246,14 @@ class Request:
     def _progress(self, processed: int) -> None:
         start = self._t_admit if self._t_admit is not None else time.perf_counter()
         with self._lock:
-            self.progress = PromptProgress(len(self.prompt_tokens), self.usage.cached_tokens, processed,
-                                           (time.perf_counter() - start) * 1000)
+            self.progress_log.append(PromptProgress(len(self.prompt_tokens), self.usage.cached_tokens, processed,
+                                                    (time.perf_counter() - start) * 1000))
             self._notify()
+
+    @property
+    def progress(self) -> PromptProgress | None:
+        """The latest prefill progress (with ``GenerationParams.return_progress``)."""
+        return self.progress_log[-1] if self.progress_log else None
 
     def add_token(self, tok: int, logits: np.ndarray | None = None) -> bool:
         """Take the sampled token ``tok`` (with the logits it came from, for

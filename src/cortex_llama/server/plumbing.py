@@ -27,12 +27,12 @@ from .schemas import (ChatCompletionRequest, CompletionRequest, NamedToolChoice,
 from .state import ServerState
 
 if TYPE_CHECKING:
-    from ..gen.request import Request
+    from ..gen.request import PromptProgress, Request
 
 __all__ = ["FINISH", "Job", "SSETemplate", "sse", "check_counts", "gen_params", "constraint",
            "choice_params", "submit", "submit_each", "results_or_disconnect", "stream_response", "merge",
            "merge_iters", "cancel_all", "chat_inputs", "native_prompts", "native_logit_bias",
-           "native_n_predict", "native_params", "token_chunks"]
+           "native_n_predict", "native_params", "token_chunks", "progress_updates", "progress_json"]
 
 FINISH = {"stop": "stop", "end-of-generation": "stop", "length": "length", "cancelled": "cancelled"}
 T = TypeVar("T")
@@ -111,6 +111,8 @@ def gen_params(state: ServerState, body: Union[CompletionRequest, ChatCompletion
         kw["logit_bias"] = _logit_bias(state, body.logit_bias)
     if body.lora is not None:
         kw["lora"] = lora_scales(body.lora)
+    if getattr(body, "return_progress", False) and body.stream:
+        kw["return_progress"] = True
     try:
         return GenerationParams(max_tokens=max_tokens, logprobs=logprobs, grammar=grammar,
                                 json_schema=json_schema, **kw)
@@ -255,6 +257,34 @@ def stream_response(gen: AsyncIterator[str], job: Job) -> StreamingResponse:
             cancel_all(job.reqs)
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def progress_updates(req: Request) -> AsyncIterator[PromptProgress]:
+    """Each prefill progress update of ``req`` (``GenerationParams.return_progress``)
+    until its whole prompt is in the cache or it ends."""
+    event = asyncio.Event()
+    waker = (asyncio.get_running_loop(), event.set)
+    req.add_waker(waker)
+    i = 0
+    try:
+        while True:
+            event.clear()
+            log = req.progress_log
+            while i < len(log):
+                i += 1
+                yield log[i - 1]
+                if log[i - 1].processed >= log[i - 1].total:
+                    return
+            if req.done:
+                return
+            await event.wait()
+    finally:
+        req.remove_waker(waker)
+
+
+def progress_json(p: PromptProgress) -> dict[str, Any]:
+    """llama-server's ``prompt_progress`` object."""
+    return {"total": p.total, "cache": p.cache, "processed": p.processed, "time_ms": p.time_ms}
 
 
 # -- merging streams ----------------------------------------------------------------------------
@@ -469,6 +499,8 @@ def native_params(state: ServerState, body: NativeCompletionRequest) -> Generati
         kw["slot"] = body.id_slot
     if body.lora is not None:
         kw["lora"] = lora_scales(body.lora)
+    if body.return_progress and body.stream:
+        kw["return_progress"] = True
     try:
         return GenerationParams(max_tokens=n if n >= 0 else state.llm.config.context_size,
                                 logprobs=body.n_probs or None, grammar=body.grammar,

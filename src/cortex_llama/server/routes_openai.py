@@ -141,7 +141,8 @@ async def chat_completions(body: ChatCompletionRequest, raw: HTTPRequest,
     rid, now = "chatcmpl-" + secrets.token_hex(12), int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return stream_response(ChatStream(state, job, streams, rid, now, body.timings_per_token).events(include_usage),
+        return stream_response(ChatStream(state, job, streams, rid, now, body.timings_per_token,
+                                          body.return_progress).events(include_usage),
                                job)
     results = await results_or_disconnect(raw, job)
     if results is None:

@@ -258,6 +258,8 @@ class ChatCompletionRequest(_Sampling):
                           "A final assistant message is continued anyway (llama-server's prefill)")
     timings_per_token: bool = Field(False, description="extension: llama-server's timings on every streamed "
                                                        "event (the last one has them anyway)")
+    return_progress: bool = Field(False, description="extension: llama-server's prompt_progress events while "
+                                  "a streamed prompt is evaluated")
     verbose: bool = Field(False, description="extension: llama-server's __verbose, the native /completion "
                                              "body of the request (prompt, generation_settings, ...)")
     json_schema: dict[str, Any] | None = Field(None, description="extension: llama-server's shorthand for "

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
 
 from ..conversation import ChatCompletion
 from ..llm import Completion, GenerationParams, Timings, TokenLogprob
-from .plumbing import FINISH, Job, SSETemplate, merge, merge_iters, sse, token_chunks
+from .plumbing import FINISH, Job, SSETemplate, merge, merge_iters, progress_json, progress_updates, sse, token_chunks
 from .schemas import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatLogprobs,
                       ChatTokenLogprob, CompletionChoice, CompletionLogprobs, CompletionResponse, ToolCall,
                       NativeCompletionRequest, ToolCallDelta, ToolCallFunction, ToolCallFunctionDelta, TopLogprob)
 from .state import ServerState
 
 if TYPE_CHECKING:
-    from ..gen.request import Request
+    from ..gen.request import PromptProgress, Request
 
 __all__ = ["completion_logprobs", "chat_logprobs", "completion_choices", "chat_choices", "stream_completion",
            "ChatStream", "generation_settings", "native_timings", "native_probs", "pick_fields", "native_final",
@@ -116,9 +116,10 @@ class ChatStream:
     (``streams``: the ``LLM.astream_chat`` iterators, one per choice)."""
 
     def __init__(self, state: ServerState, job: Job, streams: list[Any], rid: str, now: int,
-                 timings_per_token: bool = False) -> None:
+                 timings_per_token: bool = False, return_progress: bool = False) -> None:
         self.state, self.job, self.streams, self.rid, self.now = state, job, streams, rid, now
         self.timings_per_token = timings_per_token
+        self.return_progress = return_progress
         self._templates: dict[int, SSETemplate] = {}
         self._sent_lp = [0] * len(job.reqs)
         self._called = [False] * len(job.reqs)
@@ -179,8 +180,16 @@ class ChatStream:
     async def events(self, include_usage: bool) -> AsyncIterator[str]:
         """The events (the first of each choice with the role, its content null, as
         llama-server's); raises the engine's error of a request."""
-        for i in range(len(self.job.reqs)):
-            yield self._chunk(i, ChatDelta(role="assistant", content=None))  # llama-server's first delta
+        for i, req in enumerate(self.job.reqs):
+            if self.return_progress:  # llama-server's: the first delta again with each prefill update
+                async for p in progress_updates(req):
+                    event = json.loads(self._chunk(i, ChatDelta(role="assistant", content=None))[6:])
+                    event["prompt_progress"] = progress_json(p)
+                    if self.timings_per_token:
+                        event["timings"] = progress_timings(p)
+                    yield sse(event)
+            else:
+                yield self._chunk(i, ChatDelta(role="assistant", content=None))  # llama-server's first delta
         left = len(self.job.reqs)
         last: Completion | None = None
         async for i, d in merge_iters(self.streams):
@@ -250,6 +259,11 @@ def native_timings(prompt_tokens: int, cached: int, n_gen: int, t: Timings) -> d
 def completion_timings(c: Completion) -> dict[str, Any]:
     """llama-server's ``timings`` of a finished request. Never raises."""
     return native_timings(c.usage.prompt_tokens, c.usage.cached_tokens, len(c.tokens), c.timings)
+
+
+def progress_timings(p: PromptProgress) -> dict[str, Any]:
+    """llama-server's ``timings`` of a prefill progress update (nothing generated yet)."""
+    return native_timings(p.processed, p.cache, 0, Timings(prompt_ms=p.time_ms if p.processed > p.cache else 0.0))
 
 
 def request_timings(req: Request) -> dict[str, Any]:
@@ -351,6 +365,14 @@ async def stream_native(state: ServerState, body: NativeCompletionRequest, reqs:
         sent[i] += len(toks)
         return sse(_native_chunk(state, body, reqs[i], i, toks, text, sent[i] - len(toks)))
 
+    if body.return_progress and body.stream:
+        for i, r in enumerate(reqs):
+            async for p in progress_updates(r):
+                chunk = {"index": i, "content": "", "tokens": [], "stop": False, "id_slot": -1,
+                         "prompt_progress": progress_json(p)}
+                if body.timings_per_token:
+                    chunk["timings"] = progress_timings(p)
+                yield sse(chunk)
     async for i, item in merge_iters([token_chunks(r) for r in reqs]):
         if item is None:
             if held[i] is not None:
