@@ -2,8 +2,9 @@
 prompts that left their slot, kept in RAM so a later request with the same
 start is restored instead of evaluated again.
 
-When a request takes a slot whose cells it cannot fully reuse, the slot's state
-is saved here first (``llama_state_seq_get_data``); when an entry shares a
+When a request takes a slot and more than half of the slot's cells would go
+(another conversation, not the same one's next turn), the slot's state is saved
+here first (``llama_state_seq_get_data``); when an entry shares a
 longer prefix with a new request than any slot does, it is loaded into the
 request's slot (``llama_state_seq_set_data``) and leaves the cache. As
 llama-server, an entry is only restored when at least a quarter of it is kept

@@ -320,12 +320,12 @@ class Scheduler:
                  found: tuple[int, SlotState | None, int], plan: StepPlan) -> int:
         """Make ``slot`` hold the longest usable start of ``feed``: its own cells
         (``found``: how many), a running slot's (copied) or a prompt cache
-        entry's (restored), saving what it held to the prompt cache before it
-        goes. Returns how many entries of ``feed`` it holds."""
+        entry's (restored), saving what it held to the prompt cache first when
+        more than half of it goes. Returns how many entries of ``feed`` it holds."""
         reuse, src, shared = found
         cache = self.prompt_cache
         entry, hit = cache.best(feed, req.lora_key, max(reuse, shared)) if cache is not None else (None, 0)
-        if reuse < len(slot.cached):  # its cells (or their tail) are about to go
+        if reuse < len(slot.cached) // 2:  # most of its cells are about to go (not a chat's next turn)
             self._save(slot, plan)
         if entry is not None and cache is not None:
             cache.take(entry)
