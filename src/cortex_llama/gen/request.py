@@ -54,7 +54,7 @@ class Request:
     :attr:`finish_reason`, :attr:`usage`, :attr:`timings`.
 
     Engine side (called from the engine thread only): :meth:`admitted`,
-    :meth:`prefilled`, :meth:`add_token`, :meth:`finish`, :meth:`fail`,
+    :meth:`prompt_evaluated`, :meth:`add_token`, :meth:`finish`, :meth:`fail`,
     :attr:`cancel_requested`, :attr:`sampler`.
     """
 
