@@ -267,7 +267,7 @@ class Engine:
             n_prompt = len(req.prompt_tokens)
             if span.start < n_prompt:
                 evaluated += min(span.start + span.n, n_prompt) - span.start
-                if req.report_progress:
+                if req.params.return_progress:
                     req.prompt_evaluated(min(span.start + span.n, n_prompt))
         return evaluated
 

@@ -69,15 +69,17 @@ class LoraSet:
         """Change default scales by id (llama-server's ``POST /lora-adapters``);
         requests submitted later use them. Raises ``ValueError`` for an unknown id."""
         with self._lock:
-            self._defaults = list(self.key(scales, under_lock=False))
+            self._defaults = list(self._merged(scales))
 
-    def key(self, scales: Mapping[int, float] | None, *, under_lock: bool = True) -> tuple[float, ...]:
+    def key(self, scales: Mapping[int, float] | None) -> tuple[float, ...]:
         """A request's LoRA key: the defaults with ``scales`` (by id) replaced.
         Raises ``ValueError`` for an id outside the loaded adapters or a scale that
         is not a number."""
-        if under_lock:
-            with self._lock:
-                return self.key(scales, under_lock=False)
+        with self._lock:
+            return self._merged(scales)
+
+    def _merged(self, scales: Mapping[int, float] | None) -> tuple[float, ...]:
+        # under self._lock
         out = list(self._defaults)
         if scales and not out:
             raise ValueError("lora: no LoRA adapters are loaded (ModelConfig.lora)")

@@ -75,5 +75,6 @@ class PromptCache:
         self.entries.append(CacheEntry(toks, lora_key, data))
         self.saves += 1
         if self.limit_bytes is not None:
-            while self.entries and self.size_bytes > self.limit_bytes:
-                self.entries.pop(0)
+            size = self.size_bytes
+            while self.entries and size > self.limit_bytes:
+                size -= len(self.entries.pop(0).data)

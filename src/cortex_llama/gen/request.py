@@ -78,10 +78,8 @@ class Request:
         self.slot: int | None = None
         #: the LoRA scales it runs with, one per loaded adapter (set by the LLM)
         self.lora_key: tuple[float, ...] = ()
-        #: :attr:`progress` follows the prompt's prefill (``GenerationParams.return_progress``,
-        #: llama-server's); each change wakes the wakers
-        self.report_progress = params.return_progress
-        #: every progress update, in order (a reader never misses one)
+        #: every prefill progress update, in order (a reader never misses one), with
+        #: ``GenerationParams.return_progress``; each one wakes the wakers
         self.progress_log: list[PromptProgress] = []
         self.usage = Usage(prompt_tokens=len(prompt_tokens))
         self.timings = Timings()
@@ -235,12 +233,12 @@ class Request:
         if self._t_admit is None:
             self._t_admit = time.perf_counter()
             self.usage.cached_tokens = cached_tokens
-            if self.report_progress:
+            if self.params.return_progress:
                 self._progress(cached_tokens)
 
     def prompt_evaluated(self, processed: int) -> None:
         """The prompt's first ``processed`` tokens are in the KV cache now (the
-        engine tells only requests with :attr:`report_progress`)."""
+        engine tells only requests with ``params.return_progress``)."""
         self._progress(processed)
 
     def _progress(self, processed: int) -> None:

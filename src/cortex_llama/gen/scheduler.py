@@ -94,6 +94,11 @@ class SlotState:
     #: the LoRA scales its cells were computed with (only a request with the same reuses them)
     lora_key: tuple[float, ...] = ()
 
+    @property
+    def holds_media(self) -> bool:
+        """Some of its cells hold an image or audio chunk (negative entries)."""
+        return any(t < 0 for t in self.cached)
+
 
 @dataclass(eq=False)
 class Job:
@@ -352,7 +357,7 @@ class Scheduler:
     def _save(self, slot: SlotState, plan: StepPlan) -> None:
         """Save ``slot``'s state to the prompt cache before its cells go (text
         slots whose early positions are all there only)."""
-        if (self.prompt_cache is None or not slot.cached or any(t < 0 for t in slot.cached)
+        if (self.prompt_cache is None or not slot.cached or slot.holds_media
                 or self._window_dropped(slot.seq_id)):
             return
         plan.ops.append(KVOp("save", slot.seq_id, payload=(tuple(slot.cached), slot.lora_key)))

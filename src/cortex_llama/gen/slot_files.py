@@ -80,8 +80,9 @@ def save_slot(ctx: Context, sched: Scheduler, seq_id: int, path: str) -> SlotFil
     write the file.
     """
     start = time.perf_counter()
-    tokens = list(sched.slot(seq_id).cached)
-    if any(t < 0 for t in tokens):
+    slot = sched.slot(seq_id)
+    tokens = list(slot.cached)
+    if slot.holds_media:
         raise StateError(f"slot {seq_id} holds an image or audio chunk: such a slot cannot be saved")
     n_bytes = ctx.save_state(path, pack_tokens(tokens), seq_id=seq_id)
     return SlotFileResult(seq_id, path, len(tokens), n_bytes, (time.perf_counter() - start) * 1000)
