@@ -183,11 +183,10 @@ class ChatStream:
         for i, req in enumerate(self.job.reqs):
             if self.return_progress:  # llama-server's: the first delta again with each prefill update
                 async for p in progress_updates(req):
-                    event = json.loads(self._chunk(i, ChatDelta(role="assistant", content=None))[6:])
-                    event["prompt_progress"] = progress_json(p)
+                    extra = {"prompt_progress": progress_json(p)}
                     if self.timings_per_token:
-                        event["timings"] = progress_timings(p)
-                    yield sse(event)
+                        extra["timings"] = progress_timings(p)
+                    yield _with_fields(self._chunk(i, ChatDelta(role="assistant", content=None)), extra)
             else:
                 yield self._chunk(i, ChatDelta(role="assistant", content=None))  # llama-server's first delta
         left = len(self.job.reqs)
@@ -208,9 +207,14 @@ class ChatStream:
 
 def _with_timings(event: str, timings: dict[str, Any]) -> str:
     """An SSE event of one JSON object with llama-server's ``timings`` added."""
+    return _with_fields(event, {"timings": timings})
+
+
+def _with_fields(event: str, fields: dict[str, Any]) -> str:
+    """An SSE event of one JSON object with ``fields`` added at its end."""
     head = event.rstrip()
     assert head.endswith("}"), event
-    return f"{head[:-1]},\"timings\":{json.dumps(timings)}}}\n\n"
+    return f"{head[:-1]},{json.dumps(fields)[1:-1]}}}\n\n"
 
 
 # -- llama-server's native /completion ---------------------------------------------------------
