@@ -224,15 +224,25 @@ def test_server_media_path(models_dir: Path, tmp_path: Path, media_dir: Path) ->
                 assert str(media_dir.parent) not in r.text
         r = chat(srv, "file://sub/dog.png")
         assert r.status_code == 400 and "not found: sub/dog.png" in r.text and "None" not in r.text
-        # no CORS headers on a server started without --cors-origins
+        # without --cors-origins, a keyed server reflects any origin (llama-server's default)
         r = httpx.options(srv.url + "/v1/chat/completions", timeout=HTTP_TIMEOUT, headers={
-            "Origin": "http://ok.example", "Access-Control-Request-Method": "POST"})
-        assert "access-control-allow-origin" not in r.headers
+            "Origin": "http://any.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "Authorization"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://any.example"
+        assert r.headers["access-control-allow-credentials"] == "true"
+        assert r.headers["access-control-allow-methods"] == "GET, POST, DELETE, OPTIONS"
+        assert r.headers["access-control-allow-headers"] == "Authorization"
     finally:
         assert srv.stop() == 0, srv.output()
-    srv = Server(model, tmp_path / "nomedia.log", "--mmproj", str(mmproj), "-c", "1024", "--parallel", "1")
+    srv = Server(model, tmp_path / "nomedia.log", "--mmproj", str(mmproj), "-c", "1024", "--parallel", "1",
+                 api_key=None)
     try:
         assert chat(srv, data_url).status_code == 200
+        # no key and no --cors-origins: no CORS headers, so a foreign page cannot read answers
+        pre = {"Origin": "http://any.example", "Access-Control-Request-Method": "POST"}
+        r = httpx.options(srv.url + "/v1/chat/completions", timeout=HTTP_TIMEOUT, headers=pre)
+        assert "access-control-allow-origin" not in r.headers
+        assert "access-control-allow-origin" not in srv.get("/v1/models", headers={"Origin": "http://a.example"}).headers
         for url in ("file://sub/cat.png", f"file://{media_dir}/sub/cat.png", str(media_dir / "sub" / "cat.png")):
             r = chat(srv, url)
             assert r.status_code == 400 and "--media-path" in r.text, (url, r.text)

@@ -169,5 +169,17 @@ def test_return_progress_events(small_q4_path: Path, tmp_path: Path) -> None:
         assert chat[-1]["processed"] == chat[-1]["total"] and len(chat) >= 3
         assert all(c["choices"][0]["delta"] == {"role": "assistant", "content": None}
                    for c in chunks if "prompt_progress" in c)
+        # the Responses stream: response.in_progress again with each update, timings on deltas
+        with httpx.stream("POST", srv.url + "/v1/responses", timeout=60, json={
+                "input": prompt.replace("w", "r"), "max_output_tokens": 3, "stream": True, "return_progress": True,
+                "timings_per_token": True}) as r:
+            evs = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+        updates = [e for e in evs if "prompt_progress" in e]
+        assert len(updates) >= 3 and {e["type"] for e in updates} == {"response.in_progress"}
+        assert updates[-1]["prompt_progress"]["processed"] == updates[-1]["prompt_progress"]["total"]
+        deltas = [e for e in evs if e["type"] == "response.output_text.delta"]
+        assert deltas and all({"prompt_per_second", "predicted_per_second"} <= e["timings"].keys() for e in deltas)
+        assert evs[-1]["type"] == "response.completed" and evs[-1]["timings"]["predicted_n"] >= 1
+        assert [e["sequence_number"] for e in evs] == list(range(len(evs)))
     finally:
         assert srv.stop() == 0

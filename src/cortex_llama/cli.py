@@ -634,8 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Host header values answered besides loopback and the bound address "
                         "(repeatable; '*': no Host check)")
     p.add_argument("--cors-origins", action="append", default=None, metavar="ORIGIN,...",
-                   help="origins that get CORS headers, e.g. http://localhost:3000 (repeatable; "
-                        "default: none)")
+                   help="origins that get CORS headers, e.g. http://localhost:3000 (repeatable; '*': "
+                        "any; default: any with --api-key, none without)")
     p.add_argument("--max-queue", type=int, default=None, help="waiting requests before 503 (default: no limit)")
     p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="request body limit in bytes")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 
 from ..content import MediaPolicy
 from ..llm import LLM
 from . import (routes_admin, routes_anthropic, routes_embeddings, routes_native, routes_openai, routes_rerank,
                routes_responses)
+from .cors import CorsMiddleware, cors_policy
 from .gcp import GcpParams, install_gcp
 from .handlers import install_handlers
 from .sleep import Sleeper, SleepMiddleware, lifespan
@@ -55,8 +55,9 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
     ``file://`` URLs and paths in chat media parts may read from (None: no local
     file). The ``Host`` header must name loopback, ``host`` (the bound address;
     a wildcard one lets any IP literal through) or one of ``allowed_hosts``
-    (``"*"``: no check), else 403. ``cors_origins`` get CORS headers (none by
-    default). ``settings`` sets more
+    (``"*"``: no check), else 403. ``cors_origins`` get CORS headers (``"*"``: any);
+    without them, any origin does when ``api_key`` is set and none otherwise
+    (:func:`.cors.cors_policy`). ``settings`` sets more
     :class:`.state.ServerState` fields (``n_predict``, ``sampling``,
     ``slots_endpoint``, ``metrics_endpoint``, ``enable_thinking``,
     ``slot_save_path``). ``gcp``: Google Cloud Platform's predict route
@@ -96,9 +97,9 @@ def create_app(llm: LLM, *, api_key: str | None = None, model_alias: str | None 
     if api_key:
         health = (gcp.health_route,) if gcp is not None and gcp.enabled and gcp.health_route else ()
         app.add_middleware(ApiKeyMiddleware, api_key=api_key, open_paths=OPEN_PATHS + health)
-    if cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "X-Api-Key", "Content-Type"], max_age=600)
+    origins = cors_policy(cors_origins, api_key)
+    if origins:
+        app.add_middleware(CorsMiddleware, origins=origins)
     if "*" not in allowed_hosts:
         wildcard = host in _WILDCARD_HOSTS
         names = {*LOOPBACK_NAMES, *allowed_hosts, *(() if wildcard else (host,))}

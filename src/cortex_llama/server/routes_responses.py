@@ -23,10 +23,11 @@ from ..conversation import ChatCompletion
 from .chat_bridge import (Block, BlockCutter, BlockEvent, ChatRun, chat_body, chat_tokens, event_stream, finish_chat,
                           new_id, sse_event, start_chat)
 from .errors import APIError
-from .plumbing import Job
+from .plumbing import Job, progress_json, progress_updates
 from .responses_items import ResponseStore, StoredResponse, get_store, items_to_messages, output_to_items
 from .schemas import ERROR_RESPONSES, ChatCompletionRequest
 from .schemas_responses import ResponsesRequest, ResponsesToolChoice
+from .shaping import completion_timings, progress_timings, request_timings
 from .state import ServerState, get_state
 
 __all__ = ["router"]
@@ -55,7 +56,8 @@ def _chat_request(body: ResponsesRequest, items: list[dict[str, Any]], stored: l
     if not messages:
         raise APIError(400, "input: the conversation has no messages", param="input", code="invalid_value")
     fields: dict[str, Any] = {"messages": messages, "stream": body.stream, "max_tokens": body.max_output_tokens}
-    for name in ("temperature", "top_p", "top_k", "min_p", "seed", "grammar", "parallel_tool_calls"):
+    for name in ("temperature", "top_p", "top_k", "min_p", "seed", "grammar", "parallel_tool_calls",
+                 "return_progress"):
         if getattr(body, name) is not None:
             fields[name] = getattr(body, name)
     if body.tools:
@@ -187,6 +189,8 @@ class ResponsesStream:
         if b.kind == "tool":
             return self.ev("response.function_call_arguments.delta", delta=delta, **at)
         if b.kind == "text":
+            if self.body.timings_per_token:
+                at["timings"] = request_timings(self.run.request)
             return self.ev("response.output_text.delta", content_index=0, delta=delta, logprobs=[], **at)
         return self.ev("response.reasoning_text.delta", content_index=0, delta=delta, **at)
 
@@ -216,6 +220,12 @@ class ResponsesStream:
         start = _envelope(self.state, self.body, self.rid, self.now, "in_progress", [], None)
         yield self.ev("response.created", response=start)
         yield self.ev("response.in_progress", response=start)
+        if self.body.return_progress:  # llama-server's: response.in_progress again with each prefill update
+            async for p in progress_updates(self.run.request):
+                extra: dict[str, Any] = {"prompt_progress": progress_json(p)}
+                if self.body.timings_per_token:
+                    extra["timings"] = progress_timings(p)
+                yield self.ev("response.in_progress", response=start, **extra)
         cutter = BlockCutter()
         assert self.run.stream is not None
         async for d in self.run.stream:
@@ -234,8 +244,9 @@ class ResponsesStream:
         status = _status(done)
         final = _envelope(self.state, self.body, self.rid, self.now, status, output, _usage(self.run.job, done))
         self.on_done(final)
-        # response.completed even when incomplete: the openai client's stream helper waits for it
-        yield self.ev("response.completed", response=final)
+        # response.completed even when incomplete: the openai client's stream helper waits for it;
+        # with llama-server's timings of the request beside the response
+        yield self.ev("response.completed", response=final, timings=completion_timings(done))
 
 
 # -- routes ---------------------------------------------------------------------------------------

@@ -80,6 +80,9 @@ class ResponsesRequest(_Request):
     min_p: float | None = Field(None, ge=0, le=1, description="extension: min-p sampling")
     seed: int | None = Field(None, description="extension: the sampling seed")
     grammar: str | None = Field(None, description="extension: a GBNF grammar constraining the output")
+    timings_per_token: bool = Field(False, description="extension: llama-server's timings on each delta event")
+    return_progress: bool = Field(False, description="extension: llama-server's prompt_progress on "
+                                                     "response.in_progress events while the prompt is read")
 
     @model_validator(mode="after")
     def _check(self) -> ResponsesRequest:
