@@ -5,7 +5,7 @@
 It receives llama-server's argv as llama.cpp's tools/server/tests/utils.py
 builds it, replaces every model reference (``-hf``/``--hf-repo``,
 ``--hf-file``, ``-m``/``--model``, ``--model-url``, ``--model-draft``, ...)
-with one local GGUF, and then
+with one local GGUF (a reranker's with a local reranker), and then
 
 * mode ``native``: execs the native llama-server with that argv;
 * mode ``cortex``: execs ``python -m cortex_llama serve`` with the flags it has
@@ -18,7 +18,8 @@ whether the start was in router mode (no model) or used MCP/tools flags, which
 are out of the harness's scope. In cortex mode a router-mode start exits 2.
 
 Configuration (set by the harness): ``SERVER_SUITE_MODE`` (native|cortex),
-``SERVER_SUITE_MODEL`` (the GGUF), ``SERVER_SUITE_NATIVE_BIN``,
+``SERVER_SUITE_MODEL`` (the GGUF), ``SERVER_SUITE_RERANK_MODEL`` (the GGUF a
+reranker reference maps to instead, when set), ``SERVER_SUITE_NATIVE_BIN``,
 ``SERVER_SUITE_PYTHON`` (the interpreter for cortex-llama),
 ``SERVER_SUITE_THREADS`` (``-t`` when a test sets none), ``SERVER_SUITE_LOG``.
 """
@@ -272,11 +273,18 @@ def log(record: dict[str, object]) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+def is_reranker(p: Parsed) -> bool:
+    """Whether the test's model is a reranker (the suite's ``jina-reranker-*``)."""
+    return any("rerank" in value.lower() for _, value in p.model_refs)
+
+
 def main(argv: list[str]) -> int:
     mode = os.environ.get("SERVER_SUITE_MODE", "native")
-    model = os.environ["SERVER_SUITE_MODEL"]
-    threads = os.environ.get("SERVER_SUITE_THREADS") or None
     p = parse(argv)
+    model = os.environ["SERVER_SUITE_MODEL"]
+    if is_reranker(p) and os.environ.get("SERVER_SUITE_RERANK_MODEL"):
+        model = os.environ["SERVER_SUITE_RERANK_MODEL"]
+    threads = os.environ.get("SERVER_SUITE_THREADS") or None
     if mode == "native":
         cmd, dropped = native_argv(p, os.environ["SERVER_SUITE_NATIVE_BIN"], model, threads)
     elif mode == "cortex":
@@ -285,7 +293,7 @@ def main(argv: list[str]) -> int:
         print(f"server_suite_launcher: unknown SERVER_SUITE_MODE {mode!r}", file=sys.stderr)
         return 2
     test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
-    log({"time": time.time(), "test": test, "mode": mode, "argv": argv, "model_refs": p.model_refs,
+    log({"time": time.time(), "test": test, "mode": mode, "argv": argv, "model": model, "model_refs": p.model_refs,
          "dropped": [[f.name, f.value] for f in dropped], "router": p.router, "mcp": p.mcp, "exec": cmd})
     if mode == "cortex" and p.router:
         print("server_suite_launcher: router mode (no model) is out of scope for cortex-llama serve",

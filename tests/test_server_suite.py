@@ -84,3 +84,7 @@ def test_launcher_maps_models_and_records_dropped_flags() -> None:
     assert "--seed" in native and "-1" in native and dropped == []
     assert launcher.parse(["--port", "1", "--models-max", "2"]).router
     assert launcher.parse(["-m", "x", "--ui-mcp-proxy"]).mcp
+    # the suite's reranker maps to the reranker model, the others do not
+    assert launcher.is_reranker(launcher.parse(["-hfr", "ggml-org/models", "-hff",
+                                                "jina-reranker-v1-tiny-en/ggml-model-f16.gguf"]))
+    assert not launcher.is_reranker(p)
