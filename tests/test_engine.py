@@ -409,17 +409,16 @@ def test_prompt_progress_follows_the_prefill(small_q4_path: Path) -> None:
         prompt = list(range(10, 70))
 
         async def run() -> list[tuple[int, int, int]]:
-            seen: list[tuple[int, int, int]] = []
             req = llm.submit(prompt, temperature=0, max_tokens=2, return_progress=True)
             event = asyncio.Event()
             req.add_waker((asyncio.get_running_loop(), event.set))
+            wakes = 0
             while not req.done:
                 await event.wait()
                 event.clear()
-                p = req.progress
-                if p is not None and (not seen or seen[-1] != (p.total, p.cache, p.processed)):
-                    seen.append((p.total, p.cache, p.processed))
-            return seen
+                wakes += 1
+            assert wakes >= 1 and req.progress == req.progress_log[-1]
+            return [(p.total, p.cache, p.processed) for p in req.progress_log]
 
         seen = asyncio.run(run())
         assert seen[0] == (60, 0, 0) and seen[-1] == (60, 0, 60)

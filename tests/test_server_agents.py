@@ -232,6 +232,7 @@ def test_server_media_path(models_dir: Path, tmp_path: Path, media_dir: Path) ->
         assert r.headers["access-control-allow-credentials"] == "true"
         assert r.headers["access-control-allow-methods"] == "GET, POST, DELETE, OPTIONS"
         assert r.headers["access-control-allow-headers"] == "Authorization"
+        assert b"Access-Control-Allow-Origin" in dict(r.headers.raw)  # llama-server's letter case
     finally:
         assert srv.stop() == 0, srv.output()
     srv = Server(model, tmp_path / "nomedia.log", "--mmproj", str(mmproj), "-c", "1024", "--parallel", "1",

@@ -393,6 +393,8 @@ class Vocab:
     def __init__(self, model: Model) -> None:
         self.model = model
         self._n_tokens = int(lib.llama_vocab_n_tokens(model._vocab_ptr))  # fixed per model
+        #: (token, special) -> piece, shared by every Detokenizer of this vocabulary
+        self._pieces: dict[tuple[int, bool], bytes] = {}
 
     def _v(self) -> Any:
         self.model._check()
@@ -582,8 +584,18 @@ class Vocab:
         return self.detokenize_bytes(tokens, remove_special, unparse_special).decode(
             "utf-8", errors="replace")
 
+    def cached_piece(self, token: int, special: bool) -> bytes:
+        """:meth:`token_to_piece` (no ``lstrip``), remembered for the model's lifetime.
+        Raises ``ValueError`` for a token id outside the vocabulary."""
+        key = (token, special)
+        piece = self._pieces.get(key)
+        if piece is None:
+            piece = self._pieces[key] = self.token_to_piece(token, special=special)
+        return piece
+
     def token_to_piece(self, token: int, special: bool = True, lstrip: int = 0) -> bytes:
-        """The bytes one token renders to, however long the piece is."""
+        """The bytes one token renders to, however long the piece is. Raises
+        ``ValueError`` for a token id outside the vocabulary."""
         v = self._v()
         tok = self.check_token(token)
         size = 64
@@ -614,27 +626,33 @@ class Detokenizer:
         self._special = special
         self._preserved = frozenset(int(t) for t in preserved)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pieces: dict[int, bytes] = {}
+        self._held = False  # the decoder holds the start of a character
 
     def piece(self, token: int) -> bytes:
-        piece = self._pieces.get(token)
-        if piece is None:
-            piece = self._vocab.token_to_piece(token, special=self._special or token in self._preserved)
-            self._pieces[token] = piece
-        return piece
+        return self._vocab.cached_piece(token, self._special or token in self._preserved)
 
     def feed(self, token: int) -> str:
         """The new complete text that ``token`` adds (possibly empty)."""
-        return self._decoder.decode(self.piece(int(token)))
+        piece = self.piece(int(token))
+        if not self._held:
+            try:
+                return piece.decode()  # whole characters: the common case, without the decoder
+            except UnicodeDecodeError:
+                pass
+        text = self._decoder.decode(piece)
+        self._held = bool(self._decoder.getstate()[0])
+        return text
 
     def feed_many(self, tokens: Iterable[int]) -> str:
         return "".join(self.feed(t) for t in tokens)
 
     def flush(self) -> str:
         """Whatever is held back at the end (an incomplete character becomes U+FFFD)."""
+        self._held = False
         return self._decoder.decode(b"", final=True)
 
     def reset(self) -> None:
+        self._held = False
         self._decoder.reset()
 
 

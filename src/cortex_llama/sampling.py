@@ -20,7 +20,7 @@ from ._cdef import LLAMA_DEFAULT_SEED
 from .errors import GrammarError, LlamaError
 from .model import Model, _why
 
-__all__ = ["Sampler", "PySampler", "Candidates", "SamplerChain", "TOKEN_DATA_DTYPE"]
+__all__ = ["Sampler", "PySampler", "Candidates", "SamplerChain", "TOKEN_DATA_DTYPE", "biased_argmax"]
 
 #: numpy layout of ``llama_token_data``
 TOKEN_DATA_DTYPE = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
@@ -371,6 +371,19 @@ class PySampler(Sampler):
                          name=self.name, selects=self.selects)
 
 
+def biased_argmax(logits: np.ndarray, biases: Sequence[tuple[np.ndarray, np.ndarray]]) -> int:
+    """The first maximum of ``logits`` plus ``biases`` ((ids, float32 values) pairs),
+    as llama.cpp's logit-bias and greedy samplers pick it. The biases are added in
+    place (no copy of the row) and taken back after: ``logits`` ends as it was."""
+    saved = [logits[ids] for ids, _ in biases]
+    for ids, values in biases:
+        logits[ids] += values
+    tok = int(logits.argmax())
+    for (ids, _), old in zip(reversed(biases), reversed(saved)):
+        logits[ids] = old
+    return tok
+
+
 class SamplerChain(Sampler):
     """An ordered chain of samplers; the last one usually selects (greedy or dist).
 
@@ -461,11 +474,7 @@ class SamplerChain(Sampler):
                 # llama.cpp's greedy sampler picks the first maximum, as np.argmax
                 # does, and its logit-bias sampler adds float32 biases in place.
                 logits = np.frombuffer(ffi.buffer(row, ctx.n_vocab * 4), dtype=np.float32)
-                if self._biases:
-                    logits = logits.copy()
-                    for ids, values in self._biases:
-                        logits[ids] += values
-                return int(logits.argmax())
+                return biased_argmax(logits, self._biases) if self._biases else int(logits.argmax())
             token = int(lib.llama_sampler_sample(chain, cptr, idx))
         self._reraise()
         return token

@@ -43,6 +43,7 @@ from .request import Request
 from .runner import Executed, Runner
 from .scheduler import Job, Scheduler, Span, StepPlan
 from .selection import Pick, TokenPicker, select_tokens
+from .streams import WakeBatch, gather_wakes
 
 __all__ = ["Engine"]
 
@@ -202,6 +203,8 @@ class Engine:
     # -- the loop --------------------------------------------------------------------------
     def _run(self) -> None:
         sched = self.scheduler
+        wakes = WakeBatch()  # asyncio consumers are woken once per loop and step
+        gather_wakes(wakes)
         try:
             while True:
                 with self._lock:
@@ -214,8 +217,14 @@ class Engine:
                     self._step()
                 except Exception as exc:  # noqa: BLE001 - a bug must not stop the service
                     self._fail_running(exc)
+                finally:
+                    wakes.flush()
         finally:
-            self._fail_everything()
+            try:
+                self._fail_everything()
+            finally:
+                gather_wakes(None)
+                wakes.flush()
 
     def _step(self) -> None:
         """plan, execute, select, update."""
@@ -234,12 +243,13 @@ class Engine:
             return
         executed = self.runner.execute(plan)
         evaluated = self._commit(executed)
-        for spans, exc in executed.failed:
-            self._failed(spans, exc)
-        outputs = [(span, row, out) for span, row, out in executed.outputs
-                   if span.job in self.scheduler.jobs]
-        picks = select_tokens(self.ctx, [(self._pickers[id(s.job)], row, out)
-                                         for s, row, out in outputs])
+        outputs = executed.outputs
+        if executed.failed:
+            for spans, exc in executed.failed:
+                self._failed(spans, exc)
+            outputs = [o for o in outputs if o[0].job in self.scheduler.jobs]  # the failed ones ended
+        pickers = self._pickers
+        picks = select_tokens(self.ctx, [(pickers[id(s.job)], row, out) for s, row, out in outputs])
         generated = 0
         for (span, _, _), pick in zip(outputs, picks):
             generated += self._update(span.job, pick)

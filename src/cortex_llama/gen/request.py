@@ -26,7 +26,7 @@ from ..model import Vocab
 from ..sampling import SamplerChain
 from .output import OutputStage
 from .params import FINISH_CANCELLED, FINISH_STOP, Completion, GenerationParams, Timings, Usage
-from .streams import AsyncTextStream, TextStream, Waker
+from .streams import AsyncTextStream, TextStream, Waker, send_wake
 
 __all__ = ["Request", "PromptProgress"]
 
@@ -213,11 +213,8 @@ class Request:
         # under self._lock
         if self._blocked:
             self._cond.notify_all()
-        for loop, wake in (self._wakers + self._end_wakers) if end else self._wakers:
-            try:
-                loop.call_soon_threadsafe(wake)
-            except RuntimeError:  # that loop is closed: nobody waits there any more
-                pass
+        for waker in (self._wakers + self._end_wakers) if end else self._wakers:
+            send_wake(waker)
 
     def _emit(self, delta: str) -> None:
         if delta:

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ..context import Context
-from ..sampling import SamplerChain
+from ..sampling import SamplerChain, biased_argmax
 from . import policy
 
 __all__ = ["TokenPicker", "Pick", "select_tokens"]
@@ -52,19 +52,14 @@ def _argmax_rows(ctx: Context, rows: Sequence[tuple[TokenPicker, int, int]]) -> 
     if len(rows) == 1:
         picker, row, _ = rows[0]
         logits = ctx.logits(row)
-        if picker.biases:
-            logits = logits.copy()
-            for ids, values in picker.biases:
-                logits[ids] += values
-        return [int(logits.argmax())]
+        return [biased_argmax(logits, picker.biases) if picker.biases else int(logits.argmax())]
     table = ctx.all_logits()
+    if any(p.biases for p, _, _ in rows):
+        return [biased_argmax(table[out], p.biases) if p.biases else int(table[out].argmax())
+                for p, _, out in rows]
     outs = [out for _, _, out in rows]
-    biased = any(p.biases for p, _, _ in rows)
-    sub = table if len(outs) == table.shape[0] and not biased else table[outs]
-    for i, (picker, _, _) in enumerate(rows):
-        for ids, values in picker.biases or ():
-            sub[i, ids] += values
-    return [int(t) for t in sub.argmax(axis=1).tolist()]
+    sub = table if outs == list(range(table.shape[0])) else table[outs]
+    return sub.argmax(axis=1).tolist()  # type: ignore[no-any-return]
 
 
 def select_tokens(ctx: Context, rows: Sequence[tuple[TokenPicker, int, int]]) -> list[Pick]:

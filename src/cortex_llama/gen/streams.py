@@ -6,15 +6,74 @@ Both read :meth:`Request.next_delta`; leaving either early cancels the request.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
 
 if TYPE_CHECKING:
     from .request import Request
 
-__all__ = ["TextStream", "AsyncTextStream", "Waker"]
+__all__ = ["TextStream", "AsyncTextStream", "Waker", "WakeBatch", "gather_wakes", "send_wake"]
 
 #: (event loop, function): called in that loop at a request's new delta or end
 Waker = tuple[asyncio.AbstractEventLoop, Callable[[], None]]
+
+
+class WakeBatch:
+    """Wake-ups gathered while one thread updates many requests (the engine's
+    update stage), sent by :meth:`flush` as one ``call_soon_threadsafe`` per event
+    loop: one write to the loop's self-pipe per step instead of one per request."""
+
+    def __init__(self) -> None:
+        self._by_loop: dict[asyncio.AbstractEventLoop, list[Callable[[], None]]] = {}
+
+    def add(self, waker: Waker) -> None:
+        loop, fn = waker
+        fns = self._by_loop.get(loop)
+        if fns is None:
+            self._by_loop[loop] = [fn]
+        elif fn not in fns:
+            fns.append(fn)
+
+    def flush(self) -> None:
+        """Send what was gathered. Never raises (a closed loop has nobody waiting)."""
+        if not self._by_loop:
+            return
+        by_loop, self._by_loop = self._by_loop, {}
+        for loop, fns in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_call_all, fns)
+            except RuntimeError:
+                pass
+
+
+def _call_all(fns: list[Callable[[], None]]) -> None:
+    for fn in fns:
+        fn()
+
+
+class _ThreadBatch(threading.local):
+    batch: WakeBatch | None = None
+
+
+_current = _ThreadBatch()
+
+
+def gather_wakes(batch: WakeBatch | None) -> None:
+    """From now on, this thread's wake-ups go to ``batch`` (None: sent at once)."""
+    _current.batch = batch
+
+
+def send_wake(waker: Waker) -> None:
+    """Wake ``waker`` now, or at its thread's next :meth:`WakeBatch.flush` (see
+    :func:`gather_wakes`). Never raises."""
+    batch = _current.batch
+    if batch is not None:
+        batch.add(waker)
+        return
+    try:
+        waker[0].call_soon_threadsafe(waker[1])
+    except RuntimeError:  # that loop is closed: nobody waits there any more
+        pass
 
 
 class TextStream(Iterator[str]):

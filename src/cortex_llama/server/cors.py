@@ -7,7 +7,7 @@ page from another site cannot know the key); else none, so that a web page the
 user opens cannot drive a server without a key.
 
 An allowed origin is reflected with credentials allowed (llama-server's
-answer); a preflight from one is answered here, before the API key is asked
+answer, its header names in its letter case); a preflight from one is answered here, before the API key is asked
 for (browsers send no key on a preflight), and one from any other origin gets
 400 without CORS headers, so the browser stops there.
 """
@@ -72,12 +72,12 @@ class CorsMiddleware:
     async def _preflight(self, send: Send, origin: bytes, requested: bytes | None) -> None:
         if self.allowed(origin):
             # the requested headers are echoed: a "*" does not cover Authorization (Fetch standard)
-            status, extra = 200, [*_reflect(origin), (b"access-control-allow-methods", ALLOW_METHODS),
-                                  (b"access-control-allow-headers", requested or b"*"),
-                                  (b"access-control-max-age", MAX_AGE)]
+            status, extra = 200, [*_reflect(origin), (b"Access-Control-Allow-Methods", ALLOW_METHODS),
+                                  (b"Access-Control-Allow-Headers", requested or b"*"),
+                                  (b"Access-Control-Max-Age", MAX_AGE)]
             body = b"OK"
         else:
-            status, extra, body = 400, [(b"vary", b"Origin")], b"Disallowed CORS origin"
+            status, extra, body = 400, [(b"Vary", b"Origin")], b"Disallowed CORS origin"
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                                 (b"content-length", str(len(body)).encode()), *extra]})
@@ -85,5 +85,5 @@ class CorsMiddleware:
 
 
 def _reflect(origin: bytes) -> list[tuple[bytes, bytes]]:
-    return [(b"access-control-allow-origin", origin), (b"access-control-allow-credentials", b"true"),
-            (b"vary", b"Origin")]
+    return [(b"Access-Control-Allow-Origin", origin), (b"Access-Control-Allow-Credentials", b"true"),
+            (b"Vary", b"Origin")]

@@ -32,8 +32,10 @@ async def prometheus(state: ServerState = Depends(get_state)) -> Response:
                        type="not_supported_error", code="metrics_disabled")
     engine = state.engine_metrics()
     text = state.metrics.render(engine, state.model_id) + render_llamacpp(engine, state.metrics.window(engine))
-    return Response(text, media_type=CONTENT_TYPE,
-                    headers={"Process-Start-Time-Unix": str(state.created)})
+    response = Response(text, media_type=CONTENT_TYPE)
+    # in llama-server's letter case (Starlette lowercases the names it is given)
+    response.raw_headers.append((b"Process-Start-Time-Unix", str(state.created).encode()))
+    return response
 
 
 @router.get("/lora-adapters", responses=ERROR_RESPONSES, tags=["server"])

@@ -94,7 +94,10 @@ def serve(llm: LLM, *, host: str = "127.0.0.1", port: int = 8080, api_key: str |
                      reasoning_format=reasoning_format, media_path=media_path, host=(wildcard or hosts)[0],
                      allowed_hosts=[*allowed_hosts, *hosts[1:]], cors_origins=cors_origins, settings=settings,
                      gcp=gcp)
-    config = uvicorn.Config(app, host=hosts[0], port=port, log_level=log_level,
+    # h11 writes header names as the app gives them (httptools lowercases every one):
+    # llama-server's Process-Start-Time-Unix and Access-Control-* reach clients that
+    # compare names case-sensitively as they are spelled there
+    config = uvicorn.Config(app, host=hosts[0], port=port, log_level=log_level, http="h11",
                             timeout_graceful_shutdown=shutdown_timeout, server_header=False)
     server = uvicorn.Server(config)
     sockets = bind_all(hosts, port) if len(hosts) > 1 else None
