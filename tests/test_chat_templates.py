@@ -42,6 +42,11 @@ CONVERSATIONS: dict[str, dict[str, Any]] = {
     "tools": {"messages": CHAT, "tools": [WEATHER]},
     "tool-call history": {"messages": CALL_HISTORY, "tools": [WEATHER]},
     "reasoning": {"messages": REASONING},
+    # typed parts (text joined by llama.cpp's chat layer) and an assistant prefill of parts
+    "content parts": {"messages": [{"role": "user", "content": [{"type": "text", "text": "Name"},
+                                                                 {"type": "text", "text": "a city."}]}]},
+    "prefill parts": {"messages": [*CHAT, {"role": "assistant", "content": [{"type": "text", "text": "Wh"},
+                                                                             {"type": "text", "text": "ill"}]}]},
 }
 MIN_EQUAL = 68  # of the 70 templates, on each conversation (issue #18)
 

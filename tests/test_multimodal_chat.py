@@ -80,7 +80,10 @@ def test_split_media_forms(proj: Projector, tmp_path: Path) -> None:
     flat, media = split_media(msgs, proj)
     m = proj.marker
     assert flat[0] == msgs[0]
-    assert flat[1]["content"] == f"A {m} B {m}{m}{m}{m}{m}C"
+    # llama-server's parts: llama.cpp's chat layer joins them (as for llama-server)
+    assert flat[1]["content"] == [{"type": "text", "text": "A "}, *[{"type": "media_marker", "text": m}],
+                                  {"type": "text", "text": " B "}, *[{"type": "media_marker", "text": m}] * 5,
+                                  {"type": "text", "text": "C"}]
     assert len(media) == 6
     assert all(np.array_equal(b.to_array(), arr) for b in media)
     assert len({b.id for b in media[3:]}) == 1  # arrays get content ids too

@@ -7,9 +7,11 @@
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR..."}},
     ]}
 
-:func:`split_media` turns such messages into plain-string messages (each media
-part replaced by the projector's marker) and the list of :class:`Bitmap` objects,
-in order, ready for a chat template and :meth:`Projector.tokenize`.
+:func:`split_media` turns such messages into messages whose content is text and
+``media_marker`` parts (llama-server's: each media part becomes the projector's
+marker, and llama.cpp's chat layer joins the parts as llama-server's does) and
+the list of :class:`Bitmap` objects, in order, ready for a chat template and
+:meth:`Projector.tokenize`.
 
 Accepted parts: ``{"type": "text", "text": ...}``; ``{"type": "image_url",
 "image_url": {"url": URL}}`` (or ``"image_url": URL``) where URL is a ``data:``
@@ -187,8 +189,8 @@ _MEDIA_TYPES = ("image_url", "image", "input_audio")
 
 def split_media(messages: Sequence[Mapping[str, Any]], projector: Projector | None,
                 policy: MediaPolicy | None = None) -> tuple[list[dict[str, Any]], list[Bitmap]]:
-    """Messages with string contents (media parts replaced by the projector's marker)
-    and the media in order; local files are read as ``policy`` allows (None: any).
+    """Messages with contents of text and ``media_marker`` parts (media parts replaced
+    by the projector's marker) and the media in order; local files are read as ``policy`` allows (None: any).
 
     Raises :class:`MediaError` for a media part when ``projector`` is None (the
     model has no projector), audio for a vision-only projector, undecodable or
@@ -216,7 +218,7 @@ def split_media(messages: Sequence[Mapping[str, Any]], projector: Projector | No
             parts: Sequence[Any] = content
         else:
             parts = [content]  # one part given alone: an array, an image, a part dict
-        pieces: list[str] = []
+        pieces: list[dict[str, str]] = []
         for j, part in enumerate(parts):
             where = f"messages[{i}].content[{j}]"
             text: str | None = None
@@ -238,13 +240,13 @@ def split_media(messages: Sequence[Mapping[str, Any]], projector: Projector | No
                 assert text is not None
                 if marker is not None and marker in text:
                     raise MediaError(f"{where} contains the media marker {marker!r} as text")
-                pieces.append(text)
+                pieces.append({"type": "text", "text": text})
                 continue
             if projector is None:
                 raise MediaError(f"{where} is an image or audio part, but this model has no "
                                  "projector: load it with mmproj=... (ModelConfig.mmproj)")
             media.append(_part_media(part, projector, where, policy))
-            pieces.append(projector.marker)
-        m["content"] = "".join(pieces)
+            pieces.append({"type": "media_marker", "text": projector.marker})
+        m["content"] = pieces  # llama.cpp's chat layer joins them, as for llama-server
         out.append(m)
     return out, media

@@ -49,7 +49,7 @@ def inline_tools(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[
              + " for each call.")
     out: list[dict[str, Any]] = []
     for m in messages:
-        role, content = m["role"], m.get("content") or ""
+        role, content = m["role"], _text(m.get("content"))
         if role == "tool":
             out.append({"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"})
         elif m.get("tool_calls"):
@@ -61,6 +61,13 @@ def inline_tools(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[
     else:
         out.insert(0, {"role": "system", "content": intro})
     return out
+
+
+def _text(content: Any) -> str:
+    """A message content as text: parts (text and media markers) joined by newlines."""
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+    return content or ""
 
 
 def _literal(text: str) -> str:
