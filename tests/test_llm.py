@@ -334,6 +334,21 @@ def test_embed(llm: LLM) -> None:
         llm.embed(["ok", ""])
 
 
+def test_embed_tokens_are_what_mean_pooling_averages(small_q4_path: Path) -> None:
+    """Pooling none (llama-server's --pooling none): one raw vector per token, whose
+    mean is llama.cpp's mean pooling, on the quantized model."""
+    with LLM(small_q4_path, context_size=512, threads=2, n_seq_max=2) as m:
+        texts = ["hello hello hello", "a longer text of several words"]
+        per_token = m.embed_tokens(texts)
+        assert [v.shape for v in per_token] == [(len(m.tokenize(t)), m.model.n_embd) for t in texts]
+        mean = m.embed(texts, pooling="mean", normalize=False)
+        np.testing.assert_allclose(np.stack([v.mean(axis=0) for v in per_token]), mean, rtol=2e-3, atol=2e-3)
+        with pytest.raises(ValueError, match="embed_tokens"):
+            m.embed("x", pooling="none")
+        with pytest.raises(ValueError, match=r"texts\[1\]"):
+            m.embed_tokens(["ok", ""])
+
+
 # -- asyncio ---------------------------------------------------------------------------------
 def test_async_api(llm: LLM) -> None:
     async def main():

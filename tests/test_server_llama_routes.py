@@ -331,6 +331,13 @@ def test_openai_embeddings_refuse_pooling_none(tiny_path: Path, tmp_path: Path) 
     server = Server(tiny_path, tmp_path / "server.log", "--embeddings", "--pooling", "none", api_key=None)
     try:
         assert _err(server.post("/v1/embeddings", {"input": "hello hello"}))["param"] == "input"
+        # llama-server's native routes: the raw vector of every token (not normalized)
+        n = len(server.post("/tokenize", {"content": "hello hello", "add_special": True}).json()["tokens"])
+        for path, body in (("/embedding", {"content": "hello hello"}), ("/embeddings", {"input": "hello hello"})):
+            r = server.post(path, body)
+            assert r.status_code == 200, r.text
+            vecs = r.json()[0]["embedding"]
+            assert len(vecs) == n and all(abs(sum(x * x for x in v) - 1) > 1e-3 for v in vecs), path
     finally:
         assert server.stop() == 0, server.output()
 

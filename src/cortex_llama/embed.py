@@ -56,6 +56,36 @@ class Embedder:
             self._ctx = ctx
         return ctx
 
+    def embed_tokens(self, texts: str | Sequence[str | Sequence[int]]) -> list[np.ndarray]:
+        """The embedding of every token (pooling ``none``, llama-server's
+        ``--pooling none``): one ``(n_tokens, n_embd)`` array per text, not
+        normalized. Raises like :meth:`embed`."""
+        toks = self._checked(texts)
+        out: list[np.ndarray] = []
+        with self._lock:
+            ctx = self._context("none")
+            batch = Batch(ctx.n_batch, ctx.n_seq_max, n_vocab=self.model.n_vocab)
+            for tk in toks:
+                batch.clear()
+                ctx.clear()
+                batch.add_many(tk, 0, 0, logits=True)
+                ctx.decode(batch)
+                out.append(np.stack([ctx.embeddings(j) for j in range(len(tk))]))
+        return out
+
+    def _checked(self, texts: str | Sequence[str | Sequence[int]]) -> list[np.ndarray]:
+        """Each text's tokens. Raises ``ValueError`` for no texts, an empty or
+        oversized one, or a token id outside the vocabulary (naming ``texts[i]``)."""
+        items: list[str | Sequence[int]] = [texts] if isinstance(texts, str) else list(texts)
+        if not items:
+            raise ValueError("no texts to embed")
+        toks = [self._tokens(self.model, t, i) for i, t in enumerate(items)]
+        for i, tk in enumerate(toks):
+            if len(tk) > self.batch_size:
+                raise ValueError(f"texts[{i}] has {len(tk)} tokens, more than the batch size "
+                                 f"{self.batch_size} (ModelConfig.batch_size)")
+        return toks
+
     @staticmethod
     def _tokens(model: Model, item: str | Sequence[int], i: int) -> np.ndarray:
         """The tokens of one item: a text tokenized, or token ids checked against
@@ -81,27 +111,22 @@ class Embedder:
         :class:`ContextError` when the context cannot be made.
         """
         single = isinstance(texts, str)
-        items: list[str | Sequence[int]] = [texts] if isinstance(texts, str) else list(texts)
-        if not items:
-            raise ValueError("no texts to embed")
+        toks = self._checked(texts)
         model = self.model
-        toks = [self._tokens(model, t, i) for i, t in enumerate(items)]
-        for i, tk in enumerate(toks):
-            if len(tk) > self.batch_size:
-                raise ValueError(f"texts[{i}] has {len(tk)} tokens, more than the batch size "
-                                 f"{self.batch_size} (ModelConfig.batch_size)")
         pooling = pooling or self.pooling or "mean"
+        if pooling == "none":
+            raise ValueError("pooling 'none' gives one vector per token: use embed_tokens")
         with self._lock:
             ctx = self._context(pooling)
             width = model.n_cls_out if ctx.pooling == "rank" else model.n_embd
-            out = np.empty((len(items), width), dtype=np.float32)
+            out = np.empty((len(toks), width), dtype=np.float32)
             batch = Batch(ctx.n_batch, ctx.n_seq_max, n_vocab=model.n_vocab)
             i = 0
-            while i < len(items):
+            while i < len(toks):
                 batch.clear()
                 ctx.clear()
                 members: list[int] = []
-                while i < len(items) and len(members) < ctx.n_seq_max and \
+                while i < len(toks) and len(members) < ctx.n_seq_max and \
                         batch.n_tokens + len(toks[i]) <= batch.capacity:
                     batch.add_many(toks[i], 0, len(members), logits=True)
                     members.append(i)

@@ -588,6 +588,16 @@ class LLM:
             raise disabled()
         return embedder.embed(texts, pooling=pooling, normalize=normalize)
 
+    def embed_tokens(self, texts: str | Sequence[str | Sequence[int]]) -> list[np.ndarray]:
+        """The embedding of every token (no pooling; llama-server's ``--pooling
+        none``): one ``(n_tokens, n_embd)`` array per text, not normalized. Raises
+        like :meth:`embed`."""
+        self._require()
+        embedder = self._embedder
+        if embedder is None:
+            raise disabled()
+        return embedder.embed_tokens(texts)
+
     def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None) -> list[RerankResult]:
         """Score ``documents`` against ``query`` with the model's ranking head
         (rank pooling; ``ModelConfig(embeddings=True)`` and a reranking GGUF);

@@ -120,9 +120,11 @@ def _shorten(vecs: np.ndarray, dimensions: int | None) -> np.ndarray:
     return vecs / np.where(norms == 0, 1, norms)
 
 
-async def _embed(state: ServerState, body: EmbeddingRequest) -> tuple[np.ndarray, int, str]:
-    """(unit vectors, prompt tokens, the field read) of a request. Raises
-    :class:`APIError`: 400 when embeddings are off or naming the bad input."""
+async def _embed(state: ServerState, body: EmbeddingRequest, per_token: bool = False
+                 ) -> tuple[list[np.ndarray], int, str]:
+    """(vectors, prompt tokens, the field read) of a request: unit vectors, one per
+    input, or with ``per_token`` (``--pooling none``) each input's raw token vectors.
+    Raises :class:`APIError`: 400 when embeddings are off or naming the bad input."""
     llm = state.llm
     if not llm.config.embeddings:
         raise APIError(400, "embeddings are disabled on this server (start it with --embeddings)",
@@ -131,15 +133,24 @@ async def _embed(state: ServerState, body: EmbeddingRequest) -> tuple[np.ndarray
     raw = body.input if body.input is not None else body.content
     try:
         prompts = await asyncio.to_thread(embedding_inputs, state, raw, field)
-        vecs = np.atleast_2d(await llm.aembed(prompts))
+        if per_token:
+            vecs = await asyncio.to_thread(llm.embed_tokens, prompts)
+        else:
+            vecs = list(np.atleast_2d(await llm.aembed(prompts)))
     except Exception as exc:  # noqa: BLE001 - mapped to an HTTP status
         raise from_exception(exc, prompt_param=field) from None
     return vecs, sum(len(p) for p in prompts), field
 
 
-def _native(vecs: np.ndarray) -> JSONResponse:
-    """llama-server's native body: one pooled vector per input, in a list."""
-    return JSONResponse([{"index": i, "embedding": [[float(x) for x in v]]} for i, v in enumerate(vecs)])
+def _native(vecs: list[np.ndarray]) -> JSONResponse:
+    """llama-server's native body: per input, its pooled vector in a list (or, with
+    ``--pooling none``, the vector of each of its tokens)."""
+    return JSONResponse([{"index": i, "embedding": np.atleast_2d(v).astype(float).tolist()}
+                         for i, v in enumerate(vecs)])
+
+
+def _pooling_none(state: ServerState) -> bool:
+    return state.llm.config.pooling == "none"
 
 
 async def embeddings(body: EmbeddingRequest, state: ServerState = Depends(get_state)) -> Any:
@@ -147,7 +158,7 @@ async def embeddings(body: EmbeddingRequest, state: ServerState = Depends(get_st
     ``content`` (its native body). Raises :class:`APIError` (400) naming the field,
     or for OpenAI's body on a server with ``--pooling none`` (one vector per token
     has no OpenAI shape; llama-server's 400 too)."""
-    if body.input is not None and state.llm.config.pooling == "none":
+    if body.input is not None and _pooling_none(state):
         raise APIError(400, "input: OpenAI's embeddings need pooled vectors, and this server runs with "
                             "--pooling none (use /embedding, or start it with --pooling mean|cls|last)",
                        param="input", code="pooling_not_supported")
@@ -155,7 +166,7 @@ async def embeddings(body: EmbeddingRequest, state: ServerState = Depends(get_st
     if field == "content":
         return _native(vecs)
     data = []
-    for i, v in enumerate(_shorten(vecs, body.dimensions)):
+    for i, v in enumerate(_shorten(np.stack(vecs), body.dimensions)):
         emb: Union[list[float], str]
         if body.encoding_format == "base64":
             emb = base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
@@ -168,14 +179,24 @@ async def embeddings(body: EmbeddingRequest, state: ServerState = Depends(get_st
 
 async def embedding_native(body: EmbeddingRequest, state: ServerState = Depends(get_state)) -> Any:
     """llama-server's ``/embedding``: ``[{"index": i, "embedding": [[...]]}]`` for
-    ``content`` or ``input``. Raises :class:`APIError` (400) naming the field."""
-    vecs, _, _ = await _embed(state, body)
+    ``content`` or ``input`` (under ``--pooling none``, one raw vector per token).
+    Raises :class:`APIError` (400) naming the field."""
+    vecs, _, _ = await _embed(state, body, per_token=_pooling_none(state))
     return _native(vecs)
+
+
+async def embeddings_unprefixed(body: EmbeddingRequest, state: ServerState = Depends(get_state)) -> Any:
+    """``/embeddings``: OpenAI's body, except under ``--pooling none``, where it is
+    llama-server's native one (one raw vector per token), as there. Raises like
+    :func:`embeddings`."""
+    if _pooling_none(state):
+        return await embedding_native(body, state)
+    return await embeddings(body, state)
 
 
 router.add_api_route("/v1/embeddings", embeddings, methods=["POST"], response_model=EmbeddingResponse,
                      responses=ERROR_RESPONSES, tags=["embeddings"])
-router.add_api_route("/embeddings", embeddings, methods=["POST"], response_model=EmbeddingResponse,
+router.add_api_route("/embeddings", embeddings_unprefixed, methods=["POST"], response_model=None,
                      responses=ERROR_RESPONSES, tags=["embeddings"], include_in_schema=False)
 router.add_api_route("/embedding", embedding_native, methods=["POST"], responses=ERROR_RESPONSES,
                      tags=["embeddings"])
