@@ -1,6 +1,6 @@
 """The engine against native llama.cpp with llama.cpp's defaults, in both KV layouts.
 
-    python3 bench/engine.py [--model smollm2-135m-instruct] [--threads 2] [--reps 3]
+    python3 bench/engine.py [--model smollm2-135m-instruct] [--threads 2] [--reps 3] [--streams 8 32] [--no-tg]
 
 Rows (median of ``--reps``, native and ours interleaved, same run, as ratios):
 
@@ -14,7 +14,7 @@ Rows (median of ``--reps``, native and ours interleaved, same run, as ratios):
 
 Native binaries come from ``bench/.build-server`` (``scripts/build_llama_server.py``
 plus ``cmake --build bench/.build-server --target llama-bench llama-batched-bench``).
-Writes ``bench/results/engine.md`` and ``.json``.
+Writes ``bench/results/engine.md`` and ``.json`` (``--out`` names others).
 """
 
 from __future__ import annotations
@@ -98,6 +98,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--streams", type=int, nargs="*", default=[8, 32])
+    ap.add_argument("--no-tg", action="store_true", help="only the batched rows")
+    ap.add_argument("--out", default="engine", help="results name: bench/results/<out>.md and .json")
     args = ap.parse_args()
     from cortex_llama import registry
 
@@ -110,8 +112,9 @@ def main() -> int:
         print(rows[-1], flush=True)
 
     t = args.threads
-    row("tg128 fresh", lambda: native_tg(model, t), lambda: ours_tg(model, t, 0))
-    row("tg128 after 8 requests", lambda: native_tg(model, t), lambda: ours_tg(model, t, 8))
+    if not args.no_tg:
+        row("tg128 fresh", lambda: native_tg(model, t), lambda: ours_tg(model, t, 0))
+        row("tg128 after 8 requests", lambda: native_tg(model, t), lambda: ours_tg(model, t, 8))
     for npl in args.streams:
         for unified in (False, True):
             label = f"batched x{npl} ({'unified' if unified else 'per-slot'})"
@@ -126,8 +129,8 @@ def main() -> int:
             "| test | native tok/s | cortex-llama tok/s | ratio |\n|---|---:|---:|---:|\n")
     body = "".join(f"| {r['test']} | {r['native']} | {r['ours']} | {r['ratio']} |\n" for r in rows)
     out = HERE / "results"
-    (out / "engine.md").write_text(head + body)
-    (out / "engine.json").write_text(json.dumps(rows, indent=1))
+    (out / f"{args.out}.md").write_text(head + body)
+    (out / f"{args.out}.json").write_text(json.dumps(rows, indent=1))
     print(head + body)
     return 0
 
