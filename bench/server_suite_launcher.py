@@ -220,7 +220,7 @@ CORTEX_FLAGS: dict[str, Mapper] = {
     "--cors-origins": _cors_origins,
     "--presence-penalty": _same("--presence-penalty"), "--frequency-penalty": _same("--frequency-penalty"),
     "--pooling": _pooling,
-    "--cache-ram": _same("--cache-ram"), "-cram": _same("--cache-ram"),
+    "--cache-ram": _same("--cache-ram"), "-cram": _same("--cache-ram"), "--no-warmup": _same("--no-warmup"),
     "-v": _same("--verbose"), "--verbose": _same("--verbose"),
     "--reranking": lambda v: ["--reranking"], "--rerank": lambda v: ["--reranking"],
     "--lora": _same("--lora"), "--lora-init-without-apply": _same("--lora-init-without-apply"),

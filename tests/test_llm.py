@@ -315,6 +315,17 @@ def test_unknown_param(llm: LLM) -> None:
         llm.complete("x", temprature=0.5)
 
 
+def test_warmup_leaves_no_trace(small_q4_path: Path) -> None:
+    """ModelConfig.warmup (llama.cpp's default warm-up run at load): the KV cache
+    and perf counters are cleared after it, and greedy output is the same without it."""
+    texts = []
+    for warm in (True, False):
+        with LLM(small_q4_path, context_size=256, threads=2, n_seq_max=1, warmup=warm) as m:
+            assert m.context.seq_pos_max(0) == -1 and m.context.perf()["n_eval"] <= 1
+            texts.append(m.complete("Once upon a time", temperature=0, max_tokens=12).tokens)
+    assert texts[0] == texts[1]
+
+
 # -- embeddings ---------------------------------------------------------------------------
 def test_embed(llm: LLM) -> None:
     one = llm.embed("hello world")

@@ -408,7 +408,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
              n_seq_max=args.parallel, kv_unified=args.kv_unified,
              flash_attn={"on": True, "off": False, "auto": None}[args.flash_attn], embeddings=args.embeddings or args.reranking,
              pooling="rank" if args.reranking else args.pooling, lora=_lora_specs(args),
-             prompt_cache_mib=None if args.cache_ram < 0 else args.cache_ram,
+             prompt_cache_mib=None if args.cache_ram < 0 else args.cache_ram, warmup=not args.no_warmup,
              max_queue=args.max_queue, rpc_servers=rpc_servers,
              mmproj=args.mmproj, progress=_progress()) as llm:
         serve(llm, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("CORTEX_LLAMA_API_KEY"),
@@ -621,6 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-ram", "-cram", type=int, default=8192, metavar="MiB",
                    help="host memory for prompts that left their slot, restored when a request starts "
                         "the same way (default: 8192, as llama-server; 0: off, -1: no limit)")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip llama.cpp's warm-up run at load (one decode of BOS and EOS)")
     p.add_argument("--reranking", "--rerank", action="store_true",
                    help="serve /rerank with a reranking model (embeddings with rank pooling)")
     p.add_argument("--pooling", default=None, choices=["none", "mean", "cls", "last", "rank"],

@@ -385,6 +385,29 @@ class Context(Owned):
         self._one.set_single(token, pos, seq_id)
         self._call(lib.llama_decode, ptr, self._one_c, 1, 1, "llama_decode")
 
+    def warmup(self) -> None:
+        """llama.cpp's warm-up run (``common_init_from_params``'s, what its tools'
+        ``--no-warmup`` turns off): BOS and EOS decoded once (through the encoder
+        first for an encoder-decoder model), then the KV cache and the perf counters
+        cleared. The first request then finds the weights paged in and the compute
+        buffers allocated; outputs do not change. Raises like :meth:`decode`."""
+        model = self.model
+        vocab = model.vocab
+        tokens = [t for t in (vocab.bos, vocab.eos) if t is not None] or [0]
+        batch = self.new_batch(len(tokens), 1)
+        if model.has_encoder:
+            batch.add_many(tokens, 0, 0, logits=False)
+            self.encode(batch)
+            start = model.decoder_start_token
+            tokens = [start if start is not None else tokens[0]]
+        if model.has_decoder:
+            batch.clear()
+            batch.add_many(tokens[: self.n_batch], 0, 0, logits="last")
+            self.decode(batch)
+        self.clear()
+        lib.llama_synchronize(self._check())
+        self.perf_reset()
+
     def encode(self, batch: Batch) -> None:
         """Run the encoder over ``batch`` (``llama_encode``); raises like :meth:`decode`."""
         self._run(lib.llama_encode, batch, "llama_encode")

@@ -170,6 +170,8 @@ class LLM:
                               n_seq_max=c.n_seq_max, n_threads=c.threads, n_threads_batch=c.threads_batch,
                               flash_attn=c.resolved_flash_attn, type_k=c.type_k, type_v=c.type_v,
                               kv_unified=c.kv_unified)
+                if c.warmup:
+                    ctx.warmup()
                 projector = self._load_projector(model) if c.mmproj is not None else None
                 loras = LoraSet(model, c.lora)
                 cache = None if c.prompt_cache_mib is None else c.prompt_cache_mib * 2**20

@@ -364,6 +364,12 @@ class Model(Owned):
         return bool(lib.llama_model_has_decoder(self._check()))
 
     @property
+    def decoder_start_token(self) -> int | None:
+        """The token an encoder-decoder model's decoder starts from (None: its BOS)."""
+        tok = int(lib.llama_model_decoder_start_token(self._check()))
+        return None if tok == LLAMA_TOKEN_NULL else tok
+
+    @property
     def is_recurrent(self) -> bool:
         return bool(lib.llama_model_is_recurrent(self._check()))
 

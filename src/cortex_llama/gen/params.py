@@ -72,6 +72,8 @@ class ModelConfig:
     #: host memory for prompts that left their slot (llama-server's --cache-ram: 8192 MiB;
     #: 0 off, None no limit), restored when a request starts the same way; per-slot streams only
     prompt_cache_mib: int | None = 8192
+    #: llama.cpp's warm-up run at load (its tools' default; --no-warmup turns it off)
+    warmup: bool = True
 
     def __post_init__(self) -> None:
         for name in ("context_size", "threads", "batch_size", "n_seq_max"):
