@@ -119,6 +119,22 @@ def test_forced_tool_use(server: Server) -> None:
         jsonschema.validate(use.input, WEATHER["input_schema"])
 
 
+def test_output_format_with_tools(server: Server) -> None:
+    """Structured output beside tools (Anthropic allows both): the answer is a tool
+    call or JSON of the schema, one grammar from llama.cpp's chat layer."""
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
+              "additionalProperties": False}
+    m = client(server).messages.create(
+        model="test-model", max_tokens=160, tools=[WEATHER], messages=[{"role": "user", "content": "2+2?"}],
+        extra_body={**GREEDY, "output_config": {"format": {"type": "json_schema", "schema": schema}}})
+    uses = [b for b in m.content if b.type == "tool_use"]
+    if uses:
+        jsonschema.validate(uses[0].input, WEATHER["input_schema"])
+    elif m.stop_reason == "end_turn":
+        text = "".join(b.text for b in m.content if b.type == "text").strip()
+        jsonschema.validate(json.loads(text.removeprefix("```json").removesuffix("```")), schema)
+
+
 def test_tool_result_round_trip(server: Server) -> None:
     """tool_use and tool_result blocks render like the same chat messages."""
     msgs = [{"role": "user", "content": "Weather in Paris?"},

@@ -241,8 +241,10 @@ def plan_chat(templates: ChatTemplates, messages: Messages, opts: ChatOptions, *
             raise GrammarError(f"json_schema is not valid JSON: {exc}") from None
     if schema is not None:  # converted once alone, so that its errors name the schema's field
         schema_to_grammar(schema, "response_format" if opts.response_format is not None else "json_schema")
-    if use_tools and (schema is not None or grammar):
-        raise ChatRequestError("tools: a json_schema, response_format or grammar cannot be combined with tools")
+    if use_tools and grammar:
+        raise ChatRequestError("tools: a grammar cannot be combined with tools")
+    # a json_schema with tools goes to llama.cpp's chat layer, which builds one grammar
+    # of both (a call or the schema's JSON) where the template has tool syntax
     media: list[Any] = []
     if media_content.has_media(messages):
         messages, media = media_content.split_media(messages, projector, opts.media_policy)
