@@ -8,7 +8,7 @@ blocked by them.
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -28,7 +28,11 @@ class Embedder:
     """
 
     def __init__(self, model: Model, *, batch_size: int, n_seq_max: int, threads: int,
-                 threads_batch: int | None = None, pooling: str | None = None) -> None:
+                 threads_batch: int | None = None, pooling: str | None = None,
+                 run_in: Callable[[Callable[[], Any]], Any] | None = None) -> None:
+        #: runs a computation in the thread that does every computation on the model
+        #: (``LLM``: the engine's, see ``Engine.call``); None: in the caller's thread
+        self._run_in = run_in or (lambda fn: fn())
         self.model = model
         self.batch_size = batch_size
         self.n_seq_max = n_seq_max
@@ -61,6 +65,9 @@ class Embedder:
         ``--pooling none``): one ``(n_tokens, n_embd)`` array per text, not
         normalized. Raises like :meth:`embed`."""
         toks = self._checked(texts)
+        return self._run_in(lambda: self._embed_tokens(toks))  # type: ignore[no-any-return]
+
+    def _embed_tokens(self, toks: list[np.ndarray]) -> list[np.ndarray]:
         out: list[np.ndarray] = []
         with self._lock:
             ctx = self._context("none")
@@ -112,10 +119,17 @@ class Embedder:
         """
         single = isinstance(texts, str)
         toks = self._checked(texts)
-        model = self.model
         pooling = pooling or self.pooling or "mean"
         if pooling == "none":
             raise ValueError("pooling 'none' gives one vector per token: use embed_tokens")
+        out: np.ndarray = self._run_in(lambda: self._pooled(toks, pooling))
+        if normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.where(norms == 0, 1, norms)
+        return out[0] if single else out
+
+    def _pooled(self, toks: list[np.ndarray], pooling: str) -> np.ndarray:
+        model = self.model
         with self._lock:
             ctx = self._context(pooling)
             width = model.n_cls_out if ctx.pooling == "rank" else model.n_embd
@@ -134,10 +148,7 @@ class Embedder:
                 ctx.decode(batch)
                 for s, idx in enumerate(members):
                     out[idx] = ctx.seq_embeddings(s)
-        if normalize:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            out /= np.where(norms == 0, 1, norms)
-        return out[0] if single else out
+        return out
 
 
 def disabled() -> LlamaError:

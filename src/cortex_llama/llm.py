@@ -170,8 +170,6 @@ class LLM:
                               n_seq_max=c.n_seq_max, n_threads=c.threads, n_threads_batch=c.threads_batch,
                               flash_attn=c.resolved_flash_attn, type_k=c.type_k, type_v=c.type_v,
                               kv_unified=c.kv_unified)
-                if c.warmup:
-                    ctx.warmup()
                 projector = self._load_projector(model) if c.mmproj is not None else None
                 loras = LoraSet(model, c.lora)
                 cache = None if c.prompt_cache_mib is None else c.prompt_cache_mib * 2**20
@@ -188,8 +186,14 @@ class LLM:
             if c.embeddings:
                 self._embedder = Embedder(model, batch_size=c.batch_size, n_seq_max=c.n_seq_max,
                                           threads=c.threads, threads_batch=c.threads_batch,
-                                          pooling=c.pooling)
+                                          pooling=c.pooling, run_in=lambda fn: engine.call(fn).result())
             engine.start()
+            if c.warmup:  # in the engine thread, as every computation (see Engine.call)
+                try:
+                    engine.call(ctx.warmup).result()
+                except BaseException:
+                    self.unload()
+                    raise
             # an LLM dropped without close() (or alive at exit) stops its engine thread
             self._finalizer = weakref.finalize(self, engine.close)
             return self
