@@ -14,6 +14,7 @@ from ._base import CallbackErrors, Owned
 from ._lib import ffi, lib
 from .batch import Batch
 from .errors import ContextError, LlamaError, StateError, raise_for_decode
+from .lora import LoraAdapter
 from .model import Model, PathLike, _why
 
 __all__ = ["Context", "LoraAdapter", "POOLING_TYPES", "ATTENTION_TYPES", "ROPE_SCALING_TYPES",
@@ -625,14 +626,15 @@ class Context(Owned):
     def set_loras(self, adapters: Mapping[LoraAdapter, float]) -> None:
         """Apply exactly these LoRA adapters with their scales ({} removes all)."""
         items = list(adapters.items())
+        handles: list[Any] = []
         for adapter, _ in items:
-            adapter._check()
+            handles.append(adapter.handle)  # ClosedError when closed
             if adapter.model is not self.model:
                 raise ValueError(f"LoRA adapter {adapter.path} belongs to another model")
         arr = ffi.new("struct llama_adapter_lora *[]", max(1, len(items)))
         scales = ffi.new("float[]", max(1, len(items)))
-        for i, (adapter, scale) in enumerate(items):
-            arr[i] = adapter._ptr
+        for i, (_, scale) in enumerate(items):
+            arr[i] = handles[i]
             scales[i] = float(scale)
         with self._lock:
             rc = lib.llama_set_adapters_lora(self._check(), arr, len(items), scales)
@@ -664,24 +666,3 @@ def _free_pools(pools: list[Any]) -> None:
         free(tp)
     pools.clear()
 
-
-class LoraAdapter(Owned):
-    """A LoRA adapter file loaded for a :class:`Model`; apply it with ``Context.add_lora``.
-
-    Raises :class:`ModelLoadError`-style :class:`LlamaError` when the file is
-    missing or does not match the model.
-    """
-
-    _kind = "LoRA adapter"
-
-    def __init__(self, model: Model, path: PathLike) -> None:
-        self.model = model
-        self.path = Path(os.fspath(path))
-        if not self.path.is_file():
-            raise LlamaError(f"LoRA adapter file not found: {self.path}")
-        _lib.take_log_problems()
-        ptr = lib.llama_adapter_lora_init(model._check(), str(self.path).encode())
-        if ptr == ffi.NULL:
-            raise LlamaError(_why(f"could not load LoRA adapter {self.path}"))
-        self._own(ptr, lib.llama_adapter_lora_free)
-        model._adopt(self)
