@@ -13,6 +13,8 @@ from . import _lib
 from ._base import CallbackErrors, Owned
 from ._lib import ffi, lib
 from .batch import Batch
+from .context_params import (ATTENTION_TYPES, FLASH_ATTN_TYPES, GGML_TYPES, POOLING_TYPES, ROPE_SCALING_TYPES,
+                             context_params)
 from .errors import ContextError, LlamaError, StateError, raise_for_decode
 from .lora import LoraAdapter
 from .model import Model, PathLike, _why
@@ -20,39 +22,10 @@ from .model import Model, PathLike, _why
 __all__ = ["Context", "LoraAdapter", "POOLING_TYPES", "ATTENTION_TYPES", "ROPE_SCALING_TYPES",
            "FLASH_ATTN_TYPES", "GGML_TYPES"]
 
-POOLING_TYPES = {
-    None: lib.LLAMA_POOLING_TYPE_UNSPECIFIED, "none": lib.LLAMA_POOLING_TYPE_NONE,
-    "mean": lib.LLAMA_POOLING_TYPE_MEAN, "cls": lib.LLAMA_POOLING_TYPE_CLS,
-    "last": lib.LLAMA_POOLING_TYPE_LAST, "rank": lib.LLAMA_POOLING_TYPE_RANK,
-}
-ATTENTION_TYPES = {
-    None: lib.LLAMA_ATTENTION_TYPE_UNSPECIFIED, "causal": lib.LLAMA_ATTENTION_TYPE_CAUSAL,
-    "non-causal": lib.LLAMA_ATTENTION_TYPE_NON_CAUSAL,
-}
-ROPE_SCALING_TYPES = {
-    None: lib.LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED, "none": lib.LLAMA_ROPE_SCALING_TYPE_NONE,
-    "linear": lib.LLAMA_ROPE_SCALING_TYPE_LINEAR, "yarn": lib.LLAMA_ROPE_SCALING_TYPE_YARN,
-    "longrope": lib.LLAMA_ROPE_SCALING_TYPE_LONGROPE,
-}
-FLASH_ATTN_TYPES = {
-    None: lib.LLAMA_FLASH_ATTN_TYPE_AUTO, "auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO,
-    True: lib.LLAMA_FLASH_ATTN_TYPE_ENABLED, False: lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-}
-GGML_TYPES = {name[len("GGML_TYPE_"):].lower(): getattr(lib, name)
-              for name in dir(lib) if name.startswith("GGML_TYPE_") and name != "GGML_TYPE_COUNT"}
-
 # Batches at least this big, decoded on the main thread, check for Ctrl-C through
 # a Python abort callback (its per-graph-node cost is negligible next to theirs).
 # Smaller ones use the C-level flag, and Ctrl-C lands right after they return.
 INTERRUPT_CHECK_MIN_TOKENS = 32
-
-
-def _choice(table: Mapping[Any, int], value: Any, field: str) -> int:
-    try:
-        return table[value]
-    except (KeyError, TypeError):
-        names = [k for k in table if k is not None]
-        raise ValueError(f"{field} must be one of {names}, not {value!r}") from None
 
 
 class Context(Owned):
@@ -106,50 +79,12 @@ class Context(Owned):
     ) -> None:
         mptr = model._check()
         self.model = model
-        p = lib.llama_context_default_params()
-        for field, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch),
-                             ("n_seq_max", n_seq_max), ("yarn_orig_ctx", yarn_orig_ctx)):
-            if value is not None:
-                if int(value) < 0 or (field != "n_ctx" and field != "yarn_orig_ctx" and int(value) < 1):
-                    raise ValueError(f"{field} must be positive, got {value}")
-                setattr(p, field, int(value))
-        if n_seq_max is not None and n_seq_max > lib.llama_max_parallel_sequences():
-            raise ValueError(f"n_seq_max={n_seq_max} exceeds llama.cpp's limit of "
-                             f"{lib.llama_max_parallel_sequences()} sequences")
-        threads = n_threads if n_threads is not None else p.n_threads
-        if int(threads) < 1:
-            raise ValueError(f"n_threads must be >= 1, got {threads}")
-        p.n_threads = int(threads)
-        p.n_threads_batch = int(n_threads_batch if n_threads_batch is not None else threads)
-        if p.n_threads_batch < 1:
-            raise ValueError(f"n_threads_batch must be >= 1, got {n_threads_batch}")
-        p.embeddings = bool(embeddings)
-        p.pooling_type = _choice(POOLING_TYPES, pooling, "pooling")
-        if pooling == "rank" and not model.has_ranking_head:
-            # llama.cpp would pool the hidden state and call its first value a score
-            raise ValueError(f"pooling='rank' needs a reranking model: {model.path} has no ranking head "
-                             f"(its GGUF does not declare {model.architecture}.pooling_type rank)")
-        p.attention_type = _choice(ATTENTION_TYPES, attention, "attention")
-        p.flash_attn_type = _choice(FLASH_ATTN_TYPES, flash_attn, "flash_attn")
-        p.rope_scaling_type = _choice(ROPE_SCALING_TYPES, rope_scaling, "rope_scaling")
-        if type_k is not None:
-            p.type_k = _choice(GGML_TYPES, type_k.lower(), "type_k")
-        if type_v is not None:
-            p.type_v = _choice(GGML_TYPES, type_v.lower(), "type_v")
-        if rope_freq_base is not None:
-            p.rope_freq_base = float(rope_freq_base)
-        if rope_freq_scale is not None:
-            p.rope_freq_scale = float(rope_freq_scale)
-        if kv_unified is None and embeddings and pooling != "none" and (n_seq_max or 1) > 1:
-            # With one KV stream per sequence, this llama.cpp pools every sequence
-            # but the first wrongly (measured: mean-pooled seq 1 off by 0.5); a
-            # unified cache pools them all right.
-            kv_unified = True
-        for field, flag in (("offload_kqv", offload_kqv), ("kv_unified", kv_unified),
-                            ("swa_full", swa_full)):
-            if flag is not None:
-                setattr(p, field, bool(flag))
-        p.no_perf = bool(no_perf)
+        p = context_params(model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_seq_max=n_seq_max,
+                           n_threads=n_threads, n_threads_batch=n_threads_batch, embeddings=embeddings,
+                           pooling=pooling, attention=attention, flash_attn=flash_attn, type_k=type_k,
+                           type_v=type_v, offload_kqv=offload_kqv, kv_unified=kv_unified, swa_full=swa_full,
+                           rope_scaling=rope_scaling, rope_freq_base=rope_freq_base,
+                           rope_freq_scale=rope_freq_scale, yarn_orig_ctx=yarn_orig_ctx, no_perf=no_perf)
         # The abort flag: {flag, 0}, read by strlen (see _lib.flag_abort_callback).
         self._abort_buf = ffi.new("char[2]")
         p.abort_callback = _lib.flag_abort_callback
