@@ -17,6 +17,7 @@ from .context_params import (ATTENTION_TYPES, FLASH_ATTN_TYPES, GGML_TYPES, POOL
                              context_params)
 from .errors import ContextError, LlamaError, StateError, raise_for_decode
 from .lora import LoraAdapter
+from .threadpool import CpuThreadpools
 from .model import Model, PathLike, _why
 
 __all__ = ["Context", "LoraAdapter", "POOLING_TYPES", "ATTENTION_TYPES", "ROPE_SCALING_TYPES",
@@ -97,17 +98,15 @@ class Context(Owned):
         if ptr == ffi.NULL:
             raise ContextError(_why(f"llama.cpp could not create a context for {model.path.name} "
                                     f"(n_ctx={p.n_ctx}, n_batch={p.n_batch})"))
-        # CPU threadpools owned by this context, freed right after it (see _attach_pools)
-        self._pools: list[Any] = []
-        pools = self._pools
+        # CPU threadpools owned by this context, freed right after it
+        pools = self._pools = CpuThreadpools(None if poll is None else int(poll))
 
         def free_context(cptr: Any) -> None:
             lib.llama_free(cptr)
-            _free_pools(pools)
+            pools.free()
 
         self._own(ptr, free_context)
-        self._poll = None if poll is None else int(poll)
-        self._attach_pools(p.n_threads, p.n_threads_batch)
+        pools.attach(ptr, p.n_threads, p.n_threads_batch)
         model._adopt(self)
         self._lock = threading.RLock()
         self._mem = lib.llama_get_memory(ptr)
@@ -199,34 +198,7 @@ class Context(Owned):
         with self._lock:
             ptr = self._check()
             lib.llama_set_n_threads(ptr, n_threads, nb)
-            self._attach_pools(n_threads, nb)
-
-    def _attach_pools(self, n_threads: int, n_threads_batch: int) -> None:
-        """Give the context its own CPU threadpools, as llama.cpp's tools do.
-
-        With ``poll`` > 0 the workers spin briefly between graph nodes and between
-        decodes instead of sleeping, which is what makes per-token latency match
-        llama-bench. ``poll=None`` leaves scheduling to ggml (OpenMP).
-        """
-        if self._poll is None:
-            return
-        new = _lib.cpu_proc("ggml_threadpool_new",
-                            "struct ggml_threadpool *(*)(struct ggml_threadpool_params *)")
-        if new is None:
-            return
-        ptr = self._check()
-        pools: list[Any] = []
-        for n in dict.fromkeys((n_threads, n_threads_batch)):
-            tpp = ffi.new("struct ggml_threadpool_params *", lib.ggml_threadpool_params_default(n))
-            tpp.poll = self._poll
-            tp = new(tpp)
-            if tp == ffi.NULL:
-                _free_pools(pools)
-                raise ContextError(f"could not create a CPU threadpool of {n} threads")
-            pools.append(tp)
-        lib.llama_attach_threadpool(ptr, pools[0], pools[-1])
-        _free_pools(self._pools)  # the old ones, now detached
-        self._pools[:] = pools
+            self._pools.attach(ptr, n_threads, nb)
 
     @property
     def lock(self) -> Any:
@@ -593,11 +565,4 @@ class Context(Owned):
 
     def perf_reset(self) -> None:
         lib.llama_perf_context_reset(self._check())
-
-
-def _free_pools(pools: list[Any]) -> None:
-    free = _lib.cpu_proc("ggml_threadpool_free", "void(*)(struct ggml_threadpool *)")
-    for tp in pools:
-        free(tp)
-    pools.clear()
 
