@@ -10,8 +10,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import _lib
-from ._base import CallbackErrors, Owned
+from ._base import Owned
 from ._lib import ffi, lib
+from .abort import DecodeAbort
 from .batch import Batch
 from .context_params import (ATTENTION_TYPES, FLASH_ATTN_TYPES, GGML_TYPES, POOLING_TYPES, ROPE_SCALING_TYPES,
                              context_params)
@@ -86,10 +87,8 @@ class Context(Owned):
                            type_v=type_v, offload_kqv=offload_kqv, kv_unified=kv_unified, swa_full=swa_full,
                            rope_scaling=rope_scaling, rope_freq_base=rope_freq_base,
                            rope_freq_scale=rope_freq_scale, yarn_orig_ctx=yarn_orig_ctx, no_perf=no_perf)
-        # The abort flag: {flag, 0}, read by strlen (see _lib.flag_abort_callback).
-        self._abort_buf = ffi.new("char[2]")
-        p.abort_callback = _lib.flag_abort_callback
-        p.abort_callback_data = self._abort_buf
+        self._abort = DecodeAbort()
+        self._abort.set_params(p)
 
         if poll is not None and not 0 <= int(poll) <= 100:
             raise ValueError(f"poll must be in [0, 100] or None, got {poll}")
@@ -119,17 +118,6 @@ class Context(Owned):
         self._n_embd = model.n_embd
         self._n_outputs = 0
         self._embeddings = bool(embeddings)
-        self._errors = CallbackErrors()
-        abort_buf = self._abort_buf
-
-        def abort_check(_data: Any) -> bool:
-            # Python code runs here, so a pending Ctrl-C is raised inside this
-            # callback; onerror stores it and the callback returns True: abort.
-            return abort_buf[0] != b"\0"
-
-        # (a closure, not a bound method: no reference cycle through the callback)
-        self._py_abort = ffi.callback("ggml_abort_callback", abort_check, error=True,
-                                      onerror=self._errors.onerror)
         self._loras: dict[LoraAdapter, float] = {}
         # a one-token batch for decode_one(): one output, one sequence
         self._one = Batch(1, 1)
@@ -223,7 +211,7 @@ class Context(Owned):
 
         Safe to call from any thread; costs the decoding thread nothing.
         """
-        self._abort_buf[0] = b"\1"
+        self._abort.request()
 
     def _run(self, fn: Any, batch: Batch, what: str) -> None:
         ptr = self._check()
@@ -249,17 +237,10 @@ class Context(Owned):
               interruptible: bool = False) -> None:
         """Run ``fn(ptr, cbatch)`` under the lock and raise for its return code."""
         with self._lock:
-            if interruptible:
-                lib.llama_set_abort_callback(ptr, self._py_abort, self._abort_buf)
-            try:
-                rc = fn(ptr, cbatch)
-            finally:
-                self._abort_buf[0] = b"\0"  # an abort request is consumed by one decode
-                if interruptible:
-                    lib.llama_set_abort_callback(ptr, _lib.flag_abort_callback, self._abort_buf)
+            rc = self._abort.run(fn, ptr, cbatch, interruptible)
             self._n_outputs = n_outputs if rc == 0 else 0
         if interruptible:
-            self._errors.reraise()  # e.g. a KeyboardInterrupt caught by the abort check
+            self._abort.reraise()  # e.g. a KeyboardInterrupt caught by the abort check
         if rc != 0:
             raise_for_decode(rc, what, n, self._n_ctx, _lib.take_log_problems())
 
