@@ -14,6 +14,7 @@ from ._base import Owned
 from ._lib import ffi, lib
 from .abort import DecodeAbort
 from .batch import Batch
+from .context_memory import KVMemory
 from .context_params import (ATTENTION_TYPES, FLASH_ATTN_TYPES, GGML_TYPES, POOLING_TYPES, ROPE_SCALING_TYPES,
                              context_params)
 from .errors import ContextError, LlamaError, StateError, raise_for_decode
@@ -30,7 +31,7 @@ __all__ = ["Context", "LoraAdapter", "POOLING_TYPES", "ATTENTION_TYPES", "ROPE_S
 INTERRUPT_CHECK_MIN_TOKENS = 32
 
 
-class Context(Owned):
+class Context(KVMemory, Owned):
     """A llama.cpp context over a :class:`Model`: the KV cache and the compute state.
 
     Keyword arguments mirror ``llama_context_params``; ``None`` keeps llama.cpp's
@@ -343,7 +344,7 @@ class Context(Owned):
         """Copy of the pooled embedding of sequence ``seq_id`` (pooling other than
         none); with rank pooling, its ``n_cls_out`` scores."""
         ptr = self._check()
-        self._check_seq(seq_id)
+        self.check_seq(seq_id)
         row = lib.llama_get_embeddings_seq(ptr, seq_id)
         if row == ffi.NULL:
             raise IndexError(f"no pooled embedding for sequence {seq_id} (pooling is "
@@ -365,70 +366,21 @@ class Context(Owned):
         with self._lock:
             lib.llama_set_causal_attn(self._check(), bool(on))
 
-    # -- memory (KV cache) ------------------------------------------------------------
-    def _check_seq(self, seq_id: int, allow_all: bool = False) -> int:
+    # -- KV memory (see context_memory.KVMemory) ----------------------------------------
+    def check_seq(self, seq_id: int, allow_all: bool = False) -> int:
+        """``seq_id`` as an int; raises ``ValueError`` unless it is in ``[0, n_seq_max)``
+        (or is -1, every sequence, with ``allow_all``)."""
         if allow_all and seq_id == -1:
             return -1
         if not 0 <= seq_id < self._n_seq_max:
             raise ValueError(f"sequence id {seq_id} is outside [0, {self._n_seq_max}) (n_seq_max)")
         return int(seq_id)
 
-    def _memory(self) -> Any:
+    @property
+    def memory_handle(self) -> Any:
+        """The raw ``llama_memory_t`` of the KV cache; raises :class:`ClosedError` when closed."""
         self._check()
         return self._mem
-
-    def clear(self, data: bool = True) -> None:
-        """Empty the whole KV cache (``data=True`` also zeroes the buffers)."""
-        with self._lock:
-            lib.llama_memory_clear(self._memory(), data)
-
-    def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
-        """Remove positions ``[p0, p1)`` of ``seq_id`` (-1: all sequences / open ends).
-
-        Returns False when llama.cpp cannot remove a partial range (recurrent models).
-        """
-        with self._lock:
-            return bool(lib.llama_memory_seq_rm(self._memory(), self._check_seq(seq_id, True), p0, p1))
-
-    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
-        """Share positions ``[p0, p1)`` of sequence ``src`` with sequence ``dst``."""
-        with self._lock:
-            lib.llama_memory_seq_cp(self._memory(), self._check_seq(src), self._check_seq(dst), p0, p1)
-
-    def seq_keep(self, seq_id: int) -> None:
-        """Drop every sequence but ``seq_id``."""
-        with self._lock:
-            lib.llama_memory_seq_keep(self._memory(), self._check_seq(seq_id))
-
-    def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
-        """Shift positions ``[p0, p1)`` of ``seq_id`` by ``delta`` (needs :attr:`can_shift`)."""
-        with self._lock:
-            if not lib.llama_memory_can_shift(self._memory()):
-                raise LlamaError("this context's memory cannot shift positions")
-            lib.llama_memory_seq_add(self._memory(), self._check_seq(seq_id, True), p0, p1, delta)
-
-    def seq_div(self, seq_id: int, p0: int, p1: int, d: int) -> None:
-        """Integer-divide positions ``[p0, p1)`` of ``seq_id`` by ``d`` (> 1)."""
-        if d < 1:
-            raise ValueError(f"divisor must be >= 1, got {d}")
-        with self._lock:
-            if not lib.llama_memory_can_shift(self._memory()):
-                raise LlamaError("this context's memory cannot shift positions")
-            lib.llama_memory_seq_div(self._memory(), self._check_seq(seq_id, True), p0, p1, d)
-
-    def seq_pos_min(self, seq_id: int) -> int:
-        """Smallest position of ``seq_id`` in the cache, -1 when it is empty."""
-        with self._lock:
-            return int(lib.llama_memory_seq_pos_min(self._memory(), self._check_seq(seq_id)))
-
-    def seq_pos_max(self, seq_id: int) -> int:
-        """Largest position of ``seq_id`` in the cache, -1 when it is empty."""
-        with self._lock:
-            return int(lib.llama_memory_seq_pos_max(self._memory(), self._check_seq(seq_id)))
-
-    @property
-    def can_shift(self) -> bool:
-        return bool(lib.llama_memory_can_shift(self._memory()))
 
     # -- state ---------------------------------------------------------------------
     def state_bytes(self, seq_id: int | None = None) -> bytes:
@@ -440,7 +392,7 @@ class Context(Owned):
                 buf = ffi.new("uint8_t[]", size)
                 n = lib.llama_state_get_data(ptr, buf, size)
             else:
-                sid = self._check_seq(seq_id)
+                sid = self.check_seq(seq_id)
                 size = lib.llama_state_seq_get_size(ptr, sid)
                 buf = ffi.new("uint8_t[]", size)
                 n = lib.llama_state_seq_get_data(ptr, buf, size, sid)
@@ -460,7 +412,7 @@ class Context(Owned):
             if seq_id is None:
                 n = lib.llama_state_set_data(ptr, src, len(data))
             else:
-                n = lib.llama_state_seq_set_data(ptr, src, len(data), self._check_seq(seq_id))
+                n = lib.llama_state_seq_set_data(ptr, src, len(data), self.check_seq(seq_id))
             if n == 0:
                 raise StateError(_why(f"llama.cpp rejected {len(data)} bytes of state"))
 
@@ -478,7 +430,7 @@ class Context(Owned):
                 ok = lib.llama_state_save_file(ptr, raw, ids, toks.size)
                 written = os.path.getsize(raw) if ok else 0
             else:
-                written = int(lib.llama_state_seq_save_file(ptr, raw, self._check_seq(seq_id), ids, toks.size))
+                written = int(lib.llama_state_seq_save_file(ptr, raw, self.check_seq(seq_id), ids, toks.size))
                 ok = written != 0
             if not ok:
                 raise StateError(_why(f"could not save state to {os.fspath(path)}"))
@@ -504,7 +456,7 @@ class Context(Owned):
             if seq_id is None:
                 ok = lib.llama_state_load_file(ptr, os.fsencode(str(p)), ids, cap, count)
             else:
-                ok = lib.llama_state_seq_load_file(ptr, os.fsencode(str(p)), self._check_seq(seq_id),
+                ok = lib.llama_state_seq_load_file(ptr, os.fsencode(str(p)), self.check_seq(seq_id),
                                                    ids, cap, count) != 0
             if not ok:
                 raise StateError(_why(f"could not load state from {p}"))

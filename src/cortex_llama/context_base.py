@@ -1,0 +1,31 @@
+"""What :class:`Context`'s method groups build on: the members of a context they
+use, each public and implemented by :class:`~cortex_llama.context.Context`."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+__all__ = ["ContextBase"]
+
+
+class ContextBase:
+    """The base of the method groups a :class:`~cortex_llama.context.Context` is
+    made of (its KV-memory methods, in a module of their own). They reach the
+    context only through these members; Context implements them, and is the
+    only class to use the groups with.
+    """
+
+    @property
+    @abstractmethod
+    def lock(self) -> Any:
+        """The lock that serializes calls on the context."""
+
+    @property
+    @abstractmethod
+    def memory_handle(self) -> Any:
+        """The context's ``llama_memory_t``; ClosedError once closed."""
+
+    @abstractmethod
+    def check_seq(self, seq_id: int, allow_all: bool = False) -> int:
+        """``seq_id`` checked against n_seq_max (-1 too with ``allow_all``)."""
