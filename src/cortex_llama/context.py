@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import threading
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -17,10 +15,11 @@ from .batch import Batch
 from .context_memory import KVMemory
 from .context_params import (ATTENTION_TYPES, FLASH_ATTN_TYPES, GGML_TYPES, POOLING_TYPES, ROPE_SCALING_TYPES,
                              context_params)
-from .errors import ContextError, LlamaError, StateError, raise_for_decode
+from .context_state import ContextState
+from .errors import ContextError, LlamaError, raise_for_decode
 from .lora import LoraAdapter
+from .model import Model, _why
 from .threadpool import CpuThreadpools
-from .model import Model, PathLike, _why
 
 __all__ = ["Context", "LoraAdapter", "POOLING_TYPES", "ATTENTION_TYPES", "ROPE_SCALING_TYPES",
            "FLASH_ATTN_TYPES", "GGML_TYPES"]
@@ -31,7 +30,7 @@ __all__ = ["Context", "LoraAdapter", "POOLING_TYPES", "ATTENTION_TYPES", "ROPE_S
 INTERRUPT_CHECK_MIN_TOKENS = 32
 
 
-class Context(KVMemory, Owned):
+class Context(KVMemory, ContextState, Owned):
     """A llama.cpp context over a :class:`Model`: the KV cache and the compute state.
 
     Keyword arguments mirror ``llama_context_params``; ``None`` keeps llama.cpp's
@@ -381,86 +380,6 @@ class Context(KVMemory, Owned):
         """The raw ``llama_memory_t`` of the KV cache; raises :class:`ClosedError` when closed."""
         self._check()
         return self._mem
-
-    # -- state ---------------------------------------------------------------------
-    def state_bytes(self, seq_id: int | None = None) -> bytes:
-        """The whole state (or one sequence's) as bytes."""
-        with self._lock:
-            ptr = self._check()
-            if seq_id is None:
-                size = lib.llama_state_get_size(ptr)
-                buf = ffi.new("uint8_t[]", size)
-                n = lib.llama_state_get_data(ptr, buf, size)
-            else:
-                sid = self.check_seq(seq_id)
-                size = lib.llama_state_seq_get_size(ptr, sid)
-                buf = ffi.new("uint8_t[]", size)
-                n = lib.llama_state_seq_get_data(ptr, buf, size, sid)
-            if n == 0 and size != 0:
-                raise StateError(_why("llama.cpp could not serialize the state"))
-            return ffi.buffer(buf, n)[:]
-
-    def load_state_bytes(self, data: bytes, seq_id: int | None = None) -> None:
-        """Restore state saved by :meth:`state_bytes` (into ``seq_id`` when given).
-
-        Raises :class:`StateError` when llama.cpp rejects the data.
-        """
-        src = ffi.from_buffer("uint8_t[]", data)
-        with self._lock:
-            ptr = self._check()
-            _lib.take_log_problems()
-            if seq_id is None:
-                n = lib.llama_state_set_data(ptr, src, len(data))
-            else:
-                n = lib.llama_state_seq_set_data(ptr, src, len(data), self.check_seq(seq_id))
-            if n == 0:
-                raise StateError(_why(f"llama.cpp rejected {len(data)} bytes of state"))
-
-    def save_state(self, path: PathLike, tokens: Sequence[int] | np.ndarray = (),
-                   seq_id: int | None = None) -> int:
-        """Save the state (or one sequence's) and ``tokens`` to a file; returns
-        the bytes written. Raises :class:`StateError` when llama.cpp cannot."""
-        toks = np.ascontiguousarray(tokens, dtype=np.int32)
-        raw = os.fsencode(os.fspath(path))
-        with self._lock:
-            ptr = self._check()
-            _lib.take_log_problems()
-            ids = ffi.from_buffer("llama_token[]", toks)
-            if seq_id is None:
-                ok = lib.llama_state_save_file(ptr, raw, ids, toks.size)
-                written = os.path.getsize(raw) if ok else 0
-            else:
-                written = int(lib.llama_state_seq_save_file(ptr, raw, self.check_seq(seq_id), ids, toks.size))
-                ok = written != 0
-            if not ok:
-                raise StateError(_why(f"could not save state to {os.fspath(path)}"))
-        return written
-
-    def load_state(self, path: PathLike, seq_id: int | None = None,
-                   max_tokens: int | None = None) -> np.ndarray:
-        """Load a state file saved by :meth:`save_state`; returns its tokens.
-
-        Raises ``FileNotFoundError`` for a missing file and :class:`StateError`
-        when llama.cpp rejects it.
-        """
-        p = Path(os.fspath(path))
-        if not p.is_file():
-            raise FileNotFoundError(f"state file not found: {p}")
-        cap = int(max_tokens if max_tokens is not None else self._n_ctx)
-        out = np.zeros(cap, dtype=np.int32)
-        count = ffi.new("size_t *")
-        with self._lock:
-            ptr = self._check()
-            _lib.take_log_problems()
-            ids = ffi.from_buffer("llama_token[]", out)
-            if seq_id is None:
-                ok = lib.llama_state_load_file(ptr, os.fsencode(str(p)), ids, cap, count)
-            else:
-                ok = lib.llama_state_seq_load_file(ptr, os.fsencode(str(p)), self.check_seq(seq_id),
-                                                   ids, cap, count) != 0
-            if not ok:
-                raise StateError(_why(f"could not load state from {p}"))
-        return out[: count[0]].copy()
 
     # -- LoRA --------------------------------------------------------------------------
     def set_loras(self, adapters: Mapping[LoraAdapter, float]) -> None:

@@ -11,9 +11,9 @@ __all__ = ["ContextBase"]
 
 class ContextBase:
     """The base of the method groups a :class:`~cortex_llama.context.Context` is
-    made of (its KV-memory methods, in a module of their own). They reach the
-    context only through these members; Context implements them, and is the
-    only class to use the groups with.
+    made of (its KV-memory and state methods, each in a module of its own). They
+    reach the context only through these members; Context implements them, and
+    is the only class to use the groups with.
     """
 
     @property
@@ -23,8 +23,18 @@ class ContextBase:
 
     @property
     @abstractmethod
+    def handle(self) -> Any:
+        """The ``llama_context *``; ClosedError once closed."""
+
+    @property
+    @abstractmethod
     def memory_handle(self) -> Any:
         """The context's ``llama_memory_t``; ClosedError once closed."""
+
+    @property
+    @abstractmethod
+    def n_ctx(self) -> int:
+        """KV cells in all; ClosedError once closed."""
 
     @abstractmethod
     def check_seq(self, seq_id: int, allow_all: bool = False) -> int:
