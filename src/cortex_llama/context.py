@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -16,8 +16,8 @@ from .context_memory import KVMemory
 from .context_params import (ATTENTION_TYPES, FLASH_ATTN_TYPES, GGML_TYPES, POOLING_TYPES, ROPE_SCALING_TYPES,
                              context_params)
 from .context_state import ContextState
-from .errors import ContextError, LlamaError, raise_for_decode
-from .lora import LoraAdapter
+from .errors import ContextError, raise_for_decode
+from .lora import ContextLoras, LoraAdapter
 from .model import Model, _why
 from .threadpool import CpuThreadpools
 
@@ -30,7 +30,7 @@ __all__ = ["Context", "LoraAdapter", "POOLING_TYPES", "ATTENTION_TYPES", "ROPE_S
 INTERRUPT_CHECK_MIN_TOKENS = 32
 
 
-class Context(KVMemory, ContextState, Owned):
+class Context(KVMemory, ContextState, ContextLoras, Owned):
     """A llama.cpp context over a :class:`Model`: the KV cache and the compute state.
 
     Keyword arguments mirror ``llama_context_params``; ``None`` keeps llama.cpp's
@@ -118,7 +118,6 @@ class Context(KVMemory, ContextState, Owned):
         self._n_embd = model.n_embd
         self._n_outputs = 0
         self._embeddings = bool(embeddings)
-        self._loras: dict[LoraAdapter, float] = {}
         # a one-token batch for decode_one(): one output, one sequence
         self._one = Batch(1, 1)
         self._one.set_single(0, 0, 0)
@@ -380,32 +379,6 @@ class Context(KVMemory, ContextState, Owned):
         """The raw ``llama_memory_t`` of the KV cache; raises :class:`ClosedError` when closed."""
         self._check()
         return self._mem
-
-    # -- LoRA --------------------------------------------------------------------------
-    def set_loras(self, adapters: Mapping[LoraAdapter, float]) -> None:
-        """Apply exactly these LoRA adapters with their scales ({} removes all)."""
-        items = list(adapters.items())
-        handles: list[Any] = []
-        for adapter, _ in items:
-            handles.append(adapter.handle)  # ClosedError when closed
-            if adapter.model is not self.model:
-                raise ValueError(f"LoRA adapter {adapter.path} belongs to another model")
-        arr = ffi.new("struct llama_adapter_lora *[]", max(1, len(items)))
-        scales = ffi.new("float[]", max(1, len(items)))
-        for i, (_, scale) in enumerate(items):
-            arr[i] = handles[i]
-            scales[i] = float(scale)
-        with self._lock:
-            rc = lib.llama_set_adapters_lora(self._check(), arr, len(items), scales)
-        if rc != 0:
-            raise LlamaError(f"llama_set_adapters_lora failed (rc {rc})")
-        self._loras = dict(items)
-
-    def add_lora(self, adapter: LoraAdapter, scale: float = 1.0) -> None:
-        self.set_loras({**self._loras, adapter: scale})
-
-    def remove_lora(self, adapter: LoraAdapter) -> None:
-        self.set_loras({a: s for a, s in self._loras.items() if a is not adapter})
 
     # -- perf --------------------------------------------------------------------------
     def perf(self) -> dict[str, float]:

@@ -4,17 +4,22 @@ use, each public and implemented by :class:`~cortex_llama.context.Context`."""
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model import Model
 
 __all__ = ["ContextBase"]
 
 
 class ContextBase:
     """The base of the method groups a :class:`~cortex_llama.context.Context` is
-    made of (its KV-memory and state methods, each in a module of its own). They
-    reach the context only through these members; Context implements them, and
-    is the only class to use the groups with.
+    made of (its KV-memory, state and LoRA methods, each in a module of its own).
+    They reach the context only through these members; Context implements them,
+    and is the only class to use the groups with.
     """
+
+    model: Model
 
     @property
     @abstractmethod
