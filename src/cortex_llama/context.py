@@ -5,14 +5,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import numpy as np
-
 from . import _lib
 from ._base import Owned
 from ._lib import ffi, lib
 from .abort import DecodeAbort
 from .batch import Batch
 from .context_memory import KVMemory
+from .context_outputs import ContextOutputs
 from .context_params import (ATTENTION_TYPES, FLASH_ATTN_TYPES, GGML_TYPES, POOLING_TYPES, ROPE_SCALING_TYPES,
                              context_params)
 from .context_state import ContextState
@@ -30,7 +29,7 @@ __all__ = ["Context", "LoraAdapter", "POOLING_TYPES", "ATTENTION_TYPES", "ROPE_S
 INTERRUPT_CHECK_MIN_TOKENS = 32
 
 
-class Context(KVMemory, ContextState, ContextLoras, Owned):
+class Context(ContextOutputs, KVMemory, ContextState, ContextLoras, Owned):
     """A llama.cpp context over a :class:`Model`: the KV cache and the compute state.
 
     Keyword arguments mirror ``llama_context_params``; ``None`` keeps llama.cpp's
@@ -300,60 +299,21 @@ class Context(KVMemory, ContextState, ContextLoras, Owned):
         """Run the encoder over ``batch`` (``llama_encode``); raises like :meth:`decode`."""
         self._run(lib.llama_encode, batch, "llama_encode")
 
-    # -- outputs ---------------------------------------------------------------------
-    def _row(self, getter: Any, i: int, width: int, what: str) -> np.ndarray:
-        ptr = self._check()
-        row = getter(ptr, int(i))
-        if row == ffi.NULL:
-            _lib.take_log_problems()
-            raise IndexError(f"no {what} for output {i}: request them with logits=True in the batch")
-        return np.frombuffer(ffi.buffer(row, width * 4), dtype=np.float32)
-
-    def logits(self, i: int = -1) -> np.ndarray:
-        """Zero-copy float32 view of the logits of batch entry ``i`` (-1: the last output).
-
-        The view points into llama.cpp's output buffer: it is valid only until
-        the next ``decode``/``encode`` (or close), which overwrites or frees it.
-        Use :meth:`logits_copy` to keep the values. Raises ``IndexError`` when
-        entry ``i`` did not request logits.
-        """
-        return self._row(lib.llama_get_logits_ith, i, self._n_vocab, "logits")
-
-    def logits_copy(self, i: int = -1) -> np.ndarray:
-        """Like :meth:`logits`, but an independent copy that stays valid."""
-        return self.logits(i).copy()
-
-    def all_logits(self) -> np.ndarray:
-        """``(n_outputs, n_vocab)`` zero-copy view of every output's logits (valid until
-        the next decode)."""
-        ptr = self._check()
-        raw = lib.llama_get_logits(ptr)
-        if raw == ffi.NULL or self._n_outputs == 0:
-            return np.empty((0, self._n_vocab), dtype=np.float32)
-        n = self._n_outputs
-        return np.frombuffer(ffi.buffer(raw, n * self._n_vocab * 4),
-                             dtype=np.float32).reshape(n, self._n_vocab)
-
-    def embeddings(self, i: int = -1) -> np.ndarray:
-        """Copy of the embedding of batch entry ``i`` (context made with embeddings=True)."""
-        return self._row(lib.llama_get_embeddings_ith, i, self._n_embd, "embeddings").copy()
-
-    def seq_embeddings(self, seq_id: int) -> np.ndarray:
-        """Copy of the pooled embedding of sequence ``seq_id`` (pooling other than
-        none); with rank pooling, its ``n_cls_out`` scores."""
-        ptr = self._check()
-        self.check_seq(seq_id)
-        row = lib.llama_get_embeddings_seq(ptr, seq_id)
-        if row == ffi.NULL:
-            raise IndexError(f"no pooled embedding for sequence {seq_id} (pooling is "
-                             f"{self.pooling!r}; embeddings={self._embeddings})")
-        width = self.model.n_cls_out if self.pooling == "rank" else self._n_embd
-        return np.frombuffer(ffi.buffer(row, width * 4), dtype=np.float32).copy()
+    # -- outputs (see context_outputs.ContextOutputs) ---------------------------------
+    @property
+    def n_embd(self) -> int:
+        """The width of an embedding row (the model's ``n_embd``)."""
+        return self._n_embd
 
     @property
-    def pooling(self) -> str | None:
-        code = lib.llama_pooling_type(self._check())
-        return next((k for k, v in POOLING_TYPES.items() if v == code), None)
+    def n_outputs(self) -> int:
+        """The output rows (logits or embeddings) of the last decode; 0 after a failed one."""
+        return self._n_outputs
+
+    @property
+    def embeddings_enabled(self) -> bool:
+        """Whether decodes output embeddings (``embeddings=True`` or :meth:`set_embeddings`)."""
+        return self._embeddings
 
     def set_embeddings(self, on: bool) -> None:
         with self._lock:

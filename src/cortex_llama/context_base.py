@@ -14,9 +14,9 @@ __all__ = ["ContextBase"]
 
 class ContextBase:
     """The base of the method groups a :class:`~cortex_llama.context.Context` is
-    made of (its KV-memory, state and LoRA methods, each in a module of its own).
-    They reach the context only through these members; Context implements them,
-    and is the only class to use the groups with.
+    made of (its output, KV-memory, state and LoRA methods, each in a module of
+    its own). They reach the context only through these members; Context
+    implements them, and is the only class to use the groups with.
     """
 
     model: Model
@@ -40,6 +40,26 @@ class ContextBase:
     @abstractmethod
     def n_ctx(self) -> int:
         """KV cells in all; ClosedError once closed."""
+
+    @property
+    @abstractmethod
+    def n_vocab(self) -> int:
+        """The width of a logits row."""
+
+    @property
+    @abstractmethod
+    def n_embd(self) -> int:
+        """The width of an embedding row."""
+
+    @property
+    @abstractmethod
+    def n_outputs(self) -> int:
+        """The output rows of the last decode."""
+
+    @property
+    @abstractmethod
+    def embeddings_enabled(self) -> bool:
+        """Whether decodes output embeddings."""
 
     @abstractmethod
     def check_seq(self, seq_id: int, allow_all: bool = False) -> int:
