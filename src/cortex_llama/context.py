@@ -91,20 +91,7 @@ class Context(ContextOutputs, KVMemory, ContextState, ContextLoras, Owned):
 
         if poll is not None and not 0 <= int(poll) <= 100:
             raise ValueError(f"poll must be in [0, 100] or None, got {poll}")
-        _lib.take_log_problems()
-        ptr = lib.llama_init_from_model(mptr, p)
-        if ptr == ffi.NULL:
-            raise ContextError(_why(f"llama.cpp could not create a context for {model.path.name} "
-                                    f"(n_ctx={p.n_ctx}, n_batch={p.n_batch})"))
-        # CPU threadpools owned by this context, freed right after it
-        pools = self._pools = CpuThreadpools(None if poll is None else int(poll))
-
-        def free_context(cptr: Any) -> None:
-            lib.llama_free(cptr)
-            pools.free()
-
-        self._own(ptr, free_context)
-        pools.attach(ptr, p.n_threads, p.n_threads_batch)
+        ptr = self._create(model, mptr, p, None if poll is None else int(poll))
         model._adopt(self)
         self._lock = threading.RLock()
         self._mem = lib.llama_get_memory(ptr)
@@ -121,6 +108,25 @@ class Context(ContextOutputs, KVMemory, ContextState, ContextLoras, Owned):
         self._one = Batch(1, 1)
         self._one.set_single(0, 0, 0)
         self._one_c = self._one.as_c()
+
+    def _create(self, model: Model, mptr: Any, p: Any, poll: int | None) -> Any:
+        """Create the ``llama_context`` from the params ``p`` and own it, with its CPU
+        threadpools; returns it. Raises :class:`ContextError` when llama.cpp cannot."""
+        _lib.take_log_problems()
+        ptr = lib.llama_init_from_model(mptr, p)
+        if ptr == ffi.NULL:
+            raise ContextError(_why(f"llama.cpp could not create a context for {model.path.name} "
+                                    f"(n_ctx={p.n_ctx}, n_batch={p.n_batch})"))
+        # CPU threadpools owned by this context, freed right after it
+        pools = self._pools = CpuThreadpools(poll)
+
+        def free_context(cptr: Any) -> None:
+            lib.llama_free(cptr)
+            pools.free()
+
+        self._own(ptr, free_context)
+        pools.attach(ptr, p.n_threads, p.n_threads_batch)
+        return ptr
 
     def __repr__(self) -> str:
         if self.closed:
