@@ -41,14 +41,13 @@ from . import registry
 from .chat import ChatTemplates
 from .context import Context
 from .embed import Embedder, disabled
-from .errors import ClosedError, MediaError, QueueFullError
-from .gen import media as engine_media
+from .errors import ClosedError, QueueFullError
 from .gen.engine import Engine
+from .llm_requests import RequestBuilder, merged_params, wait_for
 from .gen.params import (FINISH_CANCELLED, FINISH_EOG, FINISH_LENGTH, FINISH_STOP, Completion,
                          GenerationParams, ModelConfig, Timings, TokenLogprob, Usage, with_overrides)
 from .conversation import (AsyncChatStream, ChatCompletion, ChatPlan, ChatStream, finish_chat, plan_chat,
                            split_options)
-from .gen.policy import GrammarConstraint, build_sampler
 from .gen.output import log_softmax_norm, top_logprobs
 from .gen.request import Request
 from .gen.lora import LoraInfo, LoraSet
@@ -259,6 +258,17 @@ class LLM:
         return engine
 
     @property
+    def requests(self) -> RequestBuilder:
+        """A :class:`RequestBuilder` over the loaded model: checked requests, not
+        yet submitted (``llm.requests.engine.submit(req)`` queues one). Raises
+        :class:`ClosedError` when unloaded."""
+        engine = self._require_engine()
+        model = self._require()
+        assert self._loras is not None
+        return RequestBuilder(model, engine, self._loras, self._projector, self.config, self._n_ctx,
+                              self._eog_cache)
+
+    @property
     def slots(self) -> Slots:
         """Save, restore and erase a slot's KV cache (llama-server's slot files):
         ``llm.slots.save(0, path)``, ``.restore(1, path)``, ``.erase(0)``; a
@@ -311,27 +321,6 @@ class LLM:
         return int(self._require().tokenize(text, add_special).size)
 
     # -- submission ----------------------------------------------------------------
-    def _params(self, params: GenerationParams | None, overrides: Mapping[str, Any]) -> GenerationParams:
-        return with_overrides(params or GenerationParams(), overrides)
-
-    def _prompt_tokens(self, model: Model, prompt: str | Sequence[int], p: GenerationParams) -> list[int]:
-        if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("prompt is empty")
-            toks = model.tokenize(prompt, add_special=True, parse_special=True).tolist()
-        else:
-            toks = model.vocab.check_tokens(list(prompt)).tolist()
-            if not toks:
-                raise ValueError("prompt is empty")
-        n_ctx = self._n_ctx
-        limit = n_ctx - min(p.max_tokens, n_ctx // 2) if p.truncate else n_ctx - 1
-        if len(toks) > limit:
-            if not p.truncate:
-                raise ValueError(f"prompt of {len(toks)} tokens does not fit the context of {n_ctx} "
-                                 f"tokens (ModelConfig.context_size); pass truncate=True to keep its end")
-            toks = toks[-limit:]
-        return toks
-
     def submit(self, prompt: str | Sequence[int], params: GenerationParams | None = None, *,
                sampler: SamplerChain | None = None, **overrides: Any) -> Request:
         """Queue a generation and return its :class:`Request` handle at once.
@@ -347,33 +336,9 @@ class LLM:
         :class:`ClosedError` when unloaded and :class:`QueueFullError` when
         ``ModelConfig.max_queue`` requests already wait.
         """
-        p = self._params(params, overrides)
-        req = self._request(prompt, p, sampler)
-        self._require_engine().submit(req)
-        return req
-
-    def _request(self, prompt: str | Sequence[int], p: GenerationParams,
-                 sampler: SamplerChain | None = None, *, constraint: GrammarConstraint | None = None,
-                 preserved_tokens: Sequence[int] = ()) -> Request:
-        """A checked, not yet submitted request (raises like :meth:`submit`)."""
-        engine = self._require_engine()
-        model = self._require()
-        if p.slot is not None and p.slot >= self.config.n_seq_max:
-            raise ValueError(f"slot {p.slot} is not in [0, {self.config.n_seq_max}) (ModelConfig.n_seq_max)")
-        toks = self._prompt_tokens(model, prompt, p)
-        if sampler is not None:
-            if not isinstance(sampler, SamplerChain):
-                raise TypeError(f"sampler must be a SamplerChain, not {type(sampler).__name__}")
-            if not sampler.selects:
-                raise ValueError("sampler: the chain has no selecting sampler (add greedy or dist)")
-            chain = sampler
-        else:
-            chain = build_sampler(model, p, default_seed=self.config.seed, n_ctx=self._n_ctx,
-                                  prompt=toks, constraint=constraint)
-        req = Request(toks, p, chain, model.vocab, self._eog_cache, on_cancel=engine.wake,
-                      preserved_tokens=preserved_tokens)
-        assert self._loras is not None
-        req.lora_key = self._loras.key(p.lora)
+        p = merged_params(params, overrides)
+        req = self.requests.request(prompt, p, sampler)
+        self.requests.engine.submit(req)
         return req
 
     @property
@@ -391,14 +356,6 @@ class LLM:
         assert self._loras is not None
         self._loras.set_defaults(scales)
 
-    @staticmethod
-    def _wait(req: Request) -> Completion:
-        try:
-            return req.result()
-        except BaseException:
-            req.cancel()  # e.g. Ctrl-C while waiting: the request stops too
-            raise
-
     # -- public generation ---------------------------------------------------------
     def complete(self, prompt: str | Sequence[int], params: GenerationParams | None = None,
                  **overrides: Any) -> Completion:
@@ -407,7 +364,7 @@ class LLM:
         Raises like :meth:`submit`, and re-raises the request's own failure
         (e.g. :class:`ClosedError` when the LLM is unloaded meanwhile).
         """
-        return self._wait(self.submit(prompt, params, **overrides))
+        return wait_for(self.submit(prompt, params, **overrides))
 
     def stream(self, prompt: str | Sequence[int], params: GenerationParams | None = None,
                **overrides: Any) -> TextStream:
@@ -453,32 +410,26 @@ class LLM:
         return self.chat_plan(messages, add_generation_prompt=add_generation_prompt, tools=tools,
                               **options).prompt.prompt
 
-    def _prompt_text_tokens(self, text: str) -> list[int]:
-        """Tokens of a rendered chat prompt; BOS is added only when the template did
-        not write it already."""
-        model = self._require()
-        bos = model.vocab.bos
-        has_bos = bos is not None and text.startswith(model.vocab.text(bos))
-        return model.tokenize(text, add_special=not has_bos, parse_special=True).tolist()
-
     def chat_tokens(self, messages: Messages, tools: Sequence[Any] | None = None, **options: Any) -> list[int]:
         """The tokens of :meth:`chat_prompt`."""
-        return self._prompt_text_tokens(self.chat_prompt(messages, tools=tools, **options))
+        text = self.chat_prompt(messages, tools=tools, **options)
+        return self.requests.text_tokens(text)
 
     def _chat_request(self, messages: Messages, params: GenerationParams | None,
                       overrides: Mapping[str, Any]) -> tuple[Request, ChatPlan]:
         opts, rest = split_options(overrides)
-        p = self._params(params, rest)
+        p = merged_params(params, rest)
         plan = plan_chat(self.chat_templates(), messages, opts, json_schema=p.json_schema,
-                         grammar=p.grammar, projector=self._projector)
+                         grammar=p.grammar, projector=self.requests.projector)
         if plan.stops:
             p = replace(p, stop=tuple(dict.fromkeys((*p.stop, *plan.stops))))
         text = plan.prompt.prompt
+        requests = self.requests
         if plan.media:
-            req = self._media_request(text, plan.media, p, plan)
+            req = requests.media_request(text, plan.media, p, plan)
         else:
-            req = self._request(self._prompt_text_tokens(text), p, constraint=plan.constraint,
-                                preserved_tokens=plan.preserved_tokens)
+            req = requests.request(requests.text_tokens(text), p, constraint=plan.constraint,
+                                   preserved_tokens=plan.preserved_tokens)
         final_parser = plan.new_parser
         req.finisher = lambda done: finish_chat(final_parser(False), done)
         return req, plan
@@ -502,30 +453,7 @@ class LLM:
         that cannot be used.
         """
         req, _ = self._chat_request(messages, params, overrides)
-        self._require_engine().submit(req)
-        return req
-
-    def _media_request(self, text: str, bitmaps: list[Any], p: GenerationParams, plan: ChatPlan) -> Request:
-        """A checked request for a prompt with media markers (one per bitmap)."""
-        engine = self._require_engine()
-        model = self._require()
-        proj = self._projector
-        assert proj is not None
-        bos = model.vocab.bos
-        has_bos = bos is not None and text.startswith(model.vocab.text(bos))
-        chunks = proj.tokenize(text, bitmaps, add_special=not has_bos)
-        feed, spans, text_tokens = engine_media.prompt_feed(chunks)
-        if feed[-1] < 0:
-            raise MediaError("the prompt ends with an image or audio clip: put text after it")
-        if len(feed) >= self._n_ctx:
-            raise ValueError(f"prompt of {len(feed)} tokens ({len(feed) - len(text_tokens)} of them "
-                             f"image/audio embeddings) does not fit the context of {self._n_ctx} "
-                             "tokens (ModelConfig.context_size)")
-        chain = build_sampler(model, p, default_seed=self.config.seed, n_ctx=self._n_ctx,
-                              prompt=text_tokens, constraint=plan.constraint)
-        req = Request(feed, p, chain, model.vocab, self._eog_cache, on_cancel=engine.wake,
-                      preserved_tokens=plan.preserved_tokens)
-        req.media = spans
+        self.requests.engine.submit(req)
         return req
 
     def chat(self, messages: Messages, params: GenerationParams | None = None,
@@ -535,7 +463,7 @@ class LLM:
         Takes what :meth:`submit_chat` takes and raises like it; also re-raises
         the request's failure (a forced tool call that does not parse, ...).
         """
-        done = self._wait(self.submit_chat(messages, params, **overrides))
+        done = wait_for(self.submit_chat(messages, params, **overrides))
         assert isinstance(done, ChatCompletion)
         return done
 
@@ -545,15 +473,15 @@ class LLM:
         pieces) of a conversation's answer, parsed as it streams. Submits at once,
         raising like :meth:`submit_chat`; leaving the loop early cancels."""
         req, plan = self._chat_request(messages, params, overrides)
-        self._require_engine().submit(req)
+        self.requests.engine.submit(req)
         return ChatStream(req, plan.new_parser(True))
 
     def _submit_many(self, prompts: Sequence[str | Sequence[int]], p: GenerationParams) -> list[Request]:
         if isinstance(prompts, (str, bytes)):
             raise TypeError("generate() takes a list of prompts; use complete() for one")
-        reqs = [self._request(pr, p if p.seed is None else replace(p, seed=(p.seed + i) % 2**32))
+        reqs = [self.requests.request(pr, p if p.seed is None else replace(p, seed=(p.seed + i) % 2**32))
                 for i, pr in enumerate(prompts)]
-        self._require_engine().submit_many(reqs)  # together: they start in the same step
+        self.requests.engine.submit_many(reqs)  # together: they start in the same step
         return reqs
 
     def generate(self, prompts: Sequence[str | Sequence[int]], params: GenerationParams | None = None,
@@ -566,7 +494,7 @@ class LLM:
         results equal completing each alone. Raises like :meth:`submit` (then
         nothing runs) and re-raises the first failed request's error.
         """
-        reqs = self._submit_many(prompts, self._params(params, overrides))
+        reqs = self._submit_many(prompts, merged_params(params, overrides))
         try:
             return [r.result() for r in reqs]
         except BaseException:
@@ -639,7 +567,7 @@ class LLM:
 
     async def agenerate(self, prompts: Sequence[str | Sequence[int]], params: GenerationParams | None = None,
                         **overrides: Any) -> list[Completion]:
-        reqs = self._submit_many(prompts, self._params(params, overrides))
+        reqs = self._submit_many(prompts, merged_params(params, overrides))
         try:
             return list(await asyncio.gather(*(r.aresult() for r in reqs)))
         except BaseException:
@@ -659,5 +587,5 @@ class LLM:
                      **overrides: Any) -> AsyncChatStream:
         """:meth:`stream_chat` for ``async for``."""
         req, plan = self._chat_request(messages, params, overrides)
-        self._require_engine().submit(req)
+        self.requests.engine.submit(req)
         return AsyncChatStream(req, plan.new_parser(True))
