@@ -43,6 +43,7 @@ from .context import Context
 from .embed import Embedder, disabled
 from .errors import ClosedError, QueueFullError
 from .gen.engine import Engine
+from .llm_complete import CompletionMethods
 from .llm_requests import RequestBuilder, merged_params, wait_for
 from .gen.params import (FINISH_CANCELLED, FINISH_EOG, FINISH_LENGTH, FINISH_STOP, Completion,
                          GenerationParams, ModelConfig, Timings, TokenLogprob, Usage, with_overrides)
@@ -56,7 +57,6 @@ from .gen.streams import AsyncTextStream, TextStream
 from .model import Model
 from .rerank import RerankResult, rerank_documents
 from .multimodal import Projector
-from .sampling import SamplerChain
 
 __all__ = ["LLM", "ModelConfig", "GenerationParams", "Completion", "Usage", "Timings",
            "TokenLogprob", "Request", "TextStream", "AsyncTextStream", "QueueFullError",
@@ -69,7 +69,7 @@ _with_overrides = with_overrides
 Messages = Sequence[Mapping[str, Any]]
 
 
-class LLM:
+class LLM(CompletionMethods):
     """A loaded model served by a continuous-batching engine: complete, stream,
     chat, generate (sync and async), embed, tokenize.
 
@@ -320,27 +320,7 @@ class LLM:
     def count_tokens(self, text: str, add_special: bool = True) -> int:
         return int(self._require().tokenize(text, add_special).size)
 
-    # -- submission ----------------------------------------------------------------
-    def submit(self, prompt: str | Sequence[int], params: GenerationParams | None = None, *,
-               sampler: SamplerChain | None = None, **overrides: Any) -> Request:
-        """Queue a generation and return its :class:`Request` handle at once.
-
-        ``sampler`` replaces the chain built from the params (temperature,
-        penalties, grammar, ... are then ignored): a :class:`SamplerChain` of
-        your own, e.g. with a :class:`PySampler`; it belongs to this request.
-
-        Checks everything in the caller's thread first. Raises ``TypeError`` for
-        unknown parameter names, ``ValueError`` for an empty prompt, a prompt
-        that cannot fit ``context_size`` (unless ``truncate``) or bad values,
-        :class:`GrammarError` for a bad grammar or JSON schema,
-        :class:`ClosedError` when unloaded and :class:`QueueFullError` when
-        ``ModelConfig.max_queue`` requests already wait.
-        """
-        p = merged_params(params, overrides)
-        req = self.requests.request(prompt, p, sampler)
-        self.requests.engine.submit(req)
-        return req
-
+    # -- LoRA ------------------------------------------------------------------------
     @property
     def lora(self) -> list[LoraInfo]:
         """The LoRA adapters loaded with ``ModelConfig.lora`` with their default
@@ -355,25 +335,6 @@ class LLM:
         self._require()
         assert self._loras is not None
         self._loras.set_defaults(scales)
-
-    # -- public generation ---------------------------------------------------------
-    def complete(self, prompt: str | Sequence[int], params: GenerationParams | None = None,
-                 **overrides: Any) -> Completion:
-        """Complete ``prompt`` (text or token ids); keyword overrides replace params fields.
-
-        Raises like :meth:`submit`, and re-raises the request's own failure
-        (e.g. :class:`ClosedError` when the LLM is unloaded meanwhile).
-        """
-        return wait_for(self.submit(prompt, params, **overrides))
-
-    def stream(self, prompt: str | Sequence[int], params: GenerationParams | None = None,
-               **overrides: Any) -> TextStream:
-        """Text deltas as they are generated (never a split UTF-8 character).
-
-        The request is submitted at once (raising like :meth:`submit`). Breaking
-        out of the loop, ``close()``, or dropping the stream cancels it.
-        """
-        return TextStream(self.submit(prompt, params, **overrides))
 
     # -- chat: llama.cpp's chat layer (see cortex_llama.conversation) ------------------
     def chat_templates(self) -> ChatTemplates:
@@ -476,32 +437,6 @@ class LLM:
         self.requests.engine.submit(req)
         return ChatStream(req, plan.new_parser(True))
 
-    def _submit_many(self, prompts: Sequence[str | Sequence[int]], p: GenerationParams) -> list[Request]:
-        if isinstance(prompts, (str, bytes)):
-            raise TypeError("generate() takes a list of prompts; use complete() for one")
-        reqs = [self.requests.request(pr, p if p.seed is None else replace(p, seed=(p.seed + i) % 2**32))
-                for i, pr in enumerate(prompts)]
-        self.requests.engine.submit_many(reqs)  # together: they start in the same step
-        return reqs
-
-    def generate(self, prompts: Sequence[str | Sequence[int]], params: GenerationParams | None = None,
-                 **overrides: Any) -> list[Completion]:
-        """Complete many prompts together: one request each, all sharing decodes
-        (up to ``n_seq_max`` at once, the rest join as slots free up).
-
-        Each has its own sampler (seeded ``seed + i`` when a seed is given), stop
-        state and finish reason; a Completion comes back for every prompt. Greedy
-        results equal completing each alone. Raises like :meth:`submit` (then
-        nothing runs) and re-raises the first failed request's error.
-        """
-        reqs = self._submit_many(prompts, merged_params(params, overrides))
-        try:
-            return [r.result() for r in reqs]
-        except BaseException:
-            for r in reqs:
-                r.cancel()
-            raise
-
     # -- embeddings ------------------------------------------------------------------
     def embed(self, texts: str | Sequence[str | Sequence[int]], *, pooling: str | None = None,
               normalize: bool = True) -> np.ndarray:
@@ -548,12 +483,6 @@ class LLM:
         return rerank_documents(model, self._embedder, query, documents, top_n)
 
     # -- asyncio -----------------------------------------------------------------
-    async def acomplete(self, prompt: str | Sequence[int], params: GenerationParams | None = None,
-                        **overrides: Any) -> Completion:
-        """:meth:`complete` for asyncio: submits, then awaits without a thread.
-        Cancelling the task cancels the request."""
-        return await self.submit(prompt, params, **overrides).aresult()
-
     async def achat(self, messages: Messages, params: GenerationParams | None = None,
                     **overrides: Any) -> ChatCompletion:
         """:meth:`chat` for asyncio."""
@@ -564,24 +493,6 @@ class LLM:
     async def aembed(self, texts: str | Sequence[str | Sequence[int]], **kwargs: Any) -> np.ndarray:
         """:meth:`embed` in a worker thread."""
         return await asyncio.to_thread(self.embed, texts, **kwargs)
-
-    async def agenerate(self, prompts: Sequence[str | Sequence[int]], params: GenerationParams | None = None,
-                        **overrides: Any) -> list[Completion]:
-        reqs = self._submit_many(prompts, merged_params(params, overrides))
-        try:
-            return list(await asyncio.gather(*(r.aresult() for r in reqs)))
-        except BaseException:
-            for r in reqs:
-                r.cancel()
-            raise
-
-    def astream(self, prompt: str | Sequence[int], params: GenerationParams | None = None,
-                **overrides: Any) -> AsyncTextStream:
-        """:meth:`stream` for ``async for``: deltas arrive through the event loop
-        (``call_soon_threadsafe``), no thread per request; leaving the loop early
-        or cancelling the task cancels the request. Submits at once, raising like
-        :meth:`submit`."""
-        return AsyncTextStream(self.submit(prompt, params, **overrides))
 
     def astream_chat(self, messages: Messages, params: GenerationParams | None = None,
                      **overrides: Any) -> AsyncChatStream:

@@ -3,6 +3,7 @@ context, with its sampler and LoRA key; and the feed of a prompt with media."""
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -18,7 +19,7 @@ from .model import Model
 from .multimodal import Projector
 from .sampling import SamplerChain
 
-__all__ = ["RequestBuilder", "merged_params", "wait_for"]
+__all__ = ["RequestBuilder", "UsesRequests", "merged_params", "wait_for"]
 
 
 def merged_params(params: GenerationParams | None, overrides: Mapping[str, Any]) -> GenerationParams:
@@ -135,3 +136,13 @@ class RequestBuilder:
         req.media = spans
         return req
 
+
+class UsesRequests:
+    """The base of :class:`LLM`'s method groups (completion; in a module of its
+    own): they reach the loaded model only through :attr:`requests`, which LLM
+    implements."""
+
+    @property
+    @abstractmethod
+    def requests(self) -> RequestBuilder:
+        """A RequestBuilder over the loaded model; ClosedError when unloaded."""
