@@ -23,6 +23,11 @@ resumed later, its output unchanged); see :mod:`cortex_llama.gen.scheduler`.
 Sync calls block on a thread-safe future (fine inside a running event loop,
 though that blocks the loop); async calls never use a thread per request.
 Embeddings (:meth:`LLM.embed`) use their own context and are serialized.
+
+``LLM`` itself loads and unloads, and embeds; its completion and chat methods
+come from :class:`~.llm_complete.CompletionMethods` and
+:class:`~.llm_chat.ChatMethods`, which build their requests with the
+:class:`~.llm_requests.RequestBuilder` that :attr:`LLM.requests` gives.
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ import asyncio
 import os
 import threading
 import weakref
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -43,12 +47,11 @@ from .context import Context
 from .embed import Embedder, disabled
 from .errors import ClosedError, QueueFullError
 from .gen.engine import Engine
+from .llm_chat import ChatMethods
 from .llm_complete import CompletionMethods
-from .llm_requests import RequestBuilder, merged_params, wait_for
+from .llm_requests import RequestBuilder
 from .gen.params import (FINISH_CANCELLED, FINISH_EOG, FINISH_LENGTH, FINISH_STOP, Completion,
                          GenerationParams, ModelConfig, Timings, TokenLogprob, Usage, with_overrides)
-from .conversation import (AsyncChatStream, ChatCompletion, ChatPlan, ChatStream, finish_chat, plan_chat,
-                           split_options)
 from .gen.output import log_softmax_norm, top_logprobs
 from .gen.request import Request
 from .gen.lora import LoraInfo, LoraSet
@@ -69,7 +72,7 @@ _with_overrides = with_overrides
 Messages = Sequence[Mapping[str, Any]]
 
 
-class LLM(CompletionMethods):
+class LLM(CompletionMethods, ChatMethods):
     """A loaded model served by a continuous-batching engine: complete, stream,
     chat, generate (sync and async), embed, tokenize.
 
@@ -336,7 +339,7 @@ class LLM(CompletionMethods):
         assert self._loras is not None
         self._loras.set_defaults(scales)
 
-    # -- chat: llama.cpp's chat layer (see cortex_llama.conversation) ------------------
+    # -- chat templates (the chat methods: llm_chat.ChatMethods) -----------------------
     def chat_templates(self) -> ChatTemplates:
         """The model's chat templates (``ModelConfig.chat_template`` overrides them),
         loaded by llama.cpp's chat layer once per load.
@@ -348,94 +351,6 @@ class LLM(CompletionMethods):
             if self._templates is None:
                 self._templates = ChatTemplates(model, self.config.chat_template)
             return self._templates
-
-    def chat_plan(self, messages: Messages, **options: Any) -> ChatPlan:
-        """How ``messages`` render with chat ``options`` (:class:`ChatOptions` fields):
-        the prompt, grammar, stops and output parser llama.cpp's chat layer gives.
-
-        Raises :class:`ChatRequestError` naming a bad message, tool or option,
-        :class:`TemplateError` and :class:`MediaError`.
-        """
-        opts, rest = split_options(options)
-        if rest:
-            raise TypeError(f"unknown chat options: {sorted(rest)}")
-        return plan_chat(self.chat_templates(), messages, opts, projector=self._projector)
-
-    def chat_prompt(self, messages: Messages, add_generation_prompt: bool = True,
-                    tools: Sequence[Any] | None = None, **options: Any) -> str:
-        """The prompt text ``messages`` render to, exactly as llama-server's
-        ``/apply-template`` renders it (``options``: :class:`ChatOptions` fields).
-
-        Raises like :meth:`chat_plan`.
-        """
-        return self.chat_plan(messages, add_generation_prompt=add_generation_prompt, tools=tools,
-                              **options).prompt.prompt
-
-    def chat_tokens(self, messages: Messages, tools: Sequence[Any] | None = None, **options: Any) -> list[int]:
-        """The tokens of :meth:`chat_prompt`."""
-        text = self.chat_prompt(messages, tools=tools, **options)
-        return self.requests.text_tokens(text)
-
-    def _chat_request(self, messages: Messages, params: GenerationParams | None,
-                      overrides: Mapping[str, Any]) -> tuple[Request, ChatPlan]:
-        opts, rest = split_options(overrides)
-        p = merged_params(params, rest)
-        plan = plan_chat(self.chat_templates(), messages, opts, json_schema=p.json_schema,
-                         grammar=p.grammar, projector=self.requests.projector)
-        if plan.stops:
-            p = replace(p, stop=tuple(dict.fromkeys((*p.stop, *plan.stops))))
-        text = plan.prompt.prompt
-        requests = self.requests
-        if plan.media:
-            req = requests.media_request(text, plan.media, p, plan)
-        else:
-            req = requests.request(requests.text_tokens(text), p, constraint=plan.constraint,
-                                   preserved_tokens=plan.preserved_tokens)
-        final_parser = plan.new_parser
-        req.finisher = lambda done: finish_chat(final_parser(False), done)
-        return req, plan
-
-    def submit_chat(self, messages: Messages, params: GenerationParams | None = None,
-                    **overrides: Any) -> Request:
-        """Queue a conversation and return its :class:`Request` at once; its result
-        is a :class:`ChatCompletion` (``content``, ``reasoning_content``,
-        ``tool_calls`` beside the usual Completion fields).
-
-        Messages are OpenAI-shaped: string or content-part contents (text,
-        image_url, input_audio, numpy arrays, PIL images: see
-        :mod:`cortex_llama.content`; media need ``ModelConfig.mmproj``), assistant
-        messages with ``content: None`` and ``tool_calls``, ``role: "tool"``
-        results. ``overrides`` are GenerationParams fields and :class:`ChatOptions`
-        fields (tools, tool_choice, parallel_tool_calls, response_format,
-        reasoning_format, enable_thinking, reasoning_effort, chat_template_kwargs).
-
-        Raises like :meth:`submit`, :class:`ChatRequestError` naming a bad message,
-        tool or option, :class:`TemplateError`, and :class:`MediaError` for media
-        that cannot be used.
-        """
-        req, _ = self._chat_request(messages, params, overrides)
-        self.requests.engine.submit(req)
-        return req
-
-    def chat(self, messages: Messages, params: GenerationParams | None = None,
-             **overrides: Any) -> ChatCompletion:
-        """Answer a conversation; returns the assistant's :class:`ChatCompletion`.
-
-        Takes what :meth:`submit_chat` takes and raises like it; also re-raises
-        the request's failure (a forced tool call that does not parse, ...).
-        """
-        done = wait_for(self.submit_chat(messages, params, **overrides))
-        assert isinstance(done, ChatCompletion)
-        return done
-
-    def stream_chat(self, messages: Messages, params: GenerationParams | None = None,
-                    **overrides: Any) -> ChatStream:
-        """Typed deltas (:class:`ChatDelta`: content, reasoning_content, tool-call
-        pieces) of a conversation's answer, parsed as it streams. Submits at once,
-        raising like :meth:`submit_chat`; leaving the loop early cancels."""
-        req, plan = self._chat_request(messages, params, overrides)
-        self.requests.engine.submit(req)
-        return ChatStream(req, plan.new_parser(True))
 
     # -- embeddings ------------------------------------------------------------------
     def embed(self, texts: str | Sequence[str | Sequence[int]], *, pooling: str | None = None,
@@ -482,21 +397,7 @@ class LLM(CompletionMethods):
             raise disabled()
         return rerank_documents(model, self._embedder, query, documents, top_n)
 
-    # -- asyncio -----------------------------------------------------------------
-    async def achat(self, messages: Messages, params: GenerationParams | None = None,
-                    **overrides: Any) -> ChatCompletion:
-        """:meth:`chat` for asyncio."""
-        done = await self.submit_chat(messages, params, **overrides).aresult()
-        assert isinstance(done, ChatCompletion)
-        return done
-
     async def aembed(self, texts: str | Sequence[str | Sequence[int]], **kwargs: Any) -> np.ndarray:
         """:meth:`embed` in a worker thread."""
         return await asyncio.to_thread(self.embed, texts, **kwargs)
 
-    def astream_chat(self, messages: Messages, params: GenerationParams | None = None,
-                     **overrides: Any) -> AsyncChatStream:
-        """:meth:`stream_chat` for ``async for``."""
-        req, plan = self._chat_request(messages, params, overrides)
-        self.requests.engine.submit(req)
-        return AsyncChatStream(req, plan.new_parser(True))

@@ -138,9 +138,9 @@ class RequestBuilder:
 
 
 class UsesRequests:
-    """The base of :class:`LLM`'s method groups (completion; in a module of its
-    own): they reach the loaded model only through :attr:`requests`, which LLM
-    implements."""
+    """The base of :class:`LLM`'s method groups (completion, chat; each in a module
+    of its own): they reach the loaded model only through :attr:`requests`,
+    which LLM implements."""
 
     @property
     @abstractmethod
