@@ -24,31 +24,30 @@ Sync calls block on a thread-safe future (fine inside a running event loop,
 though that blocks the loop); async calls never use a thread per request.
 Embeddings (:meth:`LLM.embed`) use their own context and are serialized.
 
-``LLM`` itself loads and unloads, and embeds; its completion and chat methods
-come from :class:`~.llm_complete.CompletionMethods` and
-:class:`~.llm_chat.ChatMethods`, which build their requests with the
-:class:`~.llm_requests.RequestBuilder` that :attr:`LLM.requests` gives.
+``LLM`` itself loads and unloads; its completion, chat and embedding methods
+come from :class:`~.llm_complete.CompletionMethods`,
+:class:`~.llm_chat.ChatMethods` and :class:`~.llm_embed.EmbeddingMethods`
+(the first two build their requests with the
+:class:`~.llm_requests.RequestBuilder` that :attr:`LLM.requests` gives).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-
 from . import registry
 from .chat import ChatTemplates
 from .context import Context
-from .embed import Embedder, disabled
+from .embed import Embedder
 from .errors import ClosedError, QueueFullError
 from .gen.engine import Engine
 from .llm_chat import ChatMethods
 from .llm_complete import CompletionMethods
+from .llm_embed import EmbeddingMethods
 from .llm_requests import RequestBuilder
 from .gen.params import (FINISH_CANCELLED, FINISH_EOG, FINISH_LENGTH, FINISH_STOP, Completion,
                          GenerationParams, ModelConfig, Timings, TokenLogprob, Usage, with_overrides)
@@ -58,7 +57,6 @@ from .gen.lora import LoraInfo, LoraSet
 from .gen.slot_files import Slots
 from .gen.streams import AsyncTextStream, TextStream
 from .model import Model
-from .rerank import RerankResult, rerank_documents
 from .multimodal import Projector
 
 __all__ = ["LLM", "ModelConfig", "GenerationParams", "Completion", "Usage", "Timings",
@@ -72,7 +70,7 @@ _with_overrides = with_overrides
 Messages = Sequence[Mapping[str, Any]]
 
 
-class LLM(CompletionMethods, ChatMethods):
+class LLM(CompletionMethods, ChatMethods, EmbeddingMethods):
     """A loaded model served by a continuous-batching engine: complete, stream,
     chat, generate (sync and async), embed, tokenize.
 
@@ -352,52 +350,10 @@ class LLM(CompletionMethods, ChatMethods):
                 self._templates = ChatTemplates(model, self.config.chat_template)
             return self._templates
 
-    # -- embeddings ------------------------------------------------------------------
-    def embed(self, texts: str | Sequence[str | Sequence[int]], *, pooling: str | None = None,
-              normalize: bool = True) -> np.ndarray:
-        """Embed one text (shape ``(n_embd,)``) or many (``(n, n_embd)``); an item
-        of a sequence may be a list of token ids instead of a text.
-
-        Many texts go into one batch as separate sequences, in the embedding
-        context (separate from generation; embed calls are serialized).
-        ``pooling`` is the model's by default (mean when it has none);
-        ``normalize`` scales to unit length. Raises ``ValueError`` for an empty
-        text or token list, a token id outside the vocabulary, an item longer
-        than the batch size, :class:`LlamaError` when
-        embeddings are disabled, :class:`ClosedError` when unloaded.
-        """
+    # -- embeddings (the methods: llm_embed.EmbeddingMethods) ----------------------------
+    @property
+    def embedder(self) -> Embedder | None:
+        """The :class:`Embedder` of the embedding context (``ModelConfig(embeddings=True)``),
+        or None when embeddings are disabled. Raises :class:`ClosedError` when unloaded."""
         self._require()
-        embedder = self._embedder
-        if embedder is None:
-            raise disabled()
-        return embedder.embed(texts, pooling=pooling, normalize=normalize)
-
-    def embed_tokens(self, texts: str | Sequence[str | Sequence[int]]) -> list[np.ndarray]:
-        """The embedding of every token (no pooling; llama-server's ``--pooling
-        none``): one ``(n_tokens, n_embd)`` array per text, not normalized. Raises
-        like :meth:`embed`."""
-        self._require()
-        embedder = self._embedder
-        if embedder is None:
-            raise disabled()
-        return embedder.embed_tokens(texts)
-
-    def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None) -> list[RerankResult]:
-        """Score ``documents`` against ``query`` with the model's ranking head
-        (rank pooling; ``ModelConfig(embeddings=True)`` and a reranking GGUF);
-        returns :class:`RerankResult` best first, at most ``top_n``.
-
-        Raises ``ValueError`` for an empty query or no documents, a non-string
-        document, a model without a ranking head or a pair longer than the batch
-        size; :class:`LlamaError` when embeddings are disabled,
-        :class:`ClosedError` when unloaded.
-        """
-        model = self._require()
-        if self._embedder is None:
-            raise disabled()
-        return rerank_documents(model, self._embedder, query, documents, top_n)
-
-    async def aembed(self, texts: str | Sequence[str | Sequence[int]], **kwargs: Any) -> np.ndarray:
-        """:meth:`embed` in a worker thread."""
-        return await asyncio.to_thread(self.embed, texts, **kwargs)
-
+        return self._embedder
