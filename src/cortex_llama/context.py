@@ -1,4 +1,7 @@
-"""Inference contexts: decoding, logits and embeddings, KV-cache memory, state."""
+"""Inference contexts: :class:`Context`, made here and decoding here; its outputs
+(logits, embeddings), KV-cache memory, state and LoRA methods come from base
+classes in :mod:`.context_outputs`, :mod:`.context_memory`, :mod:`.context_state`
+and :mod:`.lora`."""
 
 from __future__ import annotations
 
