@@ -1,7 +1,7 @@
 """Inference contexts: :class:`Context`, made here and decoding here; its outputs
-(logits, embeddings), KV-cache memory, state and LoRA methods come from base
-classes in :mod:`.context_outputs`, :mod:`.context_memory`, :mod:`.context_state`
-and :mod:`.lora`."""
+(logits, embeddings), KV-cache memory, state, LoRA and perf/warm-up methods come
+from base classes in :mod:`.context_outputs`, :mod:`.context_memory`,
+:mod:`.context_state`, :mod:`.lora` and :mod:`.context_perf`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .abort import DecodeAbort
 from .batch import Batch
 from .context_memory import KVMemory
 from .context_outputs import ContextOutputs
+from .context_perf import ContextPerf
 from .context_params import (ATTENTION_TYPES, FLASH_ATTN_TYPES, GGML_TYPES, POOLING_TYPES, ROPE_SCALING_TYPES,
                              context_params)
 from .context_state import ContextState
@@ -32,7 +33,7 @@ __all__ = ["Context", "LoraAdapter", "POOLING_TYPES", "ATTENTION_TYPES", "ROPE_S
 INTERRUPT_CHECK_MIN_TOKENS = 32
 
 
-class Context(ContextOutputs, KVMemory, ContextState, ContextLoras, Owned):
+class Context(ContextOutputs, KVMemory, ContextState, ContextLoras, ContextPerf, Owned):
     """A llama.cpp context over a :class:`Model`: the KV cache and the compute state.
 
     Keyword arguments mirror ``llama_context_params``; ``None`` keeps llama.cpp's
@@ -281,29 +282,6 @@ class Context(ContextOutputs, KVMemory, ContextState, ContextLoras, Owned):
         self._one.set_single(token, pos, seq_id)
         self._call(lib.llama_decode, ptr, self._one_c, 1, 1, "llama_decode")
 
-    def warmup(self) -> None:
-        """llama.cpp's warm-up run (``common_init_from_params``'s, what its tools'
-        ``--no-warmup`` turns off): BOS and EOS decoded once (through the encoder
-        first for an encoder-decoder model), then the KV cache and the perf counters
-        cleared. The first request then finds the weights paged in and the compute
-        buffers allocated; outputs do not change. Raises like :meth:`decode`."""
-        model = self.model
-        vocab = model.vocab
-        tokens = [t for t in (vocab.bos, vocab.eos) if t is not None] or [0]
-        batch = self.new_batch(len(tokens), 1)
-        if model.has_encoder:
-            batch.add_many(tokens, 0, 0, logits=False)
-            self.encode(batch)
-            start = model.decoder_start_token
-            tokens = [start if start is not None else tokens[0]]
-        if model.has_decoder:
-            batch.clear()
-            batch.add_many(tokens[: self.n_batch], 0, 0, logits="last")
-            self.decode(batch)
-        self.clear()
-        lib.llama_synchronize(self._check())
-        self.perf_reset()
-
     def encode(self, batch: Batch) -> None:
         """Run the encoder over ``batch`` (``llama_encode``); raises like :meth:`decode`."""
         self._run(lib.llama_encode, batch, "llama_encode")
@@ -348,15 +326,3 @@ class Context(ContextOutputs, KVMemory, ContextState, ContextLoras, Owned):
         """The raw ``llama_memory_t`` of the KV cache; raises :class:`ClosedError` when closed."""
         self._check()
         return self._mem
-
-    # -- perf --------------------------------------------------------------------------
-    def perf(self) -> dict[str, float]:
-        """llama.cpp's timing counters (ms) and token counts."""
-        d = lib.llama_perf_context(self._check())
-        return {"t_start_ms": d.t_start_ms, "t_load_ms": d.t_load_ms,
-                "t_p_eval_ms": d.t_p_eval_ms, "t_eval_ms": d.t_eval_ms,
-                "n_p_eval": d.n_p_eval, "n_eval": d.n_eval, "n_reused": d.n_reused}
-
-    def perf_reset(self) -> None:
-        lib.llama_perf_context_reset(self._check())
-

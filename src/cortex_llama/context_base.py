@@ -7,6 +7,7 @@ from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .batch import Batch
     from .model import Model
 
 __all__ = ["ContextBase"]
@@ -14,9 +15,9 @@ __all__ = ["ContextBase"]
 
 class ContextBase:
     """The base of the method groups a :class:`~cortex_llama.context.Context` is
-    made of (its output, KV-memory, state and LoRA methods, each in a module of
-    its own). They reach the context only through these members; Context
-    implements them, and is the only class to use the groups with.
+    made of (its output, KV-memory, state, LoRA and perf methods, each in a
+    module of its own). They reach the context only through these members;
+    Context implements them, and is the only class to use the groups with.
     """
 
     model: Model
@@ -43,6 +44,11 @@ class ContextBase:
 
     @property
     @abstractmethod
+    def n_batch(self) -> int:
+        """The most tokens one decode takes; ClosedError once closed."""
+
+    @property
+    @abstractmethod
     def n_vocab(self) -> int:
         """The width of a logits row."""
 
@@ -64,3 +70,19 @@ class ContextBase:
     @abstractmethod
     def check_seq(self, seq_id: int, allow_all: bool = False) -> int:
         """``seq_id`` checked against n_seq_max (-1 too with ``allow_all``)."""
+
+    @abstractmethod
+    def new_batch(self, capacity: int | None = None, n_seq_max: int | None = None) -> Batch:
+        """A batch sized for the context."""
+
+    @abstractmethod
+    def decode(self, batch: Batch) -> None:
+        """llama_decode over ``batch``."""
+
+    @abstractmethod
+    def encode(self, batch: Batch) -> None:
+        """llama_encode over ``batch``."""
+
+    @abstractmethod
+    def clear(self, data: bool = True) -> None:
+        """Empty the KV cache (KVMemory implements it)."""
