@@ -83,7 +83,6 @@ class ServerState:
     asleep: dict[str, Any] = field(default_factory=dict, repr=False)
     _carry: dict[str, float] = field(default_factory=dict, repr=False)
     _eog: list[int] | None = field(default=None, repr=False)
-    _pieces: dict[int, str] = field(default_factory=dict, repr=False)
 
     @property
     def reranking(self) -> bool:
@@ -92,12 +91,9 @@ class ServerState:
         return bool(c.embeddings) and c.pooling == "rank"
 
     def piece(self, tok: int) -> str:
-        """The text of token ``tok`` (cached). Raises ``ValueError`` for an id
-        outside the vocabulary."""
-        p = self._pieces.get(tok)
-        if p is None:
-            p = self._pieces[tok] = self.llm.model.vocab.token_to_piece(tok).decode("utf-8", "replace")
-        return p
+        """The text of token ``tok`` (its piece cached by the vocabulary). Raises
+        ``ValueError`` for an id outside the vocabulary."""
+        return self.llm.model.vocab.cached_piece(tok, True).decode("utf-8", "replace")
 
     def eog_tokens(self) -> list[int]:
         """The vocabulary's end-of-generation tokens (computed once). Raises
