@@ -23,11 +23,11 @@ from ..conversation import ChatCompletion
 from .chat_bridge import (Block, BlockCutter, BlockEvent, ChatRun, chat_body, chat_tokens, event_stream, finish_chat,
                           new_id, sse_event, start_chat)
 from .errors import APIError
-from .plumbing import Job, progress_json, progress_updates
+from .plumbing import Job
 from .responses_items import ResponseStore, StoredResponse, get_store, items_to_messages, output_to_items
 from .schemas import ERROR_RESPONSES, ChatCompletionRequest
 from .schemas_responses import ResponsesRequest, ResponsesToolChoice
-from .shaping import completion_timings, progress_timings, request_timings
+from .shaping import completion_timings, progress_fields, request_timings
 from .state import ServerState, get_state
 
 __all__ = ["router"]
@@ -221,10 +221,7 @@ class ResponsesStream:
         yield self.ev("response.created", response=start)
         yield self.ev("response.in_progress", response=start)
         if self.body.return_progress:  # llama-server's: response.in_progress again with each prefill update
-            async for p in progress_updates(self.run.request):
-                extra: dict[str, Any] = {"prompt_progress": progress_json(p)}
-                if self.body.timings_per_token:
-                    extra["timings"] = progress_timings(p)
+            async for extra in progress_fields(self.run.request, self.body.timings_per_token):
                 yield self.ev("response.in_progress", response=start, **extra)
         cutter = BlockCutter()
         assert self.run.stream is not None

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["completion_logprobs", "chat_logprobs", "completion_choices", "chat_choices", "stream_completion",
            "ChatStream", "generation_settings", "native_timings", "native_probs", "pick_fields", "native_final",
-           "stream_native", "DEFAULT_SEED", "completion_timings", "verbose_body"]
+           "stream_native", "DEFAULT_SEED", "completion_timings", "verbose_body", "progress_fields",
+           "request_timings"]
 
 
 def _finish(reason: str) -> str:
@@ -182,10 +183,7 @@ class ChatStream:
         llama-server's); raises the engine's error of a request."""
         for i, req in enumerate(self.job.reqs):
             if self.return_progress:  # llama-server's: the first delta again with each prefill update
-                async for p in progress_updates(req):
-                    extra = {"prompt_progress": progress_json(p)}
-                    if self.timings_per_token:
-                        extra["timings"] = progress_timings(p)
+                async for extra in progress_fields(req, self.timings_per_token):
                     yield _with_fields(self._chunk(i, ChatDelta(role="assistant", content=None)), extra)
             else:
                 yield self._chunk(i, ChatDelta(role="assistant", content=None))  # llama-server's first delta
@@ -268,6 +266,16 @@ def completion_timings(c: Completion) -> dict[str, Any]:
 def progress_timings(p: PromptProgress) -> dict[str, Any]:
     """llama-server's ``timings`` of a prefill progress update (nothing generated yet)."""
     return native_timings(p.processed, p.cache, 0, Timings(prompt_ms=p.time_ms if p.processed > p.cache else 0.0))
+
+
+async def progress_fields(req: Request, with_timings: bool) -> AsyncIterator[dict[str, Any]]:
+    """llama-server's fields of each prefill progress update of ``req``:
+    ``prompt_progress``, and its ``timings`` with ``with_timings`` (``timings_per_token``)."""
+    async for p in progress_updates(req):
+        fields: dict[str, Any] = {"prompt_progress": progress_json(p)}
+        if with_timings:
+            fields["timings"] = progress_timings(p)
+        yield fields
 
 
 def request_timings(req: Request) -> dict[str, Any]:
@@ -371,12 +379,8 @@ async def stream_native(state: ServerState, body: NativeCompletionRequest, reqs:
 
     if body.return_progress and body.stream:
         for i, r in enumerate(reqs):
-            async for p in progress_updates(r):
-                chunk = {"index": i, "content": "", "tokens": [], "stop": False, "id_slot": -1,
-                         "prompt_progress": progress_json(p)}
-                if body.timings_per_token:
-                    chunk["timings"] = progress_timings(p)
-                yield sse(chunk)
+            async for extra in progress_fields(r, body.timings_per_token):
+                yield sse({"index": i, "content": "", "tokens": [], "stop": False, "id_slot": -1, **extra})
     async for i, item in merge_iters([token_chunks(r) for r in reqs]):
         if item is None:
             if held[i] is not None:
