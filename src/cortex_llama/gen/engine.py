@@ -136,15 +136,7 @@ class Engine:
         slot actions; the future holds its result or exception. Raises
         ``ValueError`` for a slot outside ``[0, n_seq_max)`` and
         :class:`ClosedError` after :meth:`close`."""
-        fut: Future[_T] = Future()
-        with self._lock:
-            if self._closing:
-                raise ClosedError("the engine is closed (LLM unloaded)")
-            self.scheduler.slot(seq_id)
-            self.scheduler.reserved.add(seq_id)
-            self._slot_tasks.append((seq_id, fn, fut))
-            self._cv.notify()
-        return fut
+        return self._add_task(seq_id, fn)
 
     def call(self, fn: Callable[[], _T]) -> Future[_T]:
         """Run ``fn()`` in the engine thread between two steps (at once when called
@@ -154,14 +146,24 @@ class Engine:
         and a second computing thread leaves two teams of spinning workers on
         the cores, measured 3x slower generation on 2 cores. Raises
         :class:`ClosedError` after :meth:`close`."""
-        fut: Future[_T] = Future()
         if threading.current_thread() is self._thread:
+            fut: Future[_T] = Future()
             _run_task(fn, fut)
             return fut
+        return self._add_task(None, fn)
+
+    def _add_task(self, seq_id: int | None, fn: Callable[[], _T]) -> Future[_T]:
+        """Queue ``fn`` for the loop: for slot ``seq_id`` (reserved until it ran), or
+        for the next step (None). Raises ``ValueError`` for a slot outside
+        ``[0, n_seq_max)``, :class:`ClosedError` after :meth:`close`."""
+        fut: Future[_T] = Future()
         with self._lock:
             if self._closing:
                 raise ClosedError("the engine is closed (LLM unloaded)")
-            self._slot_tasks.append((None, fn, fut))
+            if seq_id is not None:
+                self.scheduler.slot(seq_id)
+                self.scheduler.reserved.add(seq_id)
+            self._slot_tasks.append((seq_id, fn, fut))
             self._cv.notify()
         return fut
 
