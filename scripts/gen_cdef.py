@@ -17,7 +17,9 @@ declaration came from.  We keep:
   separate ``MTMD_CDEF`` string: those functions live in libmtmd, which a build may
   leave out, so ``CDEF`` (libllama's part) is the same with or without them;
 * every declaration of our chat shim's ``csrc/cortex_chat.h`` (libcortex-chat, over
-  llama.cpp's ``common/chat.h``), in ``CHAT_CDEF``, for the same reason.
+  llama.cpp's ``common/chat.h``), in ``CHAT_CDEF``, for the same reason;
+* every declaration of our speculative shim's ``csrc/cortex_spec.h`` (libcortex-spec,
+  over ``common/speculative.h``), in ``SPEC_CDEF``.
 
 Usage:
     python scripts/gen_cdef.py            # rewrite src/cortex_llama/_cdef.py
@@ -51,6 +53,8 @@ MTMD_DIR = VENDOR / "tools" / "mtmd"
 # the chat shim's header: every declaration, written to CHAT_CDEF.
 CHAT_HEADERS = ("cortex_chat.h",)
 CHAT_DIR = ROOT / "csrc"
+# the speculative shim's header: every declaration, written to SPEC_CDEF.
+SPEC_HEADERS = ("cortex_spec.h",)
 GGML_FUNCTIONS = {
     "ggml_version", "ggml_commit", "ggml_time_us", "ggml_type_name", "ggml_type_size",
     "ggml_blck_size", "ggml_is_quantized", "ggml_log_set", "ggml_log_get",
@@ -87,7 +91,7 @@ def preprocess(cc: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "cortex_llama_cdef.c"
         src.write_text('#include "llama.h"\n#include "ggml-backend.h"\n#include "ggml-rpc.h"\n'
-                       '#include "mtmd-helper.h"\n#include "cortex_chat.h"\n')
+                       '#include "mtmd-helper.h"\n#include "cortex_chat.h"\n#include "cortex_spec.h"\n')
         cmd = [cc, "-E", "-std=c11", *DEFINES,
                "-I", str(VENDOR / "include"), "-I", str(VENDOR / "ggml" / "include"),
                "-I", str(MTMD_DIR), "-I", str(CHAT_DIR), str(src)]
@@ -121,7 +125,7 @@ def split_by_origin(text: str) -> list[tuple[str, str]]:
 def declarations(chunks: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Split the vendored headers' text into top-level declarations."""
     wanted = (set(FULL_HEADERS) | set(TYPE_HEADERS) | set(PROC_HEADERS) | set(MTMD_HEADERS)
-              | set(CHAT_HEADERS))
+              | set(CHAT_HEADERS) | set(SPEC_HEADERS))
     out: list[tuple[str, str]] = []
     current: list[str] = []
     origin = ""
@@ -215,9 +219,9 @@ def pretty(decl: str) -> str:
 
 
 def select(decls: list[tuple[str, str]]) -> dict[str, list[str]]:
-    """The kept declarations by library: "llama", "mtmd" and "chat"."""
-    kept: dict[str, list[str]] = {"llama": [], "mtmd": [], "chat": []}
-    whole = set(FULL_HEADERS) | set(MTMD_HEADERS) | set(CHAT_HEADERS)
+    """The kept declarations by library: "llama", "mtmd", "chat" and "spec"."""
+    kept: dict[str, list[str]] = {"llama": [], "mtmd": [], "chat": [], "spec": []}
+    whole = set(FULL_HEADERS) | set(MTMD_HEADERS) | set(CHAT_HEADERS) | set(SPEC_HEADERS)
     seen: set[str] = set()
     for origin, decl in decls:
         if decl.startswith(("_Static_assert", "static_assert", "static ")):
@@ -232,7 +236,8 @@ def select(decls: list[tuple[str, str]]) -> dict[str, list[str]]:
         text = normalize(decl)
         if text not in seen:
             seen.add(text)
-            library = "mtmd" if origin in MTMD_HEADERS else "chat" if origin in CHAT_HEADERS else "llama"
+            library = ("mtmd" if origin in MTMD_HEADERS else "chat" if origin in CHAT_HEADERS
+                       else "spec" if origin in SPEC_HEADERS else "llama")
             kept[library].append(text)
     return kept
 
@@ -265,7 +270,7 @@ def generate() -> str:
     if commit_file.is_file() and commit_file.read_text().strip() != commit:
         raise SystemExit(f"error: {VENDOR} is not at the pinned commit {commit}")
     kept = select(declarations(split_by_origin(preprocess(cc))))
-    body, mtmd_body, chat_body = ("\n\n".join(kept[k]) for k in ("llama", "mtmd", "chat"))
+    body, mtmd_body, chat_body, spec_body = ("\n\n".join(kept[k]) for k in ("llama", "mtmd", "chat", "spec"))
     consts = "\n".join(f"{k} = {v}" for k, v in constants())
     return (
         f"{HEADER_NOTE}\n"
@@ -275,7 +280,9 @@ def generate() -> str:
         f"# libmtmd (tools/mtmd/mtmd.h, mtmd-helper.h): its functions are in libmtmd.\n"
         f'MTMD_CDEF = r"""\n{mtmd_body}\n"""\n\n'
         f"# libcortex-chat (csrc/cortex_chat.h, over common/chat.h): its functions are in libcortex-chat.\n"
-        f'CHAT_CDEF = r"""\n{chat_body}\n"""\n'
+        f'CHAT_CDEF = r"""\n{chat_body}\n"""\n\n'
+        f"# libcortex-spec (csrc/cortex_spec.h, over common/speculative.h): its functions are in libcortex-spec.\n"
+        f'SPEC_CDEF = r"""\n{spec_body}\n"""\n'
     )
 
 

@@ -31,12 +31,14 @@ from .errors import (
     QueueFullError,
     RPCError,
     RegistryError,
+    SpeculationError,
     StateError,
     TemplateError,
     TokenizeError,
 )
 from .model import Detokenizer, Model, Vocab, quantize
 from .sampling import Candidates, PySampler, Sampler, SamplerChain
+from .speculative import NgramDrafter
 from .gen.request import Request
 from .llm import LLM, Completion, GenerationParams, ModelConfig
 from .rerank import RerankResult
@@ -47,11 +49,11 @@ __all__ = [
     "__version__",
     "Model", "Vocab", "Detokenizer", "quantize",
     "Context", "LoraAdapter", "Batch",
-    "Sampler", "SamplerChain", "PySampler", "Candidates",
+    "Sampler", "SamplerChain", "PySampler", "Candidates", "NgramDrafter",
     "LLM", "ModelConfig", "GenerationParams", "Completion", "Request", "RerankResult",
     "LlamaError", "ModelLoadError", "ContextError", "ClosedError", "DecodeError",
     "KVCacheFullError", "AbortedError", "InvalidBatchError", "FatalDecodeError",
     "TokenizeError", "GrammarError", "StateError", "TemplateError", "RPCError",
-    "QueueFullError", "RegistryError", "ChatRequestError",
+    "QueueFullError", "RegistryError", "ChatRequestError", "SpeculationError",
     "ChatTemplates", "ChatParser", "ChatDelta", "ChatCompletion", "ChatOptions", "ToolCall",
 ]

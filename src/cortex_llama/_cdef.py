@@ -2204,3 +2204,39 @@ int cortex_chat_schema_to_grammar(const char * schema_json, char ** out);
 
 void cortex_chat_string_free(char * text);
 """
+
+# libcortex-spec (csrc/cortex_spec.h, over common/speculative.h): its functions are in libcortex-spec.
+SPEC_CDEF = r"""
+enum cortex_spec_status {
+    CORTEX_SPEC_OK = 0,
+    CORTEX_SPEC_INVALID = 1,
+    CORTEX_SPEC_FAILED = 2,
+};
+
+struct cortex_spec;
+
+struct cortex_spec_params {
+    const char * types;
+    int32_t n_max;
+    uint16_t ngram_size_n;
+    uint16_t ngram_size_m;
+    uint16_t ngram_min_hits;
+    int32_t ngram_mod_n_match;
+    int32_t ngram_mod_n_min;
+    int32_t ngram_mod_n_max;
+};
+
+int cortex_spec_init(const struct cortex_spec_params * params, uint32_t n_seq, struct cortex_spec ** out_spec, char ** err);
+
+void cortex_spec_free(struct cortex_spec * spec);
+
+int32_t cortex_spec_n_max(const struct cortex_spec * spec);
+
+int cortex_spec_begin(struct cortex_spec * spec, llama_seq_id seq_id, const llama_token * prompt, int32_t n_prompt, char ** err);
+
+int cortex_spec_draft(struct cortex_spec * spec, llama_seq_id seq_id, const llama_token * history, int32_t n_history, llama_token id_last, llama_pos pos0, int32_t n_max, llama_token * out, int32_t out_cap, int32_t * n_out, char ** err);
+
+int cortex_spec_accept(struct cortex_spec * spec, llama_seq_id seq_id, uint16_t n_accepted, char ** err);
+
+void cortex_spec_string_free(char * text);
+"""

@@ -9,7 +9,9 @@ output to the :mod:`logging` logger ``cortex_llama`` (silent unless configured).
 libmtmd (images and audio in, ``tools/mtmd``) is opened beside libllama when the
 build made it: ``mtmd_lib`` is then its handle, else None and ``mtmd_missing``
 says which paths were tried and why. libcortex-chat (our C shim over llama.cpp's
-``common/chat.h``, ``csrc/cortex_chat.h``) is opened the same way as ``chat_lib``.
+``common/chat.h``, ``csrc/cortex_chat.h``) is opened the same way as ``chat_lib``,
+and libcortex-spec (over ``common/speculative.h``, ``csrc/cortex_spec.h``) as
+``spec_lib``.
 
 Names here are llama.cpp's own C names; the layers above give them Python ones.
 """
@@ -26,10 +28,11 @@ from typing import Any
 
 import cffi
 
-from ._cdef import CDEF, CHAT_CDEF, LLAMA_CPP_COMMIT, MTMD_CDEF
+from ._cdef import CDEF, CHAT_CDEF, LLAMA_CPP_COMMIT, MTMD_CDEF, SPEC_CDEF
 
 __all__ = ["ffi", "lib", "lib_dir", "LIB_DIR_ENV", "library_commit", "flag_abort_callback",
-           "take_log_problems", "init", "mtmd_lib", "mtmd_missing", "chat_lib", "chat_missing"]
+           "take_log_problems", "init", "mtmd_lib", "mtmd_missing", "chat_lib", "chat_missing",
+           "spec_lib", "spec_missing"]
 
 LIB_DIR_ENV = "CORTEX_LLAMA_LIB_DIR"
 PACKAGE_LIB_DIR = Path(__file__).resolve().parent / "lib"
@@ -46,6 +49,8 @@ ffi.cdef("size_t strlen(const char *);")
 ffi.cdef(MTMD_CDEF)
 # libcortex-chat's declarations: only callable through chat_lib (None when not built).
 ffi.cdef(CHAT_CDEF)
+# libcortex-spec's declarations: only callable through spec_lib (None when not built).
+ffi.cdef(SPEC_CDEF)
 
 
 def _library_names(stem: str = "llama") -> list[str]:
@@ -111,6 +116,9 @@ mtmd_lib, mtmd_missing = _load_beside("mtmd", "multimodal input", "CORTEX_LLAMA_
 #: libcortex-chat's handle (csrc/cortex_chat.h), or None when the build left it out
 chat_lib, chat_missing = _load_beside("cortex-chat", "llama.cpp's chat templates, tool calls and "
                                       "JSON schemas", "CORTEX_LLAMA_CHAT")
+#: libcortex-spec's handle (csrc/cortex_spec.h), or None when the build left it out
+spec_lib, spec_missing = _load_beside("cortex-spec", "llama.cpp's n-gram speculative drafts",
+                                      "CORTEX_LLAMA_SPEC")
 
 
 def _load_libc() -> Any:

@@ -27,6 +27,7 @@ __all__ = [
     "RegistryError",
     "MediaError",
     "QueueFullError",
+    "SpeculationError",
     "raise_for_decode",
 ]
 
@@ -122,6 +123,12 @@ class MediaError(LlamaError, ValueError):
     """An image or audio input cannot be used: not an image or audio file, audio for a
     vision-only projector (or an image for an audio-only one), a media part sent to
     a model without a projector, or media markers that do not match the media given."""
+
+
+class SpeculationError(LlamaError, ValueError):
+    """Speculative decoding cannot be set up as asked: an unknown draft type, a
+    size out of range, or a draft model whose vocabulary differs from the
+    target's (the message names both)."""
 
 
 class QueueFullError(LlamaError):

@@ -1,0 +1,76 @@
+// cortex_spec: a C ABI over llama.cpp's own speculative-decoding helpers
+// (common/speculative.h with common/ngram-map.h, ngram-mod.h, ngram-cache.h).
+//
+// One cortex_spec serves n_seq sequences (the engine's slots). The engine asks
+// for one sequence's draft at a time (its history, its newest token, the most it
+// may draft), verifies it with the target model and reports how many drafted
+// tokens were accepted. Calls that can fail return a cortex_spec_status and put
+// a malloc'd error message into *err (free it with cortex_spec_string_free).
+// Nothing here throws across the C boundary.
+//
+// scripts/gen_cdef.py reads this header into cortex_llama/_cdef.py (SPEC_CDEF).
+#pragma once
+
+#include "llama.h"
+
+#if defined(_WIN32) && defined(CORTEX_SPEC_BUILD)
+#    define CORTEX_SPEC_API __declspec(dllexport)
+#elif defined(_WIN32)
+#    define CORTEX_SPEC_API __declspec(dllimport)
+#else
+#    define CORTEX_SPEC_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum cortex_spec_status {
+    CORTEX_SPEC_OK      = 0,
+    CORTEX_SPEC_INVALID = 1,  // bad input: an unknown type name, a value out of range
+    CORTEX_SPEC_FAILED  = 2,  // anything else
+};
+
+struct cortex_spec;
+
+// The draft sources, as llama-server's --spec-type and --spec-ngram-* options
+// name them. Fields left at 0 keep llama.cpp's defaults (common_params_speculative).
+struct cortex_spec_params {
+    const char * types;  // comma-separated: "ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache"
+    int32_t n_max;       // the most tokens one draft may hold (0: each type's own limit)
+    uint16_t ngram_size_n;     // lookup n-gram length of ngram-simple / ngram-map-k / -k4v
+    uint16_t ngram_size_m;     // drafted m-gram length of the same
+    uint16_t ngram_min_hits;   // key hits before a map-based draft is made
+    int32_t ngram_mod_n_match; // ngram-mod lookup length
+    int32_t ngram_mod_n_min;   // ngram-mod: shortest draft kept
+    int32_t ngram_mod_n_max;   // ngram-mod: longest draft
+};
+
+CORTEX_SPEC_API int cortex_spec_init(const struct cortex_spec_params * params, uint32_t n_seq,
+                                     struct cortex_spec ** out_spec, char ** err);
+CORTEX_SPEC_API void cortex_spec_free(struct cortex_spec * spec);
+
+// The longest draft the configured types can make.
+CORTEX_SPEC_API int32_t cortex_spec_n_max(const struct cortex_spec * spec);
+
+// A new generation starts in seq_id over prompt[0..n_prompt) (map-based types index it).
+CORTEX_SPEC_API int cortex_spec_begin(struct cortex_spec * spec, llama_seq_id seq_id,
+                                      const llama_token * prompt, int32_t n_prompt, char ** err);
+
+// Draft for seq_id: history[0..n_history) is what its cells hold, id_last the newest
+// token (at position pos0, not decoded yet). At most min(n_max, out_cap) tokens go
+// to out; *n_out gets their number (0: no draft).
+CORTEX_SPEC_API int cortex_spec_draft(struct cortex_spec * spec, llama_seq_id seq_id,
+                                      const llama_token * history, int32_t n_history, llama_token id_last,
+                                      llama_pos pos0, int32_t n_max, llama_token * out, int32_t out_cap,
+                                      int32_t * n_out, char ** err);
+
+// The target accepted n_accepted tokens of seq_id's last draft.
+CORTEX_SPEC_API int cortex_spec_accept(struct cortex_spec * spec, llama_seq_id seq_id, uint16_t n_accepted,
+                                       char ** err);
+
+CORTEX_SPEC_API void cortex_spec_string_free(char * text);
+
+#ifdef __cplusplus
+}
+#endif
