@@ -55,9 +55,11 @@ from .gen.output import log_softmax_norm, top_logprobs
 from .gen.request import Request
 from .gen.lora import LoraInfo, LoraSet
 from .gen.slot_files import Slots
+from .gen.speculation import Speculation
 from .gen.streams import AsyncTextStream, TextStream
 from .model import Model
 from .multimodal import Projector
+from .speculative import NgramDrafter
 
 __all__ = ["LLM", "ModelConfig", "GenerationParams", "Completion", "Usage", "Timings",
            "TokenLogprob", "Request", "TextStream", "AsyncTextStream", "QueueFullError",
@@ -144,6 +146,15 @@ class LLM(CompletionMethods, ChatMethods, EmbeddingMethods):
     def is_loaded(self) -> bool:
         return self._model is not None
 
+    def _speculation(self, ctx: Context) -> Speculation | None:
+        """The drafting stage ModelConfig.speculative asks for (None: off).
+        Raises :class:`SpeculationError` for a bad n-gram setting."""
+        c = self.config
+        if c.speculative is None:
+            return None
+        drafter = NgramDrafter(c.speculative_types, ctx.n_seq_max, size_n=c.ngram_size_n, size_m=c.ngram_size_m)
+        return Speculation(drafter, ctx.n_ctx_seq, n_max=c.draft_max, n_min=c.draft_min)
+
     def load(self) -> LLM:
         """Load the model, create the context and start the engine thread (no-op
         when loaded).
@@ -174,7 +185,7 @@ class LLM(CompletionMethods, ChatMethods, EmbeddingMethods):
                 loras = LoraSet(model, c.lora)
                 cache = None if c.prompt_cache_mib is None else c.prompt_cache_mib * 2**20
                 engine = Engine(ctx, max_queue=c.max_queue, projector=projector, loras=loras or None,
-                                prompt_cache_bytes=cache)
+                                prompt_cache_bytes=cache, speculation=self._speculation(ctx))
             except BaseException:
                 model.close()
                 raise

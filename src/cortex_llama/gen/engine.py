@@ -8,7 +8,9 @@ One background thread owns the :class:`Context`. Each step reads as
    evaluates its spans (media through the projector, tokens in **one**
    ``llama_decode`` that mixes every running request's next token with prompt
    chunks, within ``n_batch`` tokens);
-3. **select**: :func:`~.selection.select_tokens` picks each output row's token;
+3. **select**: :func:`~.selection.select_tokens` picks each output row's token
+   (and verifies drafts, when the engine speculates: :mod:`.speculation`
+   drafts before the plan);
 4. **update**: each :class:`Request` (the output stage: detokenizing, stop
    strings, logprobs, its stream) takes its token, and the scheduler learns
    which requests go on.
@@ -43,6 +45,7 @@ from .request import Request
 from .runner import Executed, Runner
 from .scheduler import Job, Scheduler, Span, StepPlan
 from .selection import Pick, TokenPicker, select_tokens
+from .speculation import Speculation
 from .streams import WakeBatch, gather_wakes
 
 __all__ = ["Engine"]
@@ -53,7 +56,8 @@ METRIC_COUNTERS = ("requests_total", "requests_finished", "requests_failed", "re
                    "prompt_tokens_total", "prompt_tokens_reused", "prompt_tokens_evaluated",
                    "generated_tokens_total", "decodes_total", "decode_tokens_total",
                    "batched_decodes_total", "preemptions_total", "prefix_copies_total",
-                   "prompt_us_total", "generation_us_total", "tokens_max", "decode_requests_total")
+                   "prompt_us_total", "generation_us_total", "tokens_max", "decode_requests_total",
+                   "draft_tokens_total", "draft_accepted_total")
 
 
 class Engine:
@@ -69,8 +73,10 @@ class Engine:
 
     def __init__(self, ctx: Context, *, max_queue: int | None = None, projector: Any = None,
                  per_slot: bool | None = None, loras: LoraSet | None = None,
-                 prompt_cache_bytes: int | None = 0) -> None:
+                 prompt_cache_bytes: int | None = 0, speculation: Speculation | None = None) -> None:
         self.ctx = ctx
+        #: the drafting stage (None: no speculative decoding)
+        self.speculation = speculation
         self.max_queue = max_queue
         self.per_slot = ctx.per_slot_streams if per_slot is None else per_slot
         #: cells one request may hold (prompt + generated tokens)
@@ -253,6 +259,8 @@ class Engine:
         if self._cancels:
             self._cancels = False
             self._drop_cancelled()
+        if self.speculation is not None and self.scheduler.jobs:
+            self.speculation.propose(self.scheduler.jobs)
         with self._lock:  # the queue is shared with submitters
             plan = self.scheduler.plan()
         if plan.admitted or plan.preempted or plan.prefix_copies:
@@ -269,20 +277,25 @@ class Engine:
                 self._failed(spans, exc)
             outputs = [o for o in outputs if o[0].job in self.scheduler.jobs]  # the failed ones ended
         pickers = self._pickers
-        picks = select_tokens(self.ctx, [(pickers[id(s.job)], row, out) for s, row, out in outputs])
+        picks = select_tokens(self.ctx, [(pickers[id(s.job)], row, out, s.draft) for s, row, out in outputs])
         generated = 0
         for (span, _, _), pick in zip(outputs, picks):
-            generated += self._update(span.job, pick)
+            generated += self._update(span, pick)
         self._account(executed, evaluated, generated)
 
     def _report_plan(self, plan: StepPlan) -> None:
+        spec = self.speculation
         for job, reused in plan.admitted:
             req = self._request(job)
             self._pickers[id(job)] = TokenPicker(req.sampler, req.params.logprobs is not None)
             self._count("prompt_tokens_reused", reused)
             req.admitted(reused, job.slot.seq_id)
+            if spec is not None:
+                spec.start(job)
         for job in plan.preempted:
             self._pickers.pop(id(job), None)
+            if spec is not None:
+                spec.stop(job)
             self._count("preemptions_total")
         if plan.prefix_copies:
             self._count("prefix_copies_total", plan.prefix_copies)
@@ -317,13 +330,16 @@ class Engine:
                 if n_jobs >= 2:
                     st["batched_decodes_total"] += 1
 
-    def _update(self, job: Job, pick: Pick) -> int:
+    def _update(self, span: Span, pick: Pick) -> int:
         """Give the picked token to its request; end the job or let it go on.
-        Returns 1 when the request took a token (0 when picking failed)."""
+        Returns how many tokens the request took (0 when picking failed)."""
+        job = span.job
         req = self._request(job)
         if pick.error is not None:
             self._end_job(job, error=pick.error)
             return 0
+        if span.draft:
+            return self._update_drafted(span, pick)
         if req.add_token(pick.token, pick.logits):
             self._end_job(job, reason=req.finish_reason)
         elif not self.scheduler.grow(job, pick.token):
@@ -331,6 +347,36 @@ class Engine:
             req.finish(FINISH_LENGTH)
             self._end_job(job, reason=FINISH_LENGTH)
         return 1
+
+    def _update_drafted(self, span: Span, pick: Pick) -> int:
+        """:meth:`_update` after a draft: the request takes the picked tokens in
+        order until it ends; the drafted cells it did not take are dropped."""
+        job = span.job
+        req = self._request(job)
+        draft = span.draft
+        taken = accepted = 0
+        reason: str | None = None
+        for tok, logits in pick.tokens():
+            taken += 1
+            if req.add_token(tok, logits):
+                reason = req.finish_reason
+                break
+            grown = self.scheduler.grow(job, tok)
+            if accepted == taken - 1 and accepted < len(draft) and tok == draft[accepted]:
+                accepted += 1  # its cell (the drafted token's) stays
+            if not grown:
+                req.finish(FINISH_LENGTH)
+                reason = FINISH_LENGTH
+                break
+        self.runner.apply(self.scheduler.verified(span, accepted))
+        if self.speculation is not None:
+            self.speculation.verified(job, len(draft), accepted)
+        with self._lock:
+            self.stats["draft_tokens_total"] += len(draft)
+            self.stats["draft_accepted_total"] += accepted
+        if reason is not None:
+            self._end_job(job, reason=reason)
+        return taken
 
     @staticmethod
     def _request(job: Job) -> Request:
@@ -395,6 +441,8 @@ class Engine:
             ops = self.scheduler.release(job, keep_cache=keep_cache)
         self.runner.apply(ops)
         self._pickers.pop(id(job), None)
+        if self.speculation is not None:
+            self.speculation.stop(job)
         req = self._request(job)
         if error is not None:
             self._count("requests_failed")

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence, TypeVar, Union
 
+from ..speculative import NGRAM_TYPES
+
 __all__ = ["ModelConfig", "GenerationParams", "Completion", "Usage", "Timings", "TokenLogprob",
            "FINISH_STOP", "FINISH_LENGTH", "FINISH_EOG", "FINISH_CANCELLED", "with_overrides"]
 
@@ -36,6 +38,10 @@ class ModelConfig:
     token for token, at some cost in speed (see the README).
     ``max_queue`` bounds the requests waiting for a slot (``None``: unbounded;
     beyond it ``LLM.submit`` raises :class:`QueueFullError`).
+    ``speculative="ngram"`` (or llama.cpp's n-gram type names) drafts up to
+    ``draft_max`` tokens per step by lookup in each request's own prompt and
+    output and verifies them in the step's one decode; output is the same as
+    without it (see the README's speculative decoding section).
 
     Raises ``ValueError`` naming the field for impossible values.
     """
@@ -74,6 +80,14 @@ class ModelConfig:
     prompt_cache_mib: int | None = 8192
     #: llama.cpp's warm-up run at load (its tools' default; --no-warmup turns it off)
     warmup: bool = True
+    #: speculative decoding: "ngram" (llama.cpp's ngram-simple), any of llama.cpp's n-gram
+    #: types ("ngram-map-k", "ngram-mod", ... comma-separated), or None (off)
+    speculative: str | None = None
+    draft_max: int = 16  # the longest draft verified in one step
+    draft_min: int = 0  # shorter drafts are not verified
+    #: lookup n-gram and drafted m-gram lengths of the n-gram types (0: llama.cpp's defaults)
+    ngram_size_n: int = 0
+    ngram_size_m: int = 0
 
     def __post_init__(self) -> None:
         for name in ("context_size", "threads", "batch_size", "n_seq_max"):
@@ -94,6 +108,26 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.seed must be in [0, 2**32), got {self.seed}")
         if self.deterministic:
             self._check_deterministic()
+        if self.speculative is not None:
+            self._check_speculative()
+
+    def _check_speculative(self) -> None:
+        """Raises ``ValueError`` for draft sizes out of range or an unknown type."""
+        if self.draft_max < 1 or not 0 <= self.draft_min <= self.draft_max:
+            raise ValueError(f"ModelConfig: draft_max={self.draft_max}, draft_min={self.draft_min} "
+                             "(needs draft_max >= 1 and 0 <= draft_min <= draft_max)")
+        names = [n.strip() for n in str(self.speculative).split(",")]
+        bad = [n for n in names if n != "ngram" and n not in NGRAM_TYPES]
+        if bad:
+            raise ValueError(f"ModelConfig.speculative={self.speculative!r}: unknown type {bad[0]!r} "
+                             f"(known: ngram, {', '.join(NGRAM_TYPES)}; a draft model is not supported yet)")
+
+    @property
+    def speculative_types(self) -> list[str]:
+        """llama.cpp's type names for :attr:`speculative` ("ngram": ngram-simple)."""
+        if self.speculative is None:
+            return []
+        return ["ngram-simple" if n.strip() == "ngram" else n.strip() for n in self.speculative.split(",")]
 
     def _check_deterministic(self) -> None:
         """The settings ``deterministic=True`` needs; raises ``ValueError`` naming
@@ -151,6 +185,8 @@ class GenerationParams:
     lora: Mapping[int, float] | None = None
     #: Request.progress follows the prompt's prefill (llama-server's return_progress)
     return_progress: bool = False
+    #: draft and verify when the LLM speculates (ModelConfig.speculative); False opts out
+    speculative: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -201,6 +237,8 @@ class Timings:
     generation_ms: float = 0.0  # from the first sampled token to the end
     queue_ms: float = 0.0  # waiting for a slot and KV room
     first_token_ms: float = 0.0  # from submit to the first sampled token (TTFT)
+    draft_n: int = 0  # tokens drafted by speculative decoding (llama-server's draft_n)
+    draft_n_accepted: int = 0  # of those, accepted by the model
 
 
 @dataclass

@@ -27,7 +27,8 @@ __all__ = ["Runner", "Executed"]
 @dataclass
 class Executed:
     """What a step did: ``outputs`` are (span, batch row, output index) for the
-    spans whose logits were computed; ``done`` the spans evaluated;
+    spans whose logits were computed (a span with a draft has its rows and
+    output indices from these on, one per entry); ``done`` the spans evaluated;
     ``failed`` (spans, exception) for what could not be."""
 
     outputs: list[tuple[Span, int, int]] = field(default_factory=list)
@@ -107,7 +108,7 @@ class Runner:
         ctx = self.ctx
         outputs: list[tuple[Span, int, int]] = []
         try:
-            if len(spans) == 1 and spans[0].n == 1:  # one token: the single-token fast path
+            if len(spans) == 1 and spans[0].n == 1 and not spans[0].draft:  # the single-token fast path
                 span = spans[0]
                 ctx.decode_one(span.job.feed[span.start], span.start, span.job.slot.seq_id)
                 outputs.append((span, 0, 0))
@@ -128,16 +129,23 @@ class Runner:
         batch = self._batch
         batch.clear()
         # every request's next token in one vectorized add (most of a step)
-        singles = [s for s in spans if s.n == 1 and s.last]
+        singles = [s for s in spans if s.n == 1 and s.last and not s.draft]
         if singles:
             batch.add_many([s.job.feed[s.start] for s in singles], [s.start for s in singles],
                            [s.job.slot.seq_id for s in singles], logits=True)
             outputs.extend((s, i, i) for i, s in enumerate(singles))
+        n_out = len(singles)
         for s in spans:
+            if s.draft:  # the newest token, then its draft: logits at every row
+                rows = batch.add_many([s.job.feed[s.start], *s.draft], s.start, s.job.slot.seq_id, logits=True)
+                outputs.append((s, rows.start, n_out))
+                n_out += rows.stop - rows.start
+                continue
             if s.n == 1 and s.last:
                 continue
             rows = batch.add_many(s.job.feed[s.start: s.start + s.n], s.start, s.job.slot.seq_id,
                                   logits="last" if s.last else False)
             if s.last:
-                outputs.append((s, rows.stop - 1, len(outputs)))
+                outputs.append((s, rows.stop - 1, n_out))
+                n_out += 1
         return batch.n_tokens

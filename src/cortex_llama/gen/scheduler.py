@@ -110,6 +110,9 @@ class Job:
     feed: list[int]
     order: int  # admission order: the largest is the youngest
     last_step: int = 0  # the last step that decoded it (steps alternate between LoRA groups)
+    #: tokens drafted to follow its newest one, verified in the next step (set before
+    #: :meth:`Scheduler.plan`, which cuts them to the budget and clears them)
+    draft: list[int] = field(default_factory=list)
 
     @property
     def pending(self) -> int:
@@ -121,6 +124,8 @@ class Span(NamedTuple):
     """Entries ``feed[start:start + n]`` of ``job`` at positions ``start..`` of its
     sequence. ``last``: the span ends the feed, so its last entry's logits pick
     the next token. ``is_media``: an image/audio span (evaluated by the projector).
+    ``draft``: tokens drafted to follow the span's one entry, decoded after it at
+    positions ``start + 1..`` with logits at every row, to be verified.
     (A named tuple: one is made per request and step, and it is the cheapest to make.)"""
 
     job: Job
@@ -128,6 +133,7 @@ class Span(NamedTuple):
     n: int
     last: bool
     is_media: bool = False
+    draft: tuple[int, ...] = ()
 
 
 @dataclass
@@ -145,7 +151,7 @@ class StepPlan:
 
     @property
     def n_tokens(self) -> int:
-        return sum(s.n for s in self.spans if not s.is_media)
+        return sum(s.n + len(s.draft) for s in self.spans if not s.is_media)
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -234,6 +240,17 @@ class Scheduler:
         token would need a cell beyond the request's capacity (it then ends)."""
         job.feed.append(token)
         return len(job.feed) <= self.capacity
+
+    def verified(self, span: Span, n_accepted: int) -> list[KVOp]:
+        """``span``'s draft was verified: its first ``n_accepted`` tokens are now
+        in the job's feed (after :meth:`grow`) and their cells stay; the cells
+        of the rest are dropped by the returned op."""
+        job = span.job
+        first = span.start + 1
+        job.slot.cached.extend(job.feed[first: first + n_accepted])
+        if n_accepted >= len(span.draft):
+            return []
+        return [KVOp("trim", job.slot.seq_id, start=first + n_accepted)]
 
     def release(self, job: Job, *, keep_cache: bool = True) -> list[KVOp]:
         """``job`` ended: free its slot. Its cells stay for prefix reuse unless
@@ -423,6 +440,8 @@ class Scheduler:
         budget = self.n_batch - len(spans)
         if not self.per_slot:
             budget = min(budget, self.capacity - self.cells_used - len(spans))
+        if budget > 0:
+            budget = self._drafts(spans, budget)
         for j in prefilling:
             a = len(j.slot.cached)
             left = len(j.feed) - a
@@ -441,6 +460,22 @@ class Scheduler:
         if len(self.jobs) > 1:  # (only steps shared by several LoRA groups read it)
             for span in spans:
                 span.job.last_step = self._tick
+
+    def _drafts(self, spans: list[Span], budget: int) -> int:
+        """Give the decoding spans their jobs' drafts, cut to ``budget`` tokens in
+        all and to each job's free cells; returns the budget left. Drafts go
+        before prompt chunks: they are few, and each accepted one is a token."""
+        for i, span in enumerate(spans):
+            job = span.job
+            if not job.draft:
+                continue
+            room = budget if not self.per_slot else min(budget, self.capacity - span.start - 1)
+            k = min(len(job.draft), room)
+            if k > 0 and not span.is_media:
+                spans[i] = span._replace(draft=tuple(job.draft[:k]))
+                budget -= k
+            job.draft = []
+        return budget
 
     def _step_group(self, plan: StepPlan) -> list[Job]:
         """The running jobs this step decodes: all of them when they share their

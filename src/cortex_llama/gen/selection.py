@@ -6,6 +6,13 @@ one numpy ``argmax`` over the step's logits; every other row goes through its
 request's :class:`SamplerChain` (:func:`policy.sample`, guarded when the chain
 has a grammar). A failure (a PySampler that raises, a grammar that allows no
 token) belongs to its row alone.
+
+A row with a draft (speculative decoding) is verified here: the request's
+chain picks at the first row, then at the next as long as its pick equals the
+drafted token there, so each token is drawn from the target model given the
+tokens before it (accepted into the chain one by one, grammar and penalties
+included), exactly as without a draft; a greedy chain picks every row's argmax
+in one call and keeps the agreeing prefix.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from ..context import Context
 from ..sampling import SamplerChain, biased_argmax
 from . import policy
 
-__all__ = ["TokenPicker", "Pick", "select_tokens"]
+__all__ = ["TokenPicker", "Pick", "Row", "select_tokens"]
 
 
 class TokenPicker:
@@ -40,40 +47,93 @@ class TokenPicker:
 @dataclass
 class Pick:
     """The outcome for one output row: ``token`` (with the row's ``logits`` when
-    the request wants logprobs), or the ``error`` that picking raised."""
+    the request wants logprobs), or the ``error`` that picking raised. After a
+    draft, ``more`` holds the tokens picked at the next rows (with their
+    logits): the first ``len(more)`` drafted tokens were accepted."""
 
     token: int = -1
     logits: np.ndarray | None = None
     error: Exception | None = None
+    more: list[tuple[int, np.ndarray | None]] | None = None
+
+    def tokens(self) -> list[tuple[int, np.ndarray | None]]:
+        """Every picked token with its logits, in order."""
+        first = [(self.token, self.logits)]
+        return first + self.more if self.more else first
+
+#: (picker, batch row, output index, draft) of one output row
+Row = tuple[TokenPicker, int, int, tuple[int, ...]]
 
 
-def _argmax_rows(ctx: Context, rows: Sequence[tuple[TokenPicker, int, int]]) -> list[int]:
-    """Greedy picks for (picker, batch row, output index) entries, in one argmax."""
+def _argmax_rows(ctx: Context, rows: Sequence[Row]) -> list[int]:
+    """Greedy picks for the first row of each entry, in one argmax."""
     if len(rows) == 1:
-        picker, row, _ = rows[0]
+        picker, row, _, _ = rows[0]
         logits = ctx.logits(row)
         return [biased_argmax(logits, picker.biases) if picker.biases else int(logits.argmax())]
     table = ctx.all_logits()
-    if any(p.biases for p, _, _ in rows):
+    if any(p.biases for p, _, _, _ in rows):
         return [biased_argmax(table[out], p.biases) if p.biases else int(table[out].argmax())
-                for p, _, out in rows]
-    outs = [out for _, _, out in rows]
+                for p, _, out, _ in rows]
+    outs = [out for _, _, out, _ in rows]
     sub = table if outs == list(range(table.shape[0])) else table[outs]
     return sub.argmax(axis=1).tolist()  # type: ignore[no-any-return]
 
 
-def select_tokens(ctx: Context, rows: Sequence[tuple[TokenPicker, int, int]]) -> list[Pick]:
-    """One :class:`Pick` per (picker, batch row, output index) of ``ctx``'s last
-    decode, in order. Never raises for a row's own failure (it is in the pick)."""
-    if len(rows) == 1 and rows[0][0].vectorized:  # one greedy request: the common case
+def _accepted(picked: Sequence[int], draft: Sequence[int]) -> int:
+    """How many drafted tokens the picks confirm: the picks agree with the draft
+    up to there (the pick after them is the target's own)."""
+    n = 0
+    while n < len(draft) and picked[n] == draft[n]:
+        n += 1
+    return n
+
+
+def _verify_greedy(ctx: Context, picker: TokenPicker, out: int, draft: tuple[int, ...]) -> Pick:
+    """A greedy chain's picks at a drafted span's rows, in one argmax."""
+    table = ctx.all_logits()[out: out + len(draft) + 1]
+    if picker.biases:
+        picked = [biased_argmax(row, picker.biases) for row in table]
+    else:
+        picked = table.argmax(axis=1).tolist()
+    n = _accepted(picked, draft)
+    return Pick(token=picked[0], more=[(t, None) for t in picked[1: n + 1]])
+
+
+def _verify_sampled(ctx: Context, picker: TokenPicker, row: int, draft: tuple[int, ...]) -> Pick:
+    """The chain's picks at a drafted span's rows, one row after the other while
+    they agree with the draft (a failure ends the pick with its error)."""
+    picked: list[tuple[int, np.ndarray | None]] = []
+    try:
+        for i in range(len(draft) + 1):
+            logits = ctx.logits(row + i) if picker.wants_logits else None
+            tok = policy.sample(picker.sampler, ctx, row + i, picker.guarded)
+            picked.append((tok, logits))
+            if i == len(draft) or tok != draft[i]:
+                break
+    except Exception as exc:  # noqa: BLE001 - this request's failure only
+        if not picked:
+            return Pick(error=exc)
+    return Pick(token=picked[0][0], logits=picked[0][1], more=picked[1:])
+
+
+def select_tokens(ctx: Context, rows: Sequence[Row]) -> list[Pick]:
+    """One :class:`Pick` per (picker, batch row, output index, draft) of
+    ``ctx``'s last decode, in order. Never raises for a row's own failure (it is
+    in the pick)."""
+    if len(rows) == 1 and rows[0][0].vectorized and not rows[0][3]:  # one greedy request: the common case
         return [Pick(token=_argmax_rows(ctx, rows)[0])]
     picks = [Pick() for _ in rows]
-    greedy = [i for i, (p, _, _) in enumerate(rows) if p.vectorized]
+    greedy = [i for i, (p, _, _, draft) in enumerate(rows) if p.vectorized and not draft]
     if greedy:
         for i, tok in zip(greedy, _argmax_rows(ctx, [rows[i] for i in greedy])):
             picks[i].token = tok
-    for i, (picker, row, _) in enumerate(rows):
-        if picker.vectorized:
+    for i, (picker, row, out, draft) in enumerate(rows):
+        if picker.vectorized and not draft:
+            continue
+        if draft:
+            picks[i] = (_verify_greedy(ctx, picker, out, draft) if picker.vectorized
+                        else _verify_sampled(ctx, picker, row, draft))
             continue
         pick = picks[i]
         try:
