@@ -132,7 +132,8 @@ class Speculation:
         if n_max < max(1, self.n_min):
             return []
         if state.filled < n_hist:
-            state.history[state.filled:n_hist] = feed[state.filled:n_hist]
+            # media entries (negative ids of any size) become -1: never a token, never drafted
+            state.history[state.filled:n_hist] = np.maximum(np.asarray(feed[state.filled:n_hist], np.int64), -1)
             state.filled = n_hist
         draft = self.drafter.draft(job.slot.seq_id, state.history, n_hist, feed[-1], n_max)
         for i, tok in enumerate(draft):
