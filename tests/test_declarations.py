@@ -60,9 +60,11 @@ def test_commit_of_declarations_is_the_pin() -> None:
 
 
 def test_struct_layouts_match_the_compiler(tmp_path) -> None:
-    """A C probe prints sizeof/offsetof of every complete struct; cffi must agree."""
+    """A C probe prints sizeof/offsetof of every complete struct (our shims'
+    included); cffi must agree."""
     lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "llama.h"',
-             '#include "ggml-backend.h"', '#include "mtmd-helper.h"', "int main(void) {"]
+             '#include "ggml-backend.h"', '#include "mtmd-helper.h"', '#include "cortex_spec.h"',
+             "int main(void) {"]
     expected: dict[str, int] = {}
     for name in _complete_structs():
         ctype = ffi.typeof(f"struct {name}")
@@ -81,7 +83,7 @@ def test_struct_layouts_match_the_compiler(tmp_path) -> None:
     cc = have_cc()
     subprocess.run([cc, "-std=c11", "-I", str(VENDOR / "include"), "-I",
                     str(VENDOR / "ggml" / "include"), "-I", str(VENDOR / "tools" / "mtmd"),
-                    str(src), "-o", str(exe)], check=True)
+                    "-I", str(ROOT / "csrc"), str(src), "-o", str(exe)], check=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
     actual = {k: int(v) for k, v in (line.split() for line in out.splitlines())}
     assert len(actual) == len(expected) > 100

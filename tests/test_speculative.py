@@ -333,3 +333,41 @@ def test_copy_heavy_chat_on_the_real_model(real_model_path: Path) -> None:
     plain, spec = out
     assert same_greedy(spec, plain, gap=0.1)
     assert spec.timings.draft_n_accepted > spec.timings.draft_n // 2 > 0
+
+
+# -- the server --------------------------------------------------------------------------------
+@pytest.mark.server
+def test_serve_speculates_and_reports_it(small_q4_path: Path, tmp_path: Path) -> None:
+    """`serve --spec-type`: the same greedy text as without, llama-server's
+    draft_n / draft_n_accepted in timings and its spec_decode_* metrics."""
+    pytest.importorskip("fastapi")
+    openai = pytest.importorskip("openai")
+    from .helpers import Server
+
+    texts = []
+    for extra in ((), ("--spec-type", "ngram-simple", "--spec-ngram-size-n", "1", "--draft-max", "8")):
+        srv = Server(small_q4_path, tmp_path / f"server{len(texts)}.log", "--ctx-size", "1024", "--parallel", "2",
+                     "--metrics", *extra, api_key=None)
+        try:
+            client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none")
+            out = [client.completions.create(model="m", prompt=p, max_tokens=48, temperature=0).choices[0].text
+                   for p in PROMPTS[:4]]
+            texts.append(out)
+            native = srv.post("/completion", {"prompt": PROMPTS[3], "n_predict": 48, "temperature": 0}).json()
+            metrics = srv.metrics()
+        finally:
+            assert srv.stop() == 0, srv.output()
+    plain, spec = texts
+    assert spec == plain
+    assert native["timings"]["draft_n"] >= native["timings"]["draft_n_accepted"] >= 0
+    assert metrics["llamacpp:spec_decode_num_draft_tokens_total"] > 0
+    assert metrics["llamacpp:spec_decode_num_accepted_tokens_total"] == metrics["draft_accepted_total"]
+
+
+def test_cli_refuses_a_draft_model(tiny_path: Path) -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "cortex_llama", "run", str(tiny_path), "hi", "--model-draft", "d.gguf"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "--model-draft d.gguf: a draft model is not supported yet" in r.stderr

@@ -45,7 +45,37 @@ def _llm(args: argparse.Namespace) -> Any:
     rpc_servers = [s for s in args.rpc.split(",") if s] if args.rpc else None
     return LLM(args.model, context_size=args.ctx_size, threads=args.threads, gpu_layers=args.gpu_layers,
                batch_size=args.batch_size, seed=args.seed, chat_template=args.chat_template,
-               progress=_progress(), rpc_servers=rpc_servers, mmproj=getattr(args, "mmproj", None))
+               progress=_progress(), rpc_servers=rpc_servers, mmproj=getattr(args, "mmproj", None),
+               **_speculative_config(args))
+
+
+def _speculative_args(p: argparse.ArgumentParser) -> None:
+    """llama-server's speculative-decoding flags (the n-gram types)."""
+    p.add_argument("--spec-type", default=None, metavar="TYPE[,TYPE]",
+                   help="speculative decoding by n-gram lookup: ngram-simple, ngram-map-k, ngram-map-k4v, "
+                        "ngram-mod or ngram-cache (comma-separated; default: none)")
+    p.add_argument("--draft-max", "--spec-draft-n-max", dest="draft_max", type=int, default=16,
+                   help="the most tokens drafted per step (default: 16)")
+    p.add_argument("--draft-min", "--spec-draft-n-min", dest="draft_min", type=int, default=0,
+                   help="shorter drafts are not verified (default: 0)")
+    p.add_argument("--spec-ngram-size-n", "--spec-ngram-simple-size-n", dest="spec_ngram_size_n", type=int,
+                   default=0, help="lookup n-gram length (default: llama.cpp's, 12)")
+    p.add_argument("--spec-ngram-size-m", "--spec-ngram-simple-size-m", dest="spec_ngram_size_m", type=int,
+                   default=0, help="drafted m-gram length (default: llama.cpp's, 48)")
+    p.add_argument("-md", "--model-draft", "--spec-draft-model", dest="model_draft", default=None,
+                   help="a draft model (not supported yet: the command stops, naming the n-gram types)")
+
+
+def _speculative_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The ModelConfig fields of the speculative flags. Raises ``SystemExit``
+    for --model-draft (a draft model is not supported yet)."""
+    if getattr(args, "model_draft", None):
+        raise SystemExit(f"cortex-llama: error: --model-draft {args.model_draft}: a draft model is not "
+                         "supported yet; use --spec-type ngram-simple (or ngram-map-k, ngram-mod)")
+    if getattr(args, "spec_type", None) in (None, "none"):
+        return {}
+    return {"speculative": args.spec_type, "draft_max": args.draft_max, "draft_min": args.draft_min,
+            "ngram_size_n": args.spec_ngram_size_n, "ngram_size_m": args.spec_ngram_size_m}
 
 
 def _media_parts(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -410,7 +440,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
              pooling="rank" if args.reranking else args.pooling, lora=_lora_specs(args),
              prompt_cache_mib=None if args.cache_ram < 0 else args.cache_ram, warmup=not args.no_warmup,
              max_queue=args.max_queue, rpc_servers=rpc_servers,
-             mmproj=args.mmproj, progress=_progress()) as llm:
+             mmproj=args.mmproj, progress=_progress(), **_speculative_config(args)) as llm:
         serve(llm, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("CORTEX_LLAMA_API_KEY"),
               model_alias=args.model_alias, max_body_bytes=args.max_body, log_level=args.log_level,
               shutdown_timeout=args.shutdown_timeout, reasoning_format=args.reasoning_format,
@@ -540,12 +570,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="stream a completion to stdout")
     _model_args(p)
+    _speculative_args(p)
     p.add_argument("prompt")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("chat", help="interactive chat (/exit quits, /reset forgets)")
     _model_args(p)
+    _speculative_args(p)
     p.add_argument("--system", default=None, help="a system message")
     p.set_defaults(func=cmd_chat)
 
@@ -592,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rpc_server)
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (pip install 'cortex-llama[server]')")
     _model_args(p, generation=False)
+    _speculative_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("-np", "--parallel", type=int, default=8, help="parallel sequences (slots)")

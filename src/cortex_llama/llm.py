@@ -316,7 +316,9 @@ class LLM(CompletionMethods, ChatMethods, EmbeddingMethods):
         requests), preemptions_total, prompt_us_total and generation_us_total
         (the requests' Timings summed, in microseconds), tokens_max (the longest
         prompt + output), decode_requests_total (the requests each decode
-        served, summed), kv_cells_used, kv_cells_total.
+        served, summed), draft_tokens_total, draft_accepted_total and
+        drafts_total (speculative decoding: tokens drafted, accepted, drafts
+        verified), kv_cells_used, kv_cells_total.
 
         Raises :class:`ClosedError` when unloaded.
         """

@@ -57,7 +57,7 @@ METRIC_COUNTERS = ("requests_total", "requests_finished", "requests_failed", "re
                    "generated_tokens_total", "decodes_total", "decode_tokens_total",
                    "batched_decodes_total", "preemptions_total", "prefix_copies_total",
                    "prompt_us_total", "generation_us_total", "tokens_max", "decode_requests_total",
-                   "draft_tokens_total", "draft_accepted_total")
+                   "draft_tokens_total", "draft_accepted_total", "drafts_total")
 
 
 class Engine:
@@ -372,6 +372,7 @@ class Engine:
         if self.speculation is not None:
             self.speculation.verified(job, len(draft), accepted)
         with self._lock:
+            self.stats["drafts_total"] += 1
             self.stats["draft_tokens_total"] += len(draft)
             self.stats["draft_accepted_total"] += accepted
         if reason is not None:

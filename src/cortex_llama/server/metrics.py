@@ -35,13 +35,17 @@ _HELP = {
     "decodes_total": "llama_decode calls.",
     "decode_tokens_total": "Tokens passed to llama_decode.",
     "batched_decodes_total": "Decodes that served two or more requests.",
+    "draft_tokens_total": "Tokens drafted by speculative decoding.",
+    "draft_accepted_total": "Drafted tokens accepted by the model.",
+    "drafts_total": "Drafts verified (speculative decoding steps).",
     "kv_cells_used": "KV cache cells in use.",
     "kv_cells_total": "KV cache cells.",
 }
 
 _COUNTERS = frozenset({"requests_total", "requests_finished", "requests_failed", "requests_cancelled",
                        "prompt_tokens_total", "prompt_tokens_reused", "generated_tokens_total",
-                       "decodes_total", "decode_tokens_total", "batched_decodes_total"})
+                       "decodes_total", "decode_tokens_total", "batched_decodes_total",
+                       "draft_tokens_total", "draft_accepted_total", "drafts_total"})
 
 
 def _num(v: float) -> str:
@@ -125,7 +129,7 @@ def render_llamacpp(engine: Mapping[str, float], since: Mapping[str, float] | No
     engine's counters: prompt tokens exclude those reused from the cache; the
     throughput gauges average over the window since the counters ``since`` (the
     previous scrape's, :meth:`ServerMetrics.window`; None or empty: since start), as
-    llama-server's, which resets them at every scrape; speculative decoding is absent (0)."""
+    llama-server's, which resets them at every scrape."""
     e = {k: float(v) for k, v in engine.items()}
     prompt_s, gen_s = e.get("prompt_us_total", 0.0) / 1e6, e.get("generation_us_total", 0.0) / 1e6
     evaluated, predicted = e.get("prompt_tokens_evaluated", 0.0), e.get("generated_tokens_total", 0.0)
@@ -142,10 +146,12 @@ def render_llamacpp(engine: Mapping[str, float], since: Mapping[str, float] | No
         ("tokens_predicted_seconds_total", "Total time spent generating tokens", gen_s),
         ("n_decode_total", "Total number of llama_decode() calls", e.get("decodes_total", 0.0)),
         ("n_tokens_max", "Largest observed sequence length (prompt + generation)", e.get("tokens_max", 0.0)),
-        ("spec_decode_num_draft_tokens_total", "Speculative: Total draft tokens generated", 0.0),
+        ("spec_decode_num_draft_tokens_total", "Speculative: Total draft tokens generated",
+         e.get("draft_tokens_total", 0.0)),
         ("spec_decode_num_accepted_tokens_total", "Speculative: Total draft tokens accepted by the target model",
-         0.0),
-        ("spec_decode_num_drafts_total", "Speculative: Total speculative decoding verification steps", 0.0),
+         e.get("draft_accepted_total", 0.0)),
+        ("spec_decode_num_drafts_total", "Speculative: Total speculative decoding verification steps",
+         e.get("drafts_total", 0.0)),
     ]
     gauges = [
         ("prompt_tokens_seconds", "Average prompt throughput in tokens/s",

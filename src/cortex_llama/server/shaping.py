@@ -255,6 +255,8 @@ def native_timings(prompt_tokens: int, cached: int, n_gen: int, t: Timings) -> d
         "predicted_n": n_gen, "predicted_ms": t.generation_ms,  
         "predicted_per_token_ms": t.generation_ms / (n_gen - 1) if n_gen > 1 else 0.0,
         "predicted_per_second": 1e3 * (n_gen - 1) / t.generation_ms if n_gen > 1 and t.generation_ms > 0 else 0.0,
+        # speculative decoding's counts, when it drafted (as llama-server's)
+        **({"draft_n": t.draft_n, "draft_n_accepted": t.draft_n_accepted} if t.draft_n > 0 else {}),
     }
 
 
