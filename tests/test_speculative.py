@@ -22,14 +22,15 @@ import pytest
 
 from cortex_llama import LLM, NgramDrafter, SpeculationError
 from cortex_llama.gen.scheduler import KVOp, Scheduler
-from cortex_llama.gen.speculation import DraftLength
+from cortex_llama.gen.speculation import DraftPolicy, StepCost, best_length
 from cortex_llama.testmodel import make_test_model, make_test_projector
 
 from .helpers import same_greedy
 
 PROMPTS = [f"Story {i}: " + "the sea and the sky " * (1 + i % 4) for i in range(8)]
-#: unigram lookup drafts often on the synthetic models
-SPEC = {"speculative": "ngram", "ngram_size_n": 1, "ngram_size_m": 8, "draft_max": 8}
+#: unigram lookup drafts often on the synthetic models; every match is verified
+#: (draft_adaptive=False), so that correctness does not hang on the cost model
+SPEC = {"speculative": "ngram", "ngram_size_n": 1, "ngram_size_m": 8, "draft_max": 8, "draft_adaptive": False}
 
 
 def _eog_ban(llm: LLM) -> dict[int, float]:
@@ -81,19 +82,44 @@ def test_config_errors_name_the_field(tiny_path: Path, bad: dict[str, object], m
 
 
 # -- the adaptive length and the scheduler (pure Python) -------------------------------------
-def test_draft_length_grows_on_success_and_pauses_after_misses() -> None:
-    d = DraftLength(16)
-    assert d.allowed() == 16
-    d.update(16, 3)
-    assert d.allowed() == 4
-    d.update(4, 4)
-    assert d.allowed() == 8
-    d.update(8, 0)
-    d.update(4, 0)  # a second miss in a row: drafting pauses
-    assert d.limit == 2 and d.pause == 2
-    assert [d.allowed() for _ in range(3)] == [0, 0, 2]
-    d.update(2, 2)
-    assert d.misses == 0 and d.limit == 4
+def test_step_cost_fits_base_and_per_row() -> None:
+    cost = StepCost()
+    assert cost.fit() == (0.4, 0.6)  # the prior, in units of a one-row step
+    for rows in (1, 9, 1, 17, 8, 1):
+        cost.observe(rows, 0.004 + 0.006 * rows)  # as measured on SmolLM2, 2 cores
+    base, per_row = cost.fit()
+    assert base == pytest.approx(0.004, rel=1e-6) and per_row == pytest.approx(0.006, rel=1e-6)
+    gpu = StepCost()
+    for rows in (1, 8, 16):
+        gpu.observe(rows, 0.005)  # rows nearly free
+    assert gpu.fit()[1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_best_length_weighs_acceptance_against_the_rows() -> None:
+    one_stream = (0.010, 0.0, 0.006)  # (a step's token, a draft's extra, a row), one stream on a CPU
+    assert best_length(0.5, *one_stream, 16) == 0  # half the drafts rejected: no draft pays
+    assert best_length(0.7, *one_stream, 16) == 1
+    assert 4 <= best_length(0.95, *one_stream, 16) < 16
+    assert best_length(1.0, *one_stream, 16) == 16
+    eight_streams = (0.004 / 8 + 0.006, 0.004, 0.006)  # a drafted row costs a token, plus a ubatch
+    assert best_length(0.95, *eight_streams, 16) == 0
+    assert best_length(0.9, 0.010, 0.0, 0.0, 16) == 16  # free rows (a GPU): the whole draft
+
+
+def test_draft_policy_learns_its_acceptance_and_probes_only_where_drafts_could_pay() -> None:
+    cpu = (0.010, 0.0, 0.006)
+    p = DraftPolicy(16)
+    assert p.chance == pytest.approx(2 / 3) and p.allowed(*cpu) == 1
+    for _ in range(6):
+        p.update(16, 16)  # copy-heavy: every draft taken
+    assert p.chance > 0.95 and p.allowed(*cpu) >= 8
+    q = DraftPolicy(16)
+    for _ in range(8):
+        q.update(2, 0)  # natural text: first tokens rejected
+    assert [q.allowed(*cpu) for _ in range(8)] == [0] * 7 + [1]  # a one-token probe every 8 steps
+    crowded = (0.004 / 8 + 0.006, 0.004, 0.006)
+    assert [q.allowed(*crowded) for _ in range(16)] == [0] * 16  # no probes where nothing pays
+    assert DraftPolicy(16, n_min=4).allowed(*cpu) == 4
 
 
 class _Req:

@@ -62,6 +62,9 @@ def _speculative_args(p: argparse.ArgumentParser) -> None:
                    default=0, help="lookup n-gram length (default: llama.cpp's, 12)")
     p.add_argument("--spec-ngram-size-m", "--spec-ngram-simple-size-m", dest="spec_ngram_size_m", type=int,
                    default=0, help="drafted m-gram length (default: llama.cpp's, 48)")
+    p.add_argument("--no-draft-adaptive", dest="draft_adaptive", action="store_false",
+                   help="verify every match up to --draft-max, as llama-server does (default: draft only as "
+                        "far as the measured cost of a row and the request's acceptance pay)")
     p.add_argument("-md", "--model-draft", "--spec-draft-model", dest="model_draft", default=None,
                    help="a draft model (not supported yet: the command stops, naming the n-gram types)")
 
@@ -75,7 +78,8 @@ def _speculative_config(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "spec_type", None) in (None, "none"):
         return {}
     return {"speculative": args.spec_type, "draft_max": args.draft_max, "draft_min": args.draft_min,
-            "ngram_size_n": args.spec_ngram_size_n, "ngram_size_m": args.spec_ngram_size_m}
+            "draft_adaptive": args.draft_adaptive, "ngram_size_n": args.spec_ngram_size_n,
+            "ngram_size_m": args.spec_ngram_size_m}
 
 
 def _media_parts(args: argparse.Namespace) -> list[dict[str, Any]]:

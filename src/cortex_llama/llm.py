@@ -153,7 +153,8 @@ class LLM(CompletionMethods, ChatMethods, EmbeddingMethods):
         if c.speculative is None:
             return None
         drafter = NgramDrafter(c.speculative_types, ctx.n_seq_max, size_n=c.ngram_size_n, size_m=c.ngram_size_m)
-        return Speculation(drafter, ctx.n_ctx_seq, n_max=c.draft_max, n_min=c.draft_min)
+        return Speculation(drafter, ctx.n_ctx_seq, n_max=c.draft_max, n_min=c.draft_min,
+                           adaptive=c.draft_adaptive, per_slot=not c.kv_unified)
 
     def load(self) -> LLM:
         """Load the model, create the context and start the engine thread (no-op

@@ -270,6 +270,8 @@ class Engine:
                 time.sleep(0.001)  # nothing runs and the head cannot start: should not happen
             return
         executed = self.runner.execute(plan)
+        if self.speculation is not None and executed.decode_rows:
+            self.speculation.decoded(executed.decode_rows, executed.decode_s)
         evaluated = self._commit(executed)
         outputs = executed.outputs
         if executed.failed:

@@ -85,6 +85,9 @@ class ModelConfig:
     speculative: str | None = None
     draft_max: int = 16  # the longest draft verified in one step
     draft_min: int = 0  # shorter drafts are not verified
+    #: draft only as far as the measured cost of a row and the request's acceptance pay
+    #: (False: every match up to draft_max, as llama-server)
+    draft_adaptive: bool = True
     #: lookup n-gram and drafted m-gram lengths of the n-gram types (0: llama.cpp's defaults)
     ngram_size_n: int = 0
     ngram_size_m: int = 0

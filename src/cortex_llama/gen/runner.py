@@ -12,6 +12,7 @@ C call reports through the context's one rc-to-exception check
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,9 @@ class Executed:
     failed: list[tuple[list[Span], BaseException]] = field(default_factory=list)
     n_tokens: int = 0
     n_decodes: int = 0
+    #: the token decode's rows and seconds (0 when the step decoded no tokens)
+    decode_rows: int = 0
+    decode_s: float = 0.0
 
 
 class Runner:
@@ -107,6 +111,7 @@ class Runner:
     def _decode(self, spans: list[Span], result: Executed) -> None:
         ctx = self.ctx
         outputs: list[tuple[Span, int, int]] = []
+        t0 = time.perf_counter()
         try:
             if len(spans) == 1 and spans[0].n == 1 and not spans[0].draft:  # the single-token fast path
                 span = spans[0]
@@ -119,6 +124,8 @@ class Runner:
         except BaseException as exc:  # noqa: BLE001 - the step's failure, handled by the engine
             result.failed.append((spans, exc))
             return
+        result.decode_s = time.perf_counter() - t0
+        result.decode_rows = n_tokens
         result.outputs.extend(outputs)
         result.done.extend(spans)
         result.n_tokens += n_tokens

@@ -8,18 +8,29 @@ into the step's budget, the runner decodes each after its job's newest token
 with logits at every row, selection keeps the agreeing prefix, and
 :meth:`Speculation.verified` learns from the outcome.
 
-**Adaptive length** (:class:`DraftLength`, plain data): a draft that was taken
-whole doubles the next one's limit (up to ``n_max``); one cut short sets it to
-the accepted length plus one; one rejected at its first token halves it and
-pauses drafting for 2, 4, ... 32 steps after consecutive misses. On natural
-text, where lookups rarely match or miss at once, a request then drafts
-rarely and short, so speculation costs about nothing; on copy-heavy text the
-drafts grow to ``n_max``.
+**How long a draft** (plain data: :class:`StepCost`, :func:`best_length`,
+:class:`DraftPolicy`): a drafted token costs one more row of the step's decode
+and is worth a token only if accepted. The engine fits each decode's time as
+``base + per_row * rows`` (:class:`StepCost`). With ``S`` requests decoding a
+step's token costs ``base / S + per_row``; with a KV stream per slot and
+``S > 1``, llama.cpp computes a longer span of one sequence in a ubatch of its
+own (its split keeps the same number of tokens per sequence in a ubatch), so a
+draft also pays one more ``base``. Each request estimates its acceptance chance
+``a`` from its own drafts (accepted tokens against first rejections, from a
+prior of 2 to 1) and drafts the length ``k`` that maximizes
+``token * (a + a**2 + ... + a**k) - extra - k * per_row``, up to ``n_max``;
+none when that is not positive. Where rows are nearly free (a GPU) that is
+``n_max``; on a compute-bound CPU it is a few tokens for one stream, and
+nothing with many streams decoding (where a drafted row costs as much as a
+token). A request that drafts nothing where drafting could pay probes with one
+token every 8 steps, to learn whether its text turned copy-heavy.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+import math
 
 import numpy as np
 
@@ -28,68 +39,125 @@ from .scheduler import Job
 if TYPE_CHECKING:
     from ..speculative import NgramDrafter
 
-__all__ = ["DraftLength", "Speculation"]
+__all__ = ["DraftPolicy", "StepCost", "Speculation"]
 
-MAX_PAUSE = 32  # steps without drafting after repeated misses, at most
+PROBE_EVERY = 8  # steps between one-token probes of a request that drafts nothing
+PRIOR = (2.0, 1.0)  # (accepted tokens, rejections) before a request's first draft
+PROBE_CHANCE = 0.95  # probes only where drafts accepted this often would pay
 
 
-class DraftLength:
-    """How many tokens one request may draft next (``n_max`` at most; drafts
-    shorter than ``n_min`` are not verified)."""
+class StepCost:
+    """A decode's time as ``base + per_row * rows``, fitted online by
+    exponentially weighted least squares over the recent decodes; until they
+    vary in size, ``base`` is 0.4 and ``per_row`` 0.6 of a one-row step (as
+    measured on 2 CPU cores)."""
 
-    __slots__ = ("n_max", "n_min", "limit", "pause", "misses")
+    __slots__ = ("decay", "w", "sn", "st", "snn", "snt")
+
+    def __init__(self, decay: float = 0.98) -> None:
+        self.decay = decay
+        self.w = self.sn = self.st = self.snn = self.snt = 0.0
+
+    def observe(self, rows: int, seconds: float) -> None:
+        d = self.decay
+        self.w = d * self.w + 1.0
+        self.sn = d * self.sn + rows
+        self.st = d * self.st + seconds
+        self.snn = d * self.snn + rows * rows
+        self.snt = d * self.snt + rows * seconds
+
+    def fit(self) -> tuple[float, float]:
+        """(base, per_row) in seconds (relative units before any decode)."""
+        if self.w == 0.0:
+            return 0.4, 0.6
+        mean_n, mean_t = self.sn / self.w, self.st / self.w
+        var = self.snn / self.w - mean_n * mean_n
+        per_step = mean_t / max(mean_n, 1.0)
+        if var < 0.25:  # every decode had the same size: the prior split
+            return 0.4 * mean_t, 0.6 * per_step
+        per_row = (self.snt / self.w - mean_n * mean_t) / var
+        per_row = min(max(per_row, 0.0), per_step)
+        return max(mean_t - per_row * mean_n, 0.0), per_row
+
+
+def best_length(chance: float, token: float, extra: float, per_row: float, n_max: int) -> int:
+    """The draft length with the largest expected time saved: each accepted
+    token saves ``token`` (the cost of a step's token), each drafted one costs
+    ``per_row``, a draft at all costs ``extra``; 0 when no length saves time."""
+    best, best_gain = 0, 0.0
+    gain, p = -extra, 1.0
+    for k in range(1, n_max + 1):
+        p *= chance
+        gain += token * p - per_row
+        if gain > best_gain:
+            best, best_gain = k, gain
+        if token * p < per_row:
+            break  # later tokens only lose
+    return best
+
+
+class DraftPolicy:
+    """One request's estimate of its acceptance chance, and the draft length
+    it implies (``n_max`` at most; drafts shorter than ``n_min`` are not made)."""
+
+    __slots__ = ("n_max", "n_min", "accepted", "rejected", "idle")
 
     def __init__(self, n_max: int, n_min: int = 0) -> None:
         self.n_max = n_max
         self.n_min = n_min
-        self.limit = n_max
-        self.pause = 0  # steps left without drafting
-        self.misses = 0  # drafts in a row rejected at their first token
+        self.accepted, self.rejected = PRIOR
+        self.idle = 0  # steps since its last draft
 
-    def allowed(self) -> int:
-        """The longest draft allowed at this step (0: do not draft now)."""
-        if self.pause > 0:
-            self.pause -= 1
-            return 0
-        return max(self.limit, self.n_min)
+    @property
+    def chance(self) -> float:
+        """The estimated chance that a drafted token is accepted."""
+        return self.accepted / (self.accepted + self.rejected)
+
+    def allowed(self, token: float, extra: float, per_row: float) -> int:
+        """The draft length worth verifying now (0: do not draft), given what a
+        step's token, a draft and a drafted row cost (see :func:`best_length`)."""
+        k = best_length(self.chance, token, extra, per_row, self.n_max)
+        if k < 1:
+            if best_length(PROBE_CHANCE, token, extra, per_row, self.n_max) < 1:
+                return 0  # drafting cannot pay now, even for copy-heavy text: no probe
+            self.idle += 1
+            if self.idle < PROBE_EVERY:
+                return 0
+            k = 1  # a probe
+        self.idle = 0
+        return max(k, self.n_min)
 
     def update(self, drafted: int, accepted: int) -> None:
         """A draft of ``drafted`` tokens had its first ``accepted`` taken."""
         if drafted <= 0:
             return
-        if accepted >= drafted:
-            self.limit = min(self.n_max, self.limit * 2)
-            self.misses = 0
-        elif accepted == 0:
-            self.misses += 1
-            self.limit = max(1, self.limit // 2)
-            if self.misses >= 2:
-                self.pause = min(1 << (self.misses - 1), MAX_PAUSE)
-        else:
-            self.limit = max(1, min(self.n_max, accepted + 1))
-            self.misses = 0
+        self.accepted += accepted
+        if accepted < drafted:
+            self.rejected += 1
 
 
 class _State:
-    """One speculating job: its tokens as int32 (for the drafter) and its length policy."""
+    """One speculating job: its tokens as int32 (for the drafter) and its draft policy."""
 
-    __slots__ = ("history", "filled", "length")
+    __slots__ = ("history", "filled", "policy")
 
-    def __init__(self, capacity: int, length: DraftLength) -> None:
+    def __init__(self, capacity: int, policy: DraftPolicy) -> None:
         self.history = np.zeros(capacity + 1, dtype=np.int32)
         self.filled = 0
-        self.length = length
+        self.policy = policy
 
 
 class Speculation:
     """Drafts for the engine's jobs from ``drafter`` (one sequence per slot).
 
-    ``n_max``/``n_min``: the longest draft, and the shortest worth verifying.
+    ``n_max``/``n_min``: the longest draft, and the shortest worth verifying;
+    ``adaptive=False`` drafts every match up to ``n_max`` (llama-server's way).
     Counts ``drafted`` and ``accepted`` tokens; each request's own counts go
     to its ``timings`` (``draft_n``, ``draft_n_accepted``).
     """
 
-    def __init__(self, drafter: NgramDrafter, capacity: int, *, n_max: int = 16, n_min: int = 0) -> None:
+    def __init__(self, drafter: NgramDrafter, capacity: int, *, n_max: int = 16, n_min: int = 0,
+                 adaptive: bool = True, per_slot: bool = True) -> None:
         if n_max < 1 or not 0 <= n_min <= n_max:
             raise ValueError(f"bad draft sizes: draft_max={n_max}, draft_min={n_min} "
                              "(needs draft_max >= 1 and 0 <= draft_min <= draft_max)")
@@ -97,8 +165,14 @@ class Speculation:
         self.capacity = capacity
         self.n_max = n_max
         self.n_min = n_min
+        #: False: every match is drafted up to n_max, as llama-server does (no cost model)
+        self.adaptive = adaptive
+        #: a KV stream per slot: llama.cpp gives a longer span its own ubatch when others decode
+        self.per_slot = per_slot
         self.drafted = 0
         self.accepted = 0
+        #: the decodes' cost model (the engine reports each token decode)
+        self.cost = StepCost()
         self._states: dict[int, _State] = {}  # by id(job)
 
     def start(self, job: Job) -> None:
@@ -106,7 +180,7 @@ class Speculation:
         req: Any = job.req
         if not getattr(req.params, "speculative", True):
             return
-        self._states[id(job)] = _State(self.capacity, DraftLength(self.n_max, self.n_min))
+        self._states[id(job)] = _State(self.capacity, DraftPolicy(self.n_max, self.n_min))
         prompt = [t for t in job.feed if t >= 0]
         self.drafter.begin(job.slot.seq_id, np.asarray(prompt, dtype=np.int32))
 
@@ -116,19 +190,30 @@ class Speculation:
 
     def propose(self, jobs: list[Job]) -> None:
         """Set each speculating job's ``draft`` for the next step (empty when it
-        prefills, pauses or finds no match)."""
+        prefills, when a draft would not pay for its rows, or when no n-gram
+        matches)."""
+        costs = self._costs(sum(1 for j in jobs if j.pending == 1))
         for job in jobs:
             state = self._states.get(id(job))
-            job.draft = [] if state is None else self._draft(job, state)
+            job.draft = [] if state is None else self._draft(job, state, costs)
 
-    def _draft(self, job: Job, state: _State) -> list[int]:
+    def _costs(self, streams: int) -> tuple[float, float, float] | None:
+        """(a step's token, a draft's extra, a drafted row) for ``streams``
+        decoding requests; None when drafting is not adaptive."""
+        if not self.adaptive:
+            return None
+        base, per_row = self.cost.fit()
+        extra = base if self.per_slot and streams > 1 else 0.0
+        return base / max(streams, 1) + per_row, extra, per_row
+
+    def _draft(self, job: Job, state: _State, costs: tuple[float, float, float] | None) -> list[int]:
         feed = job.feed
         n_hist = len(feed) - 1
         if n_hist != len(job.slot.cached) or feed[-1] < 0:
             return []  # still prefilling (or its newest entry is media)
         req: Any = job.req
         room = min(req.params.max_tokens - len(req.tokens) - 1, self.capacity - len(feed))
-        n_max = min(state.length.allowed(), room)
+        n_max = min(self.n_max if costs is None else state.policy.allowed(*costs), room)
         if n_max < max(1, self.n_min):
             return []
         if state.filled < n_hist:
@@ -142,12 +227,16 @@ class Speculation:
                 break
         return draft if len(draft) >= max(1, self.n_min) else []
 
+    def decoded(self, rows: int, seconds: float) -> None:
+        """A token decode of ``rows`` rows took ``seconds`` (for the cost model)."""
+        self.cost.observe(rows, seconds)
+
     def verified(self, job: Job, drafted: int, accepted: int) -> None:
         """``job``'s draft of ``drafted`` tokens had ``accepted`` of them taken."""
         state = self._states.get(id(job))
         if state is None or drafted == 0:
             return
-        state.length.update(drafted, accepted)
+        state.policy.update(drafted, accepted)
         self.drafter.accept(job.slot.seq_id, accepted)
         self.drafted += drafted
         self.accepted += accepted
