@@ -6,8 +6,9 @@ Both servers get the same model, slots, context and threads; each runs once
 without speculation and once with ``--spec-type TYPE --draft-max N``, one
 configuration at a time, alternating ``--reps`` times (medians reported). Loads:
 
-* **copy**: "rewrite this function" chats over 60-line Python functions of the
-  vendored tree's gguf-py (pinned text), the copy-heavy case lookup serves;
+* **copy**: "add a docstring and return the whole function" chats over 40-70
+  line Python functions of the vendored tree's gguf-py (pinned text), the
+  copy-heavy case lookup serves;
 * **natural**: story prompts, where lookups rarely match;
 
 each by 1 client (generation tokens/s from the server's own ``timings``) and by
@@ -62,8 +63,9 @@ def copy_sources(n: int) -> list[str]:
 
 
 def copy_prompt(source: str) -> str:
-    return ("Rewrite this Python function exactly, adding a short comment line before each statement "
-            "that starts a block:\n\n```python\n" + source + "\n```")
+    # of three phrasings tried on SmolLM2-135M (comments, type hints, a docstring), the one it
+    # copies most faithfully (291 of 400 drafted tokens accepted, against 136 and 174)
+    return "Add a docstring to this Python function and return the whole function:\n\n```python\n" + source + "\n```"
 
 
 def natural_prompt(i: int) -> str:
