@@ -2,6 +2,10 @@
 // into libcortex-spec. The draft bookkeeping follows llama-server's use of
 // common_speculative (tools/server/server-context.cpp at the same pin): set one
 // sequence's draft parameters, call common_speculative_draft, report acceptance.
+// With a draft model, llama-server mirrors every target batch into the draft
+// context; we instead bring the draft's cells up to the sequence's history just
+// before it drafts (the same tokens, decoded lazily, and none for a sequence
+// that does not draft), keeping what a rejected draft shares with the history.
 
 #include "cortex_spec.h"
 
@@ -24,7 +28,18 @@ struct cortex_spec {
     llama_tokens         history;  // the draft call's copy of a sequence's tokens
     llama_tokens         result;   // the draft call's output
 
-    ~cortex_spec() { common_speculative_free(spec); }
+    // draft-simple: the draft model's context, what each sequence's cells hold, a batch to fill them
+    llama_context *           ctx_dft = nullptr;
+    std::vector<llama_tokens> held;
+    llama_batch               batch{};
+    bool                      has_batch = false;
+
+    ~cortex_spec() {
+        common_speculative_free(spec);
+        if (has_batch) {
+            llama_batch_free(batch);
+        }
+    }
 };
 
 namespace {
@@ -92,14 +107,25 @@ common_params_speculative to_params(const cortex_spec_params & p) {
     common_params_speculative params;
     params.types = common_speculative_types_from_names(string_split<std::string>(p.types, ','));
     for (auto type : params.types) {
+        if (type == COMMON_SPECULATIVE_TYPE_DRAFT_SIMPLE) {
+            if (p.ctx_draft == nullptr || p.ctx_target == nullptr) {
+                throw std::invalid_argument("speculative type 'draft-simple' needs a draft model's context "
+                                            "and the target's");
+            }
+            continue;
+        }
         if (type != COMMON_SPECULATIVE_TYPE_NGRAM_SIMPLE && type != COMMON_SPECULATIVE_TYPE_NGRAM_MAP_K &&
             type != COMMON_SPECULATIVE_TYPE_NGRAM_MAP_K4V && type != COMMON_SPECULATIVE_TYPE_NGRAM_MOD &&
             type != COMMON_SPECULATIVE_TYPE_NGRAM_CACHE) {
             throw std::invalid_argument("speculative type '" + common_speculative_type_to_str(type) +
-                                        "' is not an n-gram type (this library drafts by n-gram lookup; "
-                                        "a draft model goes through the engine's own draft context)");
+                                        "' is not supported here (n-gram types and draft-simple are)");
         }
     }
+    params.draft.ctx_tgt = p.ctx_target;
+    params.draft.ctx_dft = p.ctx_draft;
+    params.draft.n_max = p.n_max > 0 ? p.n_max : 16;
+    params.draft.n_min = 0;  // the caller drops short drafts
+    params.draft.p_min = p.draft_p_min;
     set_ngram_map(params.ngram_simple, p);
     set_ngram_map(params.ngram_map_k, p);
     set_ngram_map(params.ngram_map_k4v, p);
@@ -113,6 +139,66 @@ common_params_speculative to_params(const cortex_spec_params & p) {
         params.ngram_mod.n_max = p.ngram_mod_n_max;
     }
     return params;
+}
+
+bool has_type(const common_params_speculative & params, common_speculative_type type) {
+    return std::find(params.types.begin(), params.types.end(), type) != params.types.end();
+}
+
+// A draft model that does not share the target's vocabulary: llama.cpp's message, with both sizes.
+std::string vocab_mismatch(const cortex_spec_params & p, const std::string & what) {
+    const int n_tgt = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(p.ctx_target)));
+    const int n_dft = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(p.ctx_draft)));
+    return what + " (the target's vocabulary has " + std::to_string(n_tgt) + " tokens, the draft model's " +
+           std::to_string(n_dft) + ")";
+}
+
+// Make seq_id's cells in the draft context hold exactly history[0..n): keep the common
+// prefix with what they hold, drop the rest, decode what is missing. False when the
+// draft context cannot take them (its cells are then emptied).
+bool sync_draft(cortex_spec * s, llama_seq_id seq_id, const llama_token * history, int32_t n) {
+    llama_tokens & held = s->held[seq_id];
+    llama_memory_t mem = llama_get_memory(s->ctx_dft);
+    size_t keep = 0;
+    while (keep < held.size() && keep < (size_t) n && held[keep] == history[keep]) {
+        ++keep;
+    }
+    if (keep < held.size()) {
+        llama_memory_seq_rm(mem, seq_id, (llama_pos) keep, -1);
+        held.resize(keep);
+    }
+    const int32_t n_batch = (int32_t) llama_n_batch(s->ctx_dft);
+    while ((int32_t) held.size() < n) {
+        const int32_t start = (int32_t) held.size();
+        const int32_t count = std::min(n - start, n_batch);
+        s->batch.n_tokens = count;
+        for (int32_t i = 0; i < count; ++i) {
+            s->batch.token[i] = history[start + i];
+            s->batch.pos[i] = start + i;
+            s->batch.n_seq_id[i] = 1;
+            s->batch.seq_id[i][0] = seq_id;
+            s->batch.logits[i] = 0;
+        }
+        if (llama_decode(s->ctx_dft, s->batch) != 0) {
+            llama_memory_seq_rm(mem, seq_id, -1, -1);
+            held.clear();
+            return false;
+        }
+        held.insert(held.end(), history + start, history + start + count);
+    }
+    return true;
+}
+
+// After a draft: the draft model decoded id_last and (most of) the draft after the history.
+void note_drafted(cortex_spec * s, llama_seq_id seq_id, llama_token id_last) {
+    llama_tokens & held = s->held[seq_id];
+    const llama_pos pos_max = llama_memory_seq_pos_max(llama_get_memory(s->ctx_dft), seq_id);
+    llama_tokens tokens = s->history;
+    tokens.push_back(id_last);
+    tokens.insert(tokens.end(), s->result.begin(), s->result.end());
+    const size_t n_held = std::min<size_t>(pos_max < 0 ? 0 : (size_t) pos_max + 1, tokens.size());
+    llama_memory_seq_rm(llama_get_memory(s->ctx_dft), seq_id, (llama_pos) n_held, -1);
+    held.assign(tokens.begin(), tokens.begin() + n_held);
 }
 
 }  // namespace
@@ -132,7 +218,24 @@ int cortex_spec_init(const cortex_spec_params * params, uint32_t n_seq, cortex_s
         *out_spec = nullptr;
         common_params_speculative p = to_params(*params);
         auto holder = std::make_unique<cortex_spec>();
-        holder->spec = common_speculative_init(p, n_seq);
+        if (has_type(p, COMMON_SPECULATIVE_TYPE_DRAFT_SIMPLE)) {
+            if (llama_n_seq_max(params->ctx_draft) != n_seq) {
+                throw std::invalid_argument("the draft context has " + std::to_string(llama_n_seq_max(params->ctx_draft)) +
+                                            " sequences, the drafter serves " + std::to_string(n_seq));
+            }
+            holder->ctx_dft = params->ctx_draft;
+            holder->held.resize(n_seq);
+            holder->batch = llama_batch_init((int32_t) llama_n_batch(params->ctx_draft), 0, 1);
+            holder->has_batch = true;
+        }
+        try {
+            holder->spec = common_speculative_init(p, n_seq);
+        } catch (const std::runtime_error & e) {
+            if (holder->ctx_dft == nullptr) {
+                throw;
+            }
+            throw std::invalid_argument(vocab_mismatch(*params, e.what()));
+        }
         if (holder->spec == nullptr) {
             throw std::invalid_argument(std::string("no speculative implementation for '") + params->types + "'");
         }
@@ -177,6 +280,12 @@ int cortex_spec_draft(cortex_spec * spec, llama_seq_id seq_id, const llama_token
         if (cap <= 0) {
             return;
         }
+        if (spec->ctx_dft != nullptr) {
+            if (std::any_of(history, history + n_history, [](llama_token t) { return t < 0; }) || id_last < 0 ||
+                !sync_draft(spec, seq_id, history, n_history)) {
+                return;  // media the draft model cannot read, or no room in its cells: no draft
+            }
+        }
         spec->history.assign(history, history + n_history);
         spec->result.clear();
         auto & dp = common_speculative_get_draft_params(spec->spec, seq_id);
@@ -189,9 +298,25 @@ int cortex_spec_draft(cortex_spec * spec, llama_seq_id seq_id, const llama_token
         common_speculative_draft(spec->spec);
         dp.prompt = nullptr;
         dp.result = nullptr;
+        if (spec->ctx_dft != nullptr) {
+            note_drafted(spec, seq_id, id_last);
+        }
         const int32_t n = std::min<int32_t>((int32_t) spec->result.size(), cap);
         std::copy(spec->result.begin(), spec->result.begin() + n, out);
         *n_out = n;
+    });
+}
+
+int cortex_spec_sync(cortex_spec * spec, llama_seq_id seq_id, const llama_token * history, int32_t n_history,
+                     char ** err) {
+    return guarded(err, [&]() {
+        check_seq(spec, seq_id);
+        if (n_history < 0 || (n_history > 0 && history == nullptr)) {
+            throw std::invalid_argument("bad history (" + std::to_string(n_history) + " tokens)");
+        }
+        if (spec->ctx_dft != nullptr && std::none_of(history, history + n_history, [](llama_token t) { return t < 0; })) {
+            sync_draft(spec, seq_id, history, n_history);
+        }
     });
 }
 

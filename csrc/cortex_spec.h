@@ -1,5 +1,6 @@
 // cortex_spec: a C ABI over llama.cpp's own speculative-decoding helpers
-// (common/speculative.h with common/ngram-map.h, ngram-mod.h, ngram-cache.h).
+// (common/speculative.h with common/ngram-map.h, ngram-mod.h, ngram-cache.h,
+// and its draft-model drafter, draft-simple).
 //
 // One cortex_spec serves n_seq sequences (the engine's slots). The engine asks
 // for one sequence's draft at a time (its history, its newest token, the most it
@@ -7,6 +8,12 @@
 // tokens were accepted. Calls that can fail return a cortex_spec_status and put
 // a malloc'd error message into *err (free it with cortex_spec_string_free).
 // Nothing here throws across the C boundary.
+//
+// With a draft model (draft-simple), the caller owns its context (one sequence
+// per slot, as the target's). Before each draft the shim brings that sequence's
+// cells to the history it is given: it keeps the longest common prefix of what
+// the cells hold, removes the rest and decodes what is missing (so prefix reuse,
+// preemption and rejected drafts need no calls of their own).
 //
 // scripts/gen_cdef.py reads this header into cortex_llama/_cdef.py (SPEC_CDEF).
 #pragma once
@@ -36,7 +43,8 @@ struct cortex_spec;
 // The draft sources, as llama-server's --spec-type and --spec-ngram-* options
 // name them. Fields left at 0 keep llama.cpp's defaults (common_params_speculative).
 struct cortex_spec_params {
-    const char * types;  // comma-separated: "ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache"
+    const char * types;  // comma-separated: "ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod",
+                         // "ngram-cache", "draft-simple" (needs ctx_draft)
     int32_t n_max;       // the most tokens one draft may hold (0: each type's own limit)
     uint16_t ngram_size_n;     // lookup n-gram length of ngram-simple / ngram-map-k / -k4v
     uint16_t ngram_size_m;     // drafted m-gram length of the same
@@ -44,6 +52,9 @@ struct cortex_spec_params {
     int32_t ngram_mod_n_match; // ngram-mod lookup length
     int32_t ngram_mod_n_min;   // ngram-mod: shortest draft kept
     int32_t ngram_mod_n_max;   // ngram-mod: longest draft
+    struct llama_context * ctx_target;  // draft-simple: the target's context (for the vocabulary check)
+    struct llama_context * ctx_draft;   // draft-simple: the draft model's context, n_seq sequences
+    float draft_p_min;                  // draft-simple: stop at a token drafted with less probability
 };
 
 CORTEX_SPEC_API int cortex_spec_init(const struct cortex_spec_params * params, uint32_t n_seq,
@@ -59,11 +70,18 @@ CORTEX_SPEC_API int cortex_spec_begin(struct cortex_spec * spec, llama_seq_id se
 
 // Draft for seq_id: history[0..n_history) is what its cells hold, id_last the newest
 // token (at position pos0, not decoded yet). At most min(n_max, out_cap) tokens go
-// to out; *n_out gets their number (0: no draft).
+// to out; *n_out gets their number (0: no draft). A history with a negative entry
+// (media) gets no draft from a draft model.
 CORTEX_SPEC_API int cortex_spec_draft(struct cortex_spec * spec, llama_seq_id seq_id,
                                       const llama_token * history, int32_t n_history, llama_token id_last,
                                       llama_pos pos0, int32_t n_max, llama_token * out, int32_t out_cap,
                                       int32_t * n_out, char ** err);
+
+// Bring a draft model's cells of seq_id to history[0..n_history) (what cortex_spec_draft
+// does first; call it to do that work apart). No-op without a draft model, or for a
+// history with media.
+CORTEX_SPEC_API int cortex_spec_sync(struct cortex_spec * spec, llama_seq_id seq_id, const llama_token * history,
+                                     int32_t n_history, char ** err);
 
 // The target accepted n_accepted tokens of seq_id's last draft.
 CORTEX_SPEC_API int cortex_spec_accept(struct cortex_spec * spec, llama_seq_id seq_id, uint16_t n_accepted,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cortex_llama import LLM, NgramDrafter, SpeculationError
+from cortex_llama import LLM, Drafter, SpeculationError
 from cortex_llama.gen.scheduler import KVOp, Scheduler
 from cortex_llama.gen.speculation import DraftPolicy, StepCost, best_length
 from cortex_llama.testmodel import make_test_model, make_test_projector
@@ -51,7 +51,7 @@ def _runs(path: Path, n_tokens: int, prompts: list[str], *, together: bool, **co
 
 # -- the drafter (object layer) -----------------------------------------------------------
 def test_drafter_looks_up_the_continuation_of_a_repeated_ngram() -> None:
-    d = NgramDrafter("ngram-simple", 2, size_n=3, size_m=8)
+    d = Drafter("ngram-simple", 2, size_n=3, size_m=8)
     history = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 2 + [1, 2], dtype=np.int32)
     assert d.n_max == 8
     assert d.draft(0, history, len(history), 3, 16) == [4, 5, 6, 7, 8, 9, 10, 1]
@@ -63,16 +63,18 @@ def test_drafter_looks_up_the_continuation_of_a_repeated_ngram() -> None:
 
 
 def test_drafter_refuses_bad_settings() -> None:
-    with pytest.raises(SpeculationError, match="unknown n-gram speculative type 'draft-simple'"):
-        NgramDrafter("draft-simple", 1)
+    with pytest.raises(SpeculationError, match="'draft-simple' needs the draft model's context"):
+        Drafter("draft-simple", 1)
+    with pytest.raises(SpeculationError, match="unknown speculative type 'eagle'"):
+        Drafter("eagle", 1)
     with pytest.raises(SpeculationError, match="size_n=2000 is outside"):
-        NgramDrafter("ngram-simple", 1, size_n=2000)
-    d = NgramDrafter("ngram-map-k,ngram-mod", 2)
+        Drafter("ngram-simple", 1, size_n=2000)
+    d = Drafter("ngram-map-k,ngram-mod", 2)
     with pytest.raises(SpeculationError, match=r"sequence 5 is not in \[0, 2\)"):
         d.draft(5, np.zeros(4, np.int32), 4, 1, 4)
 
 
-@pytest.mark.parametrize("bad, match", [({"speculative": "draft"}, "unknown type 'draft'"),
+@pytest.mark.parametrize("bad, match", [({"speculative": "eagle3"}, "unknown type 'eagle3'"),
                                         ({"speculative": "ngram", "draft_max": 0}, "draft_max=0"),
                                         ({"speculative": "ngram", "draft_min": 9, "draft_max": 4},
                                          "draft_min=9")])
@@ -388,12 +390,3 @@ def test_serve_speculates_and_reports_it(small_q4_path: Path, tmp_path: Path) ->
     assert native["timings"]["draft_n"] >= native["timings"]["draft_n_accepted"] >= 0
     assert metrics["llamacpp:spec_decode_num_draft_tokens_total"] > 0
     assert metrics["llamacpp:spec_decode_num_accepted_tokens_total"] == metrics["draft_accepted_total"]
-
-
-def test_cli_refuses_a_draft_model(tiny_path: Path) -> None:
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, "-m", "cortex_llama", "run", str(tiny_path), "hi", "--model-draft", "d.gguf"],
-                       capture_output=True, text=True)
-    assert r.returncode != 0 and "--model-draft d.gguf: a draft model is not supported yet" in r.stderr

@@ -38,7 +38,7 @@ from .errors import (
 )
 from .model import Detokenizer, Model, Vocab, quantize
 from .sampling import Candidates, PySampler, Sampler, SamplerChain
-from .speculative import NgramDrafter
+from .speculative import Drafter
 from .gen.request import Request
 from .llm import LLM, Completion, GenerationParams, ModelConfig
 from .rerank import RerankResult
@@ -49,7 +49,7 @@ __all__ = [
     "__version__",
     "Model", "Vocab", "Detokenizer", "quantize",
     "Context", "LoraAdapter", "Batch",
-    "Sampler", "SamplerChain", "PySampler", "Candidates", "NgramDrafter",
+    "Sampler", "SamplerChain", "PySampler", "Candidates", "Drafter",
     "LLM", "ModelConfig", "GenerationParams", "Completion", "Request", "RerankResult",
     "LlamaError", "ModelLoadError", "ContextError", "ClosedError", "DecodeError",
     "KVCacheFullError", "AbortedError", "InvalidBatchError", "FatalDecodeError",

@@ -2224,6 +2224,9 @@ struct cortex_spec_params {
     int32_t ngram_mod_n_match;
     int32_t ngram_mod_n_min;
     int32_t ngram_mod_n_max;
+    struct llama_context * ctx_target;
+    struct llama_context * ctx_draft;
+    float draft_p_min;
 };
 
 int cortex_spec_init(const struct cortex_spec_params * params, uint32_t n_seq, struct cortex_spec ** out_spec, char ** err);
@@ -2235,6 +2238,8 @@ int32_t cortex_spec_n_max(const struct cortex_spec * spec);
 int cortex_spec_begin(struct cortex_spec * spec, llama_seq_id seq_id, const llama_token * prompt, int32_t n_prompt, char ** err);
 
 int cortex_spec_draft(struct cortex_spec * spec, llama_seq_id seq_id, const llama_token * history, int32_t n_history, llama_token id_last, llama_pos pos0, int32_t n_max, llama_token * out, int32_t out_cap, int32_t * n_out, char ** err);
+
+int cortex_spec_sync(struct cortex_spec * spec, llama_seq_id seq_id, const llama_token * history, int32_t n_history, char ** err);
 
 int cortex_spec_accept(struct cortex_spec * spec, llama_seq_id seq_id, uint16_t n_accepted, char ** err);
 

@@ -50,10 +50,11 @@ def _llm(args: argparse.Namespace) -> Any:
 
 
 def _speculative_args(p: argparse.ArgumentParser) -> None:
-    """llama-server's speculative-decoding flags (the n-gram types)."""
+    """llama-server's speculative-decoding flags (n-gram types and a draft model)."""
     p.add_argument("--spec-type", default=None, metavar="TYPE[,TYPE]",
                    help="speculative decoding by n-gram lookup: ngram-simple, ngram-map-k, ngram-map-k4v, "
-                        "ngram-mod or ngram-cache (comma-separated; default: none)")
+                        "ngram-mod or ngram-cache, or draft-simple with --model-draft (comma-separated; "
+                        "default: none, draft-simple when --model-draft is given)")
     p.add_argument("--draft-max", "--spec-draft-n-max", dest="draft_max", type=int, default=16,
                    help="the most tokens drafted per step (default: 16)")
     p.add_argument("--draft-min", "--spec-draft-n-min", dest="draft_min", type=int, default=0,
@@ -66,18 +67,25 @@ def _speculative_args(p: argparse.ArgumentParser) -> None:
                    help="verify every match up to --draft-max, as llama-server does (default: draft only as "
                         "far as the measured cost of a row and the request's acceptance pay)")
     p.add_argument("-md", "--model-draft", "--spec-draft-model", dest="model_draft", default=None,
-                   help="a draft model (not supported yet: the command stops, naming the n-gram types)")
+                   help="a draft model GGUF sharing the model's vocabulary (speculative type draft-simple)")
+    p.add_argument("-ngld", "--gpu-layers-draft", "--n-gpu-layers-draft", dest="gpu_layers_draft", type=int,
+                   default=None, help="the draft model's layers on the GPU (default: as --gpu-layers)")
+    p.add_argument("--draft-p-min", "--spec-draft-p-min", dest="draft_p_min", type=float, default=0.0,
+                   help="a draft model's draft ends at a token it gives less probability (default: 0)")
 
 
 def _speculative_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The ModelConfig fields of the speculative flags. Raises ``SystemExit``
-    for --model-draft (a draft model is not supported yet)."""
-    if getattr(args, "model_draft", None):
-        raise SystemExit(f"cortex-llama: error: --model-draft {args.model_draft}: a draft model is not "
-                         "supported yet; use --spec-type ngram-simple (or ngram-map-k, ngram-mod)")
-    if getattr(args, "spec_type", None) in (None, "none"):
+    """The ModelConfig fields of the speculative flags (--model-draft adds
+    draft-simple to --spec-type's types)."""
+    spec_type = getattr(args, "spec_type", None)
+    spec_type = None if spec_type == "none" else spec_type
+    draft = getattr(args, "model_draft", None)
+    if spec_type is None and draft is None:
         return {}
-    return {"speculative": args.spec_type, "draft_max": args.draft_max, "draft_min": args.draft_min,
+    if draft is not None and spec_type is not None and not {"draft", "draft-simple"} & set(spec_type.split(",")):
+        spec_type += ",draft-simple"
+    return {"speculative": spec_type, "draft_model": draft, "draft_gpu_layers": args.gpu_layers_draft,
+            "draft_p_min": args.draft_p_min, "draft_max": args.draft_max, "draft_min": args.draft_min,
             "draft_adaptive": args.draft_adaptive, "ngram_size_n": args.spec_ngram_size_n,
             "ngram_size_m": args.spec_ngram_size_m}
 

@@ -59,7 +59,7 @@ from .gen.speculation import Speculation
 from .gen.streams import AsyncTextStream, TextStream
 from .model import Model
 from .multimodal import Projector
-from .speculative import NgramDrafter
+from .speculative import Drafter
 
 __all__ = ["LLM", "ModelConfig", "GenerationParams", "Completion", "Usage", "Timings",
            "TokenLogprob", "Request", "TextStream", "AsyncTextStream", "QueueFullError",
@@ -89,6 +89,7 @@ class LLM(CompletionMethods, ChatMethods, EmbeddingMethods):
         self.config = with_overrides(config, overrides)
         self._life = threading.RLock()  # load/unload
         self._model: Model | None = None
+        self._draft_model: Model | None = None  # speculative decoding's draft model, when configured
         self._ctx: Context | None = None
         self._engine: Engine | None = None
         self._projector: Projector | None = None
@@ -147,12 +148,26 @@ class LLM(CompletionMethods, ChatMethods, EmbeddingMethods):
         return self._model is not None
 
     def _speculation(self, ctx: Context) -> Speculation | None:
-        """The drafting stage ModelConfig.speculative asks for (None: off).
-        Raises :class:`SpeculationError` for a bad n-gram setting."""
+        """The drafting stage ModelConfig.speculative asks for (None: off); a draft
+        model gets a context shaped as ``ctx`` (slots, cells, batch, threads).
+        Raises :class:`SpeculationError` for a bad n-gram setting or a draft model
+        whose vocabulary differs, :class:`ModelLoadError` for its file."""
         c = self.config
-        if c.speculative is None:
+        types = c.speculative_types
+        if not types:
             return None
-        drafter = NgramDrafter(c.speculative_types, ctx.n_seq_max, size_n=c.ngram_size_n, size_m=c.ngram_size_m)
+        draft_ctx: Context | None = None
+        if c.draft_model is not None:
+            layers = c.gpu_layers if c.draft_gpu_layers is None else c.draft_gpu_layers
+            draft = Model(c.draft_model, n_gpu_layers=layers, use_mmap=c.use_mmap, devices=c.devices,
+                          use_extra_bufts=c.resolved_extra_bufts, no_host=c.no_host)
+            self._draft_model = draft
+            draft_ctx = Context(draft, n_ctx=ctx.n_ctx, n_batch=c.batch_size, n_ubatch=c.ubatch_size,
+                                n_seq_max=ctx.n_seq_max, n_threads=c.threads, n_threads_batch=c.threads_batch,
+                                flash_attn=c.resolved_flash_attn, kv_unified=c.kv_unified)
+        drafter = Drafter(types, ctx.n_seq_max, size_n=c.ngram_size_n, size_m=c.ngram_size_m,
+                          draft=draft_ctx, target=ctx if draft_ctx is not None else None,
+                          draft_max=c.draft_max, draft_p_min=c.draft_p_min)
         return Speculation(drafter, ctx.n_ctx_seq, n_max=c.draft_max, n_min=c.draft_min,
                            adaptive=c.draft_adaptive, per_slot=not c.kv_unified)
 
@@ -188,6 +203,7 @@ class LLM(CompletionMethods, ChatMethods, EmbeddingMethods):
                 engine = Engine(ctx, max_queue=c.max_queue, projector=projector, loras=loras or None,
                                 prompt_cache_bytes=cache, speculation=self._speculation(ctx))
             except BaseException:
+                self._close_draft_model()
                 model.close()
                 raise
             self._model, self._ctx, self._engine = model, ctx, engine
@@ -228,8 +244,14 @@ class LLM(CompletionMethods, ChatMethods, EmbeddingMethods):
                 embedder.close()
             if loras is not None:
                 loras.close()
+            self._close_draft_model()
             if model is not None:
                 model.close()  # closes the contexts too
+
+    def _close_draft_model(self) -> None:
+        draft, self._draft_model = self._draft_model, None
+        if draft is not None:
+            draft.close()  # its context and the drafter first
 
     close = unload
 

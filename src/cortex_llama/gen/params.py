@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence, TypeVar, Union
 
-from ..speculative import NGRAM_TYPES
+from ..speculative import MODEL_TYPES, NGRAM_TYPES
 
 __all__ = ["ModelConfig", "GenerationParams", "Completion", "Usage", "Timings", "TokenLogprob",
            "FINISH_STOP", "FINISH_LENGTH", "FINISH_EOG", "FINISH_CANCELLED", "with_overrides"]
@@ -42,6 +42,9 @@ class ModelConfig:
     ``draft_max`` tokens per step by lookup in each request's own prompt and
     output and verifies them in the step's one decode; output is the same as
     without it (see the README's speculative decoding section).
+    ``draft_model=PATH`` (with ``speculative="draft"``, its default then) drafts
+    with a smaller model that shares the vocabulary (llama.cpp's draft-simple);
+    ``"ngram,draft"`` tries lookup first.
 
     Raises ``ValueError`` naming the field for impossible values.
     """
@@ -81,8 +84,14 @@ class ModelConfig:
     #: llama.cpp's warm-up run at load (its tools' default; --no-warmup turns it off)
     warmup: bool = True
     #: speculative decoding: "ngram" (llama.cpp's ngram-simple), any of llama.cpp's n-gram
-    #: types ("ngram-map-k", "ngram-mod", ... comma-separated), or None (off)
+    #: types ("ngram-map-k", "ngram-mod", ... comma-separated), "draft" (a draft model:
+    #: llama.cpp's draft-simple), or None (off; "draft" when draft_model is set)
     speculative: str | None = None
+    #: the draft model's GGUF (same vocabulary as the target), its GPU layers (None: gpu_layers)
+    draft_model: Union[str, "os.PathLike[str]", None] = None
+    draft_gpu_layers: int | None = None
+    #: a draft model's draft ends at a token it gives less probability (llama.cpp's p_min: 0)
+    draft_p_min: float = 0.0
     draft_max: int = 16  # the longest draft verified in one step
     draft_min: int = 0  # shorter drafts are not verified
     #: draft only as far as the measured cost of a row and the request's acceptance pay
@@ -111,26 +120,40 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.seed must be in [0, 2**32), got {self.seed}")
         if self.deterministic:
             self._check_deterministic()
-        if self.speculative is not None:
+        if self.speculative is not None or self.draft_model is not None:
             self._check_speculative()
 
     def _check_speculative(self) -> None:
-        """Raises ``ValueError`` for draft sizes out of range or an unknown type."""
+        """Raises ``ValueError`` for draft sizes out of range, an unknown type, or
+        a draft type without a draft model (and the other way round)."""
         if self.draft_max < 1 or not 0 <= self.draft_min <= self.draft_max:
             raise ValueError(f"ModelConfig: draft_max={self.draft_max}, draft_min={self.draft_min} "
                              "(needs draft_max >= 1 and 0 <= draft_min <= draft_max)")
-        names = [n.strip() for n in str(self.speculative).split(",")]
-        bad = [n for n in names if n != "ngram" and n not in NGRAM_TYPES]
+        if not 0.0 <= self.draft_p_min <= 1.0:
+            raise ValueError(f"ModelConfig.draft_p_min must be in [0, 1], got {self.draft_p_min}")
+        if self.draft_gpu_layers is not None and self.draft_gpu_layers < -1:
+            raise ValueError(f"ModelConfig.draft_gpu_layers must be >= -1 (-1: all), got {self.draft_gpu_layers}")
+        types = self.speculative_types
+        bad = [n for n in types if n not in NGRAM_TYPES + MODEL_TYPES]
         if bad:
             raise ValueError(f"ModelConfig.speculative={self.speculative!r}: unknown type {bad[0]!r} "
-                             f"(known: ngram, {', '.join(NGRAM_TYPES)}; a draft model is not supported yet)")
+                             f"(known: ngram, draft, {', '.join(NGRAM_TYPES + MODEL_TYPES)})")
+        uses_model = any(n in MODEL_TYPES for n in types)
+        if uses_model and self.draft_model is None:
+            raise ValueError(f"ModelConfig.speculative={self.speculative!r} drafts with a model: "
+                             "set ModelConfig.draft_model to its GGUF")
+        if self.draft_model is not None and not uses_model:
+            raise ValueError(f"ModelConfig.draft_model={os.fspath(self.draft_model)!r} is set but "
+                             f"speculative={self.speculative!r} does not use it (add 'draft')")
 
     @property
     def speculative_types(self) -> list[str]:
-        """llama.cpp's type names for :attr:`speculative` ("ngram": ngram-simple)."""
+        """llama.cpp's type names for :attr:`speculative` ("ngram": ngram-simple,
+        "draft": draft-simple; ["draft-simple"] when only draft_model is set)."""
         if self.speculative is None:
-            return []
-        return ["ngram-simple" if n.strip() == "ngram" else n.strip() for n in self.speculative.split(",")]
+            return ["draft-simple"] if self.draft_model is not None else []
+        aliases = {"ngram": "ngram-simple", "draft": "draft-simple"}
+        return [aliases.get(n.strip(), n.strip()) for n in self.speculative.split(",") if n.strip()]
 
     def _check_deterministic(self) -> None:
         """The settings ``deterministic=True`` needs; raises ``ValueError`` naming
@@ -163,6 +186,7 @@ class GenerationParams:
     ``temperature=0`` is greedy. ``stop`` strings end generation and are not
     returned. ``grammar`` (GBNF) or ``json_schema`` constrain the output.
     ``logprobs=N`` returns the top-N log probabilities of every generated token.
+    ``speculative=False`` keeps this request out of speculative decoding.
     Raises ``ValueError`` naming the field for out-of-range values.
     """
 

@@ -3,7 +3,7 @@ how long each request's next draft may be.
 
 Before each plan, :meth:`Speculation.propose` gives every decoding job that
 speculates a draft (llama.cpp's n-gram lookup over its own prompt and output,
-:class:`~cortex_llama.speculative.NgramDrafter`); the scheduler fits the drafts
+or its draft model: :class:`~cortex_llama.speculative.Drafter`); the scheduler fits the drafts
 into the step's budget, the runner decodes each after its job's newest token
 with logits at every row, selection keeps the agreeing prefix, and
 :meth:`Speculation.verified` learns from the outcome.
@@ -23,7 +23,9 @@ none when that is not positive. Where rows are nearly free (a GPU) that is
 ``n_max``; on a compute-bound CPU it is a few tokens for one stream, and
 nothing with many streams decoding (where a drafted row costs as much as a
 token). A request that drafts nothing where drafting could pay probes with one
-token every 8 steps, to learn whether its text turned copy-heavy.
+token every 8 steps, to learn whether its text turned copy-heavy. Drafting
+itself is timed too: the seconds a draft call takes per drafted token (a
+draft model's decodes; next to nothing for lookup) add to ``per_row``.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import math
+import time
 
 import numpy as np
 
 from .scheduler import Job
 
 if TYPE_CHECKING:
-    from ..speculative import NgramDrafter
+    from ..speculative import Drafter
 
 __all__ = ["DraftPolicy", "StepCost", "Speculation"]
 
@@ -156,7 +159,7 @@ class Speculation:
     to its ``timings`` (``draft_n``, ``draft_n_accepted``).
     """
 
-    def __init__(self, drafter: NgramDrafter, capacity: int, *, n_max: int = 16, n_min: int = 0,
+    def __init__(self, drafter: Drafter, capacity: int, *, n_max: int = 16, n_min: int = 0,
                  adaptive: bool = True, per_slot: bool = True) -> None:
         if n_max < 1 or not 0 <= n_min <= n_max:
             raise ValueError(f"bad draft sizes: draft_max={n_max}, draft_min={n_min} "
@@ -173,6 +176,8 @@ class Speculation:
         self.accepted = 0
         #: the decodes' cost model (the engine reports each token decode)
         self.cost = StepCost()
+        #: seconds a draft call takes per drafted token (exponentially weighted)
+        self.draft_row = 0.0
         self._states: dict[int, _State] = {}  # by id(job)
 
     def start(self, job: Job) -> None:
@@ -204,7 +209,7 @@ class Speculation:
             return None
         base, per_row = self.cost.fit()
         extra = base if self.per_slot and streams > 1 else 0.0
-        return base / max(streams, 1) + per_row, extra, per_row
+        return base / max(streams, 1) + per_row, extra, per_row + self.draft_row
 
     def _draft(self, job: Job, state: _State, costs: tuple[float, float, float] | None) -> list[int]:
         feed = job.feed
@@ -220,7 +225,10 @@ class Speculation:
             # media entries (negative ids of any size) become -1: never a token, never drafted
             state.history[state.filled:n_hist] = np.maximum(np.asarray(feed[state.filled:n_hist], np.int64), -1)
             state.filled = n_hist
+        self.drafter.sync(job.slot.seq_id, state.history, n_hist)  # a prompt's catch-up: not a draft's cost
+        t0 = time.perf_counter()
         draft = self.drafter.draft(job.slot.seq_id, state.history, n_hist, feed[-1], n_max)
+        self.draft_row = 0.9 * self.draft_row + 0.1 * (time.perf_counter() - t0) / max(len(draft), 1)
         for i, tok in enumerate(draft):
             if tok < 0:  # media entries are never drafted
                 draft = draft[:i]

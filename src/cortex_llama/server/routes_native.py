@@ -209,7 +209,8 @@ async def slots(state: ServerState = Depends(get_state)) -> list[dict[str, Any]]
                        type="not_supported_error", code="slots_disabled")
     slots = state.llm.slots
     n_ctx = state.llm.config.context_size
-    return [{"id": i, "n_ctx": n_ctx, "speculative": False, "is_processing": slots.is_busy(i),
+    speculative = bool(state.llm.config.speculative_types)
+    return [{"id": i, "n_ctx": n_ctx, "speculative": speculative, "is_processing": slots.is_busy(i),
              "n_cached": slots.cached_tokens(i)} for i in range(state.llm.config.n_seq_max)]
 
 
