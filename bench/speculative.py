@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Speculative decoding (n-gram lookup): speed against our own plain run and
-against native ``llama-server`` with the same speculation settings.
+"""Speculative decoding (n-gram lookup, a draft model): speed against our own
+plain run and against native ``llama-server`` with the same speculation settings.
 
 Both servers get the same model, slots, context and threads; each runs once
 without speculation and once with ``--spec-type TYPE --draft-max N``, one
@@ -16,8 +16,14 @@ each by 1 client (generation tokens/s from the server's own ``timings``) and by
 run has its own prompt: n-gram pools that outlive a request (``ngram-mod``)
 cannot draft one run from an earlier one's output. Greedy, fixed ``max_tokens``.
 
+``--draft-pair`` measures a draft model instead: the synthetic 1b-shaped F16
+model as the target and its Q4_0 copy as the draft (``--model-draft``, type
+draft-simple), on the natural loads (random weights copy nothing); written to
+``speculative-draft.md``.
+
     python bench/speculative.py                          # ngram-simple, 3 reps
     python bench/speculative.py --spec-type ngram-mod --reps 2
+    python bench/speculative.py --draft-pair --reps 1 --max-tokens 64
 
 Writes ``bench/results/speculative.md`` and ``speculative.json``.
 """
@@ -38,7 +44,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import RESULTS, build_native, machine  # noqa: E402
+from run import MODELS, RESULTS, build_native, machine  # noqa: E402
 from server import BUILD_SERVER, Proc, free_port  # noqa: E402
 
 GGUF_PY = HERE.parent / "vendor" / "llama.cpp" / "gguf-py" / "gguf"
@@ -76,13 +82,16 @@ def start(kind: str, args: argparse.Namespace, spec: bool) -> Proc:
     port = free_port()
     common = ["-c", str(args.ctx * args.parallel), "-t", str(args.threads), "--port", str(port)]
     spec_args = ["--spec-type", args.spec_type, "--draft-max", str(args.draft_max)] if spec else []
+    if spec and args.model_draft:
+        spec_args += ["--model-draft", args.model_draft]
     if kind == "cortex-llama":
         cmd = [sys.executable, "-m", "cortex_llama", "serve", args.model, "--parallel", str(args.parallel),
                "--log-level", "warning", *common, *spec_args]
     else:
         cmd = [str(BUILD_SERVER / "bin" / "llama-server"), "-m", args.model, "-np", str(args.parallel),
                "-tb", str(args.threads), "--no-webui", *common,
-               *(["--spec-type", args.spec_type, "--spec-draft-n-max", str(args.draft_max)] if spec else [])]
+               *(["--spec-type", args.spec_type, "--spec-draft-n-max", str(args.draft_max)] if spec else []),
+               *(["--model-draft", args.model_draft] if spec and args.model_draft else [])]
     return Proc(f"{kind}{'-spec' if spec else ''}", cmd, port)
 
 
@@ -119,6 +128,9 @@ def loads(args: argparse.Namespace, rep: int) -> dict[str, tuple[list[str], int]
     n8 = 8
     base = rep * (2 + 2 * n8) * 2
     sources = copy_sources(base + 64)
+    if args.model_draft:  # the random-weight pair: natural prompts only
+        return {"natural, 1 stream": ([natural_prompt(base + i) for i in range(2)], 1),
+                "natural, 8 streams": ([natural_prompt(base + 2 + i) for i in range(n8)], n8)}
     return {
         "copy, 1 stream": ([copy_prompt(sources[base + i]) for i in range(2)], 1),
         "copy, 8 streams": ([copy_prompt(sources[base + 2 + i]) for i in range(n8)], n8),
@@ -139,8 +151,16 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--skip-native", action="store_true")
-    ap.add_argument("--out", default="speculative")
+    ap.add_argument("--out", default=None, help="results name (default: speculative, speculative-draft)")
+    ap.add_argument("--model-draft", default=None, help="a draft model GGUF (speculative type draft-simple)")
+    ap.add_argument("--draft-pair", action="store_true",
+                    help="the synthetic 1b F16 target with its Q4_0 copy as the draft model")
     args = ap.parse_args()
+    if args.draft_pair:
+        args.model, args.model_draft = (str(p) for p in draft_pair())
+    if args.model_draft:
+        args.spec_type = "draft-simple"
+    args.out = args.out or ("speculative-draft" if args.model_draft else "speculative")
     if args.model is None:
         from cortex_llama import registry
 
@@ -166,14 +186,29 @@ def main() -> int:
     return 0
 
 
+def draft_pair() -> tuple[Path, Path]:
+    """The 1b-shaped F16 test model and its Q4_0 copy (made once, in bench/.models)."""
+    from cortex_llama import quantize
+    from cortex_llama.testmodel import make_test_model
+
+    MODELS.mkdir(parents=True, exist_ok=True)
+    target, draft = MODELS / "1b-f16.gguf", MODELS / "1b-f16-draft-q4_0.gguf"
+    if not target.exists():
+        make_test_model(target, "1b")
+    if not draft.exists():
+        quantize(target, draft, "Q4_0")
+    return target, draft
+
+
 def _median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
 def write(args: argparse.Namespace, kinds: list[str], results: dict[str, dict[str, list[dict[str, float]]]]) -> None:
     loads_ = list(next(iter(results.values())))
+    draft = f", draft model {Path(args.model_draft).name}" if args.model_draft else ""
     lines = [f"# Speculative decoding ({args.spec_type}, draft-max {args.draft_max})", "",
-             f"{machine()}; model {Path(args.model).name}; {args.threads} threads, {args.parallel} slots of "
+             f"{machine()}; model {Path(args.model).name}{draft}; {args.threads} threads, {args.parallel} slots of "
              f"{args.ctx} cells, max_tokens {args.max_tokens}, medians of {args.reps} reps.", "",
              "| server | load | plain tok/s | speculative tok/s | speedup | accepted / drafted |",
              "|---|---|---:|---:|---:|---:|"]

@@ -141,6 +141,17 @@ common_params_speculative to_params(const cortex_spec_params & p) {
     return params;
 }
 
+void check_tokens(const llama_token * tokens, int32_t n, const char * what) {
+    if (n < 0 || (n > 0 && tokens == nullptr)) {
+        throw std::invalid_argument(std::string("bad ") + what + " (" + std::to_string(n) + " tokens)");
+    }
+}
+
+// Media entries (negative ids): a draft model cannot read them.
+bool has_media(const llama_token * tokens, int32_t n) {
+    return std::any_of(tokens, tokens + n, [](llama_token t) { return t < 0; });
+}
+
 bool has_type(const common_params_speculative & params, common_speculative_type type) {
     return std::find(params.types.begin(), params.types.end(), type) != params.types.end();
 }
@@ -256,9 +267,7 @@ int cortex_spec_begin(cortex_spec * spec, llama_seq_id seq_id, const llama_token
                       char ** err) {
     return guarded(err, [&]() {
         check_seq(spec, seq_id);
-        if (n_prompt < 0 || (n_prompt > 0 && prompt == nullptr)) {
-            throw std::invalid_argument("bad prompt (" + std::to_string(n_prompt) + " tokens)");
-        }
+        check_tokens(prompt, n_prompt, "prompt");
         llama_tokens tokens(prompt, prompt + n_prompt);
         common_speculative_begin(spec->spec, seq_id, tokens);
     });
@@ -273,16 +282,13 @@ int cortex_spec_draft(cortex_spec * spec, llama_seq_id seq_id, const llama_token
             throw std::invalid_argument("out and n_out must not be NULL, out_cap must be >= 0");
         }
         *n_out = 0;
-        if (n_history < 0 || (n_history > 0 && history == nullptr)) {
-            throw std::invalid_argument("bad history (" + std::to_string(n_history) + " tokens)");
-        }
+        check_tokens(history, n_history, "history");
         const int32_t cap = std::min(n_max, out_cap);
         if (cap <= 0) {
             return;
         }
         if (spec->ctx_dft != nullptr) {
-            if (std::any_of(history, history + n_history, [](llama_token t) { return t < 0; }) || id_last < 0 ||
-                !sync_draft(spec, seq_id, history, n_history)) {
+            if (has_media(history, n_history) || id_last < 0 || !sync_draft(spec, seq_id, history, n_history)) {
                 return;  // media the draft model cannot read, or no room in its cells: no draft
             }
         }
@@ -311,10 +317,8 @@ int cortex_spec_sync(cortex_spec * spec, llama_seq_id seq_id, const llama_token 
                      char ** err) {
     return guarded(err, [&]() {
         check_seq(spec, seq_id);
-        if (n_history < 0 || (n_history > 0 && history == nullptr)) {
-            throw std::invalid_argument("bad history (" + std::to_string(n_history) + " tokens)");
-        }
-        if (spec->ctx_dft != nullptr && std::none_of(history, history + n_history, [](llama_token t) { return t < 0; })) {
+        check_tokens(history, n_history, "history");
+        if (spec->ctx_dft != nullptr && !has_media(history, n_history)) {
             sync_draft(spec, seq_id, history, n_history);
         }
     });

@@ -74,6 +74,24 @@ def same_greedy(got, solo, gap: float = 2e-3, first: int | None = None) -> bool:
     return len(top) >= 2 and top[0][1] - top[1][1] < gap
 
 
+def eog_ban(llm) -> dict[int, float]:
+    """A logit bias that bans every end-of-generation token (so greedy runs are long)."""
+    return {t: float("-inf") for t in range(llm.model.n_vocab) if llm.model.vocab.is_eog(t)}
+
+
+def cancel_leaves_the_other(llm, keep_prompt: str, stop_prompt: str, max_tokens: int) -> None:
+    """Two greedy streams at once; the second is cancelled after 3 pieces. It
+    ends "cancelled", and the first equals its run alone."""
+    kw = dict(temperature=0, max_tokens=max_tokens)
+    keep = llm.submit(keep_prompt, **kw)
+    stop = llm.submit(stop_prompt, **kw)
+    for i, _ in enumerate(stop):
+        if i == 3:
+            stop.cancel()
+    assert stop.result().finish_reason == "cancelled"
+    assert keep.result().tokens == llm.complete(keep_prompt, **kw).tokens
+
+
 # -- the HTTP server in a subprocess (httpx and openai are imported where used) ---------------
 KEY = "test-key-123"
 START_TIMEOUT = 60.0

@@ -25,7 +25,7 @@ from cortex_llama.gen.scheduler import KVOp, Scheduler
 from cortex_llama.gen.speculation import DraftPolicy, StepCost, best_length
 from cortex_llama.testmodel import make_test_model, make_test_projector
 
-from .helpers import same_greedy
+from .helpers import cancel_leaves_the_other, eog_ban, same_greedy
 
 PROMPTS = [f"Story {i}: " + "the sea and the sky " * (1 + i % 4) for i in range(8)]
 #: unigram lookup drafts often on the synthetic models; every match is verified
@@ -33,14 +33,10 @@ PROMPTS = [f"Story {i}: " + "the sea and the sky " * (1 + i % 4) for i in range(
 SPEC = {"speculative": "ngram", "ngram_size_n": 1, "ngram_size_m": 8, "draft_max": 8, "draft_adaptive": False}
 
 
-def _eog_ban(llm: LLM) -> dict[int, float]:
-    return {t: float("-inf") for t in range(llm.model.n_vocab) if llm.model.vocab.is_eog(t)}
-
-
 def _runs(path: Path, n_tokens: int, prompts: list[str], *, together: bool, **config: object):
     """Greedy completions of ``prompts`` (EOG banned so that every run is long)."""
     with LLM(path, threads=2, n_seq_max=8, context_size=512, **config) as llm:
-        ban = _eog_ban(llm)
+        ban = eog_ban(llm)
         kw = dict(temperature=0, max_tokens=n_tokens, logit_bias=ban, logprobs=2)
         if together:
             out = [r.result() for r in [llm.submit(p, **kw) for p in prompts]]
@@ -269,14 +265,7 @@ def test_a_request_can_opt_out(spec_llm: LLM) -> None:
 
 
 def test_cancelling_a_speculating_stream_leaves_the_others(spec_llm: LLM) -> None:
-    kw = dict(temperature=0, max_tokens=64)
-    keep = spec_llm.submit(PROMPTS[4], **kw)
-    stop = spec_llm.submit(PROMPTS[5], **kw)
-    for i, _ in enumerate(stop):
-        if i == 3:
-            stop.cancel()
-    assert stop.result().finish_reason == "cancelled"
-    assert keep.result().tokens == spec_llm.complete(PROMPTS[4], **kw).tokens
+    cancel_leaves_the_other(spec_llm, PROMPTS[4], PROMPTS[5], 64)
 
 
 def test_prefix_reuse_with_speculation(spec_llm: LLM) -> None:
@@ -288,7 +277,7 @@ def test_prefix_reuse_with_speculation(spec_llm: LLM) -> None:
 def test_unified_cache_under_pressure_loses_nobody(small_q4_path: Path) -> None:
     prompts = PROMPTS[:4]
     with LLM(small_q4_path, threads=2, n_seq_max=4, context_size=160, kv_unified=True, **SPEC) as llm:
-        ban = _eog_ban(llm)
+        ban = eog_ban(llm)
         reqs = [llm.submit(p, temperature=0, max_tokens=48, logit_bias=ban) for p in prompts]
         done = [r.result() for r in reqs]
         assert all(len(c.tokens) > 0 for c in done)

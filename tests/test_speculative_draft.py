@@ -23,7 +23,7 @@ import pytest
 from cortex_llama import LLM, Context, Drafter, Model, SpeculationError, quantize
 from cortex_llama.testmodel import PRESETS, make_test_model, make_test_projector
 
-from .helpers import same_greedy
+from .helpers import cancel_leaves_the_other, eog_ban, same_greedy
 
 PROMPTS = [f"Story {i}: " + "the sea and the sky " * (1 + i % 4) for i in range(8)]
 #: every draft verified (draft_adaptive=False): correctness must not hang on the cost model
@@ -36,13 +36,9 @@ def draft_path(models_dir: Path, small_path: Path) -> Path:
     return quantize(small_path, models_dir / "small-q8_0.gguf", "Q8_0")
 
 
-def _eog_ban(llm: LLM) -> dict[int, float]:
-    return {t: float("-inf") for t in range(llm.model.n_vocab) if llm.model.vocab.is_eog(t)}
-
-
 def _runs(path: Path, prompts: list[str], *, together: bool, n_tokens: int = 32, **config: object):
     with LLM(path, threads=2, n_seq_max=8, context_size=384, deterministic=True, **config) as llm:
-        kw = dict(temperature=0, max_tokens=n_tokens, logit_bias=_eog_ban(llm), logprobs=2)
+        kw = dict(temperature=0, max_tokens=n_tokens, logit_bias=eog_ban(llm), logprobs=2)
         if together:
             out = [r.result() for r in [llm.submit(p, **kw) for p in prompts]]
         else:
@@ -190,20 +186,13 @@ def test_prefix_reuse_and_stop_strings(spec_llm: LLM, plain_llm: LLM) -> None:
 
 
 def test_cancelling_leaves_the_others(spec_llm: LLM) -> None:
-    kw = dict(temperature=0, max_tokens=48)
-    keep = spec_llm.submit(PROMPTS[4], **kw)
-    stop = spec_llm.submit(PROMPTS[5], **kw)
-    for i, _ in enumerate(stop):
-        if i == 3:
-            stop.cancel()
-    assert stop.result().finish_reason == "cancelled"
-    assert keep.result().tokens == spec_llm.complete(PROMPTS[4], **kw).tokens
+    cancel_leaves_the_other(spec_llm, PROMPTS[4], PROMPTS[5], 48)
 
 
 def test_unified_cache_under_pressure_loses_nobody(small_q4_path: Path, draft_path: Path) -> None:
     with LLM(small_q4_path, threads=2, n_seq_max=4, context_size=160, kv_unified=True,
              draft_model=draft_path, **DRAFT) as llm:
-        ban = _eog_ban(llm)
+        ban = eog_ban(llm)
         done = [r.result() for r in [llm.submit(p, temperature=0, max_tokens=48, logit_bias=ban)
                                      for p in PROMPTS[:4]]]
         assert all(len(c.tokens) == 48 for c in done)
