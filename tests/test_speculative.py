@@ -115,6 +115,10 @@ def test_draft_policy_learns_its_acceptance_and_probes_only_where_drafts_could_p
     for _ in range(8):
         q.update(2, 0)  # natural text: first tokens rejected
     assert [q.allowed(*cpu) for _ in range(8)] == [0] * 7 + [1]  # a one-token probe every 8 steps
+    q.update(1, 0)  # the probe was rejected: the next one waits twice as long
+    assert [q.allowed(*cpu) for _ in range(16)] == [0] * 15 + [1]
+    q.update(1, 1)  # taken: back to 8
+    assert [q.allowed(*cpu) for _ in range(8)] == [0] * 7 + [1]
     crowded = (0.004 / 8 + 0.006, 0.004, 0.006)
     assert [q.allowed(*crowded) for _ in range(16)] == [0] * 16  # no probes where nothing pays
     assert DraftPolicy(16, n_min=4).allowed(*cpu) == 4

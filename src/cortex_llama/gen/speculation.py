@@ -23,9 +23,11 @@ none when that is not positive. Where rows are nearly free (a GPU) that is
 ``n_max``; on a compute-bound CPU it is a few tokens for one stream, and
 nothing with many streams decoding (where a drafted row costs as much as a
 token). A request that drafts nothing where drafting could pay probes with one
-token every 8 steps, to learn whether its text turned copy-heavy. Drafting
-itself is timed too: the seconds a draft call takes per drafted token (a
-draft model's decodes; next to nothing for lookup) add to ``per_row``.
+token after 8 steps (twice as many after each rejected probe, up to 128), to
+learn whether its text turned copy-heavy. Drafting itself is timed too: the
+seconds a draft call takes per drafted token (a draft model's decodes, with
+its catch-up on the tokens taken since a draft the step before; next to
+nothing for lookup) add to ``per_row``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DraftPolicy", "StepCost", "Speculation"]
 
-PROBE_EVERY = 8  # steps between one-token probes of a request that drafts nothing
+PROBE_EVERY = 8  # steps before a request that drafts nothing probes with one token
+PROBE_EVERY_MAX = 128  # each rejected probe doubles the wait, up to this
 PRIOR = (2.0, 1.0)  # (accepted tokens, rejections) before a request's first draft
 PROBE_CHANCE = 0.95  # probes only where drafts accepted this often would pay
 
@@ -103,13 +106,15 @@ class DraftPolicy:
     """One request's estimate of its acceptance chance, and the draft length
     it implies (``n_max`` at most; drafts shorter than ``n_min`` are not made)."""
 
-    __slots__ = ("n_max", "n_min", "accepted", "rejected", "idle")
+    __slots__ = ("n_max", "n_min", "accepted", "rejected", "idle", "wait", "probing")
 
     def __init__(self, n_max: int, n_min: int = 0) -> None:
         self.n_max = n_max
         self.n_min = n_min
         self.accepted, self.rejected = PRIOR
         self.idle = 0  # steps since its last draft
+        self.wait = PROBE_EVERY  # steps before the next probe
+        self.probing = False  # the last draft was a probe
 
     @property
     def chance(self) -> float:
@@ -124,9 +129,10 @@ class DraftPolicy:
             if best_length(PROBE_CHANCE, token, extra, per_row, self.n_max) < 1:
                 return 0  # drafting cannot pay now, even for copy-heavy text: no probe
             self.idle += 1
-            if self.idle < PROBE_EVERY:
+            if self.idle < self.wait:
                 return 0
             k = 1  # a probe
+        self.probing = k == 1 and self.idle > 0
         self.idle = 0
         return max(k, self.n_min)
 
@@ -137,17 +143,21 @@ class DraftPolicy:
         self.accepted += accepted
         if accepted < drafted:
             self.rejected += 1
+        if self.probing:  # a rejected probe waits twice as long for the next, a taken one resets
+            self.wait = PROBE_EVERY if accepted else min(2 * self.wait, PROBE_EVERY_MAX)
+            self.probing = False
 
 
 class _State:
     """One speculating job: its tokens as int32 (for the drafter) and its draft policy."""
 
-    __slots__ = ("history", "filled", "policy")
+    __slots__ = ("history", "filled", "policy", "drafted_at")
 
     def __init__(self, capacity: int, policy: DraftPolicy) -> None:
         self.history = np.zeros(capacity + 1, dtype=np.int32)
         self.filled = 0
         self.policy = policy
+        self.drafted_at = -1  # the history length at its last draft
 
 
 class Speculation:
@@ -225,10 +235,15 @@ class Speculation:
             # media entries (negative ids of any size) become -1: never a token, never drafted
             state.history[state.filled:n_hist] = np.maximum(np.asarray(feed[state.filled:n_hist], np.int64), -1)
             state.filled = n_hist
-        self.drafter.sync(job.slot.seq_id, state.history, n_hist)  # a prompt's catch-up: not a draft's cost
+        # a draft model's catch-up counts as the draft's cost after a draft in the step before
+        # (the tokens it took); a prompt's, or one after a pause, does not
         t0 = time.perf_counter()
+        self.drafter.sync(job.slot.seq_id, state.history, n_hist)
+        t1 = time.perf_counter()
         draft = self.drafter.draft(job.slot.seq_id, state.history, n_hist, feed[-1], n_max)
-        self.draft_row = 0.9 * self.draft_row + 0.1 * (time.perf_counter() - t0) / max(len(draft), 1)
+        spent = time.perf_counter() - (t0 if 0 <= n_hist - state.drafted_at <= self.n_max + 1 else t1)
+        state.drafted_at = n_hist
+        self.draft_row = 0.9 * self.draft_row + 0.1 * spent / max(len(draft), 1)
         for i, tok in enumerate(draft):
             if tok < 0:  # media entries are never drafted
                 draft = draft[:i]
