@@ -25,8 +25,8 @@
 struct cortex_spec {
     common_speculative * spec = nullptr;
     uint32_t             n_seq = 0;
-    llama_tokens         history;  // the draft call's copy of a sequence's tokens
-    llama_tokens         result;   // the draft call's output
+    std::vector<llama_tokens> history;  // per sequence: the draft call's copy of its tokens
+    std::vector<llama_tokens> result;   // per sequence: the draft call's output
 
     // draft-simple: the draft model's context, what each sequence's cells hold, a batch to fill them
     llama_context *           ctx_dft = nullptr;
@@ -204,9 +204,9 @@ bool sync_draft(cortex_spec * s, llama_seq_id seq_id, const llama_token * histor
 void note_drafted(cortex_spec * s, llama_seq_id seq_id, llama_token id_last) {
     llama_tokens & held = s->held[seq_id];
     const llama_pos pos_max = llama_memory_seq_pos_max(llama_get_memory(s->ctx_dft), seq_id);
-    llama_tokens tokens = s->history;
+    llama_tokens tokens = s->history[seq_id];
     tokens.push_back(id_last);
-    tokens.insert(tokens.end(), s->result.begin(), s->result.end());
+    tokens.insert(tokens.end(), s->result[seq_id].begin(), s->result[seq_id].end());
     const size_t n_held = std::min<size_t>(pos_max < 0 ? 0 : (size_t) pos_max + 1, tokens.size());
     llama_memory_seq_rm(llama_get_memory(s->ctx_dft), seq_id, (llama_pos) n_held, -1);
     held.assign(tokens.begin(), tokens.begin() + n_held);
@@ -251,6 +251,8 @@ int cortex_spec_init(const cortex_spec_params * params, uint32_t n_seq, cortex_s
             throw std::invalid_argument(std::string("no speculative implementation for '") + params->types + "'");
         }
         holder->n_seq = n_seq;
+        holder->history.resize(n_seq);
+        holder->result.resize(n_seq);
         *out_spec = holder.release();
     });
 }
@@ -273,43 +275,63 @@ int cortex_spec_begin(cortex_spec * spec, llama_seq_id seq_id, const llama_token
     });
 }
 
-int cortex_spec_draft(cortex_spec * spec, llama_seq_id seq_id, const llama_token * history, int32_t n_history,
-                      llama_token id_last, llama_pos pos0, int32_t n_max, llama_token * out, int32_t out_cap,
-                      int32_t * n_out, char ** err) {
+int cortex_spec_draft_many(cortex_spec * spec, cortex_spec_request * requests, int32_t n_requests, char ** err) {
     return guarded(err, [&]() {
-        check_seq(spec, seq_id);
-        if (n_out == nullptr || out == nullptr || out_cap < 0) {
-            throw std::invalid_argument("out and n_out must not be NULL, out_cap must be >= 0");
+        if (spec == nullptr || n_requests < 0 || (n_requests > 0 && requests == nullptr)) {
+            throw std::invalid_argument("bad draft requests (" + std::to_string(n_requests) + ")");
         }
-        *n_out = 0;
-        check_tokens(history, n_history, "history");
-        const int32_t cap = std::min(n_max, out_cap);
-        if (cap <= 0) {
+        std::vector<bool> seen(spec->n_seq, false);
+        for (int32_t i = 0; i < n_requests; ++i) {
+            cortex_spec_request & r = requests[i];
+            check_seq(spec, r.seq_id);
+            check_tokens(r.history, r.n_history, "history");
+            if (r.out == nullptr || r.out_cap < 0 || seen[r.seq_id]) {
+                throw std::invalid_argument("request " + std::to_string(i) + ": out must not be NULL, out_cap "
+                                            "must be >= 0, and each sequence is drafted once per call");
+            }
+            seen[r.seq_id] = true;
+            r.n_out = 0;
+        }
+        std::vector<int32_t> drafting;  // the requests handed to common_speculative_draft
+        for (int32_t i = 0; i < n_requests; ++i) {
+            cortex_spec_request & r = requests[i];
+            const int32_t cap = std::min(r.n_max, r.out_cap);
+            if (cap <= 0) {
+                continue;
+            }
+            if (spec->ctx_dft != nullptr && (has_media(r.history, r.n_history) || r.id_last < 0 ||
+                                             !sync_draft(spec, r.seq_id, r.history, r.n_history))) {
+                continue;  // media the draft model cannot read, or no room in its cells: no draft
+            }
+            spec->history[r.seq_id].assign(r.history, r.history + r.n_history);
+            spec->result[r.seq_id].clear();
+            auto & dp = common_speculative_get_draft_params(spec->spec, r.seq_id);
+            dp.drafting = true;
+            dp.n_max = cap;
+            dp.pos0 = r.n_history;
+            dp.id_last = r.id_last;
+            dp.prompt = &spec->history[r.seq_id];
+            dp.result = &spec->result[r.seq_id];
+            drafting.push_back(i);
+        }
+        if (drafting.empty()) {
             return;
         }
-        if (spec->ctx_dft != nullptr) {
-            if (has_media(history, n_history) || id_last < 0 || !sync_draft(spec, seq_id, history, n_history)) {
-                return;  // media the draft model cannot read, or no room in its cells: no draft
+        common_speculative_draft(spec->spec);  // every drafting sequence at once (a draft model: one batch a step)
+        for (int32_t i : drafting) {
+            cortex_spec_request & r = requests[i];
+            auto & dp = common_speculative_get_draft_params(spec->spec, r.seq_id);
+            dp.drafting = false;
+            dp.prompt = nullptr;
+            dp.result = nullptr;
+            if (spec->ctx_dft != nullptr) {
+                note_drafted(spec, r.seq_id, r.id_last);
             }
+            const llama_tokens & result = spec->result[r.seq_id];
+            const int32_t n = std::min<int32_t>((int32_t) result.size(), std::min(r.n_max, r.out_cap));
+            std::copy(result.begin(), result.begin() + n, r.out);
+            r.n_out = n;
         }
-        spec->history.assign(history, history + n_history);
-        spec->result.clear();
-        auto & dp = common_speculative_get_draft_params(spec->spec, seq_id);
-        dp.drafting = true;
-        dp.n_max = cap;
-        dp.pos0 = pos0;
-        dp.id_last = id_last;
-        dp.prompt = &spec->history;
-        dp.result = &spec->result;
-        common_speculative_draft(spec->spec);
-        dp.prompt = nullptr;
-        dp.result = nullptr;
-        if (spec->ctx_dft != nullptr) {
-            note_drafted(spec, seq_id, id_last);
-        }
-        const int32_t n = std::min<int32_t>((int32_t) spec->result.size(), cap);
-        std::copy(spec->result.begin(), spec->result.begin() + n, out);
-        *n_out = n;
     });
 }
 

@@ -68,16 +68,27 @@ CORTEX_SPEC_API int32_t cortex_spec_n_max(const struct cortex_spec * spec);
 CORTEX_SPEC_API int cortex_spec_begin(struct cortex_spec * spec, llama_seq_id seq_id,
                                       const llama_token * prompt, int32_t n_prompt, char ** err);
 
-// Draft for seq_id: history[0..n_history) is what its cells hold, id_last the newest
-// token (at position pos0, not decoded yet). At most min(n_max, out_cap) tokens go
-// to out; *n_out gets their number (0: no draft). A history with a negative entry
-// (media) gets no draft from a draft model.
-CORTEX_SPEC_API int cortex_spec_draft(struct cortex_spec * spec, llama_seq_id seq_id,
-                                      const llama_token * history, int32_t n_history, llama_token id_last,
-                                      llama_pos pos0, int32_t n_max, llama_token * out, int32_t out_cap,
-                                      int32_t * n_out, char ** err);
+// One sequence's draft request: history[0..n_history) is what its cells hold, id_last
+// the newest token (at position n_history, not decoded yet); at most min(n_max, out_cap)
+// tokens go to out, n_out gets their number (0: no draft). A history with a negative
+// entry (media) gets no draft from a draft model.
+struct cortex_spec_request {
+    llama_seq_id seq_id;
+    const llama_token * history;
+    int32_t n_history;
+    llama_token id_last;
+    int32_t n_max;
+    llama_token * out;
+    int32_t out_cap;
+    int32_t n_out;  // set by the call
+};
 
-// Bring a draft model's cells of seq_id to history[0..n_history) (what cortex_spec_draft
+// Draft for requests[0..n_requests), each sequence at most once, all at once (a draft
+// model decodes one batch a step for all of them).
+CORTEX_SPEC_API int cortex_spec_draft_many(struct cortex_spec * spec, struct cortex_spec_request * requests,
+                                           int32_t n_requests, char ** err);
+
+// Bring a draft model's cells of seq_id to history[0..n_history) (what cortex_spec_draft_many
 // does first; call it to do that work apart). No-op without a draft model, or for a
 // history with media.
 CORTEX_SPEC_API int cortex_spec_sync(struct cortex_spec * spec, llama_seq_id seq_id, const llama_token * history,

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from cortex_llama import LLM, Context, Drafter, Model, SpeculationError, quantize
+from cortex_llama.speculative import DraftRequest
 from cortex_llama.testmodel import PRESETS, make_test_model, make_test_projector
 
 from .helpers import cancel_leaves_the_other, eog_ban, same_greedy
@@ -68,6 +69,14 @@ def test_a_draft_model_drafts_for_each_sequence_from_its_history(small_path: Pat
         media = history.copy()
         media[2] = -1
         assert d.draft(0, media, n, int(history[-1]), 8) == []  # the draft model cannot read media
+        other = np.asarray(target.tokenize(PROMPTS[5]), dtype=np.int32)
+        alone = d.draft(1, other, len(other) - 1, int(other[-1]), 5)
+        together = d.draft_many([DraftRequest(0, history, n, int(history[-1]), 8),
+                                 DraftRequest(1, other, len(other) - 1, int(other[-1]), 5)])
+        assert together == [first, alone]  # one draft-model batch a step for both
+        assert d.draft_many([DraftRequest(0, history, n, int(history[-1]), 0)]) == [[]]
+        with pytest.raises(SpeculationError, match="each sequence is drafted once per call"):
+            d.draft_many([DraftRequest(0, history, n, int(history[-1]), 2)] * 2)
         d.accept(0, 3)
         dctx.close()  # the drafter closes first: it points into the draft context
         assert d.closed

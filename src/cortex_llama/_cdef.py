@@ -2237,7 +2237,18 @@ int32_t cortex_spec_n_max(const struct cortex_spec * spec);
 
 int cortex_spec_begin(struct cortex_spec * spec, llama_seq_id seq_id, const llama_token * prompt, int32_t n_prompt, char ** err);
 
-int cortex_spec_draft(struct cortex_spec * spec, llama_seq_id seq_id, const llama_token * history, int32_t n_history, llama_token id_last, llama_pos pos0, int32_t n_max, llama_token * out, int32_t out_cap, int32_t * n_out, char ** err);
+struct cortex_spec_request {
+    llama_seq_id seq_id;
+    const llama_token * history;
+    int32_t n_history;
+    llama_token id_last;
+    int32_t n_max;
+    llama_token * out;
+    int32_t out_cap;
+    int32_t n_out;
+};
+
+int cortex_spec_draft_many(struct cortex_spec * spec, struct cortex_spec_request * requests, int32_t n_requests, char ** err);
 
 int cortex_spec_sync(struct cortex_spec * spec, llama_seq_id seq_id, const llama_token * history, int32_t n_history, char ** err);
 

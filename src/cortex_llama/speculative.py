@@ -12,7 +12,7 @@ accepted.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -23,12 +23,24 @@ from .errors import LlamaError, SpeculationError
 if TYPE_CHECKING:
     from .context import Context
 
-__all__ = ["Drafter", "NGRAM_TYPES", "MODEL_TYPES"]
+__all__ = ["Drafter", "DraftRequest", "NGRAM_TYPES", "MODEL_TYPES"]
 
 #: llama.cpp's n-gram draft types (llama-server's ``--spec-type`` names)
 NGRAM_TYPES = ("ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache")
 #: llama.cpp's draft-model type this library drives (a separate model, same vocabulary)
 MODEL_TYPES = ("draft-simple",)
+
+
+class DraftRequest(NamedTuple):
+    """One sequence's draft request: ``history[:n_history]`` (an int32 array) is
+    what its cells hold, ``last`` its newest token (at position ``n_history``),
+    ``n_max`` the most tokens to draft."""
+
+    seq_id: int
+    history: np.ndarray
+    n_history: int
+    last: int
+    n_max: int
 
 
 def _shim() -> Any:
@@ -123,9 +135,6 @@ class Drafter(Owned):
             draft._adopt(self)  # the shim points at both: close first
             target._adopt(self)
         self._err = ffi.new("char **")
-        self._n_out = ffi.new("int32_t *")
-        self._out_cap = 0
-        self._out: Any = None
 
     @property
     def n_max(self) -> int:
@@ -143,19 +152,31 @@ class Drafter(Owned):
     def draft(self, seq_id: int, history: np.ndarray, n_history: int, last: int, n_max: int) -> list[int]:
         """Up to ``n_max`` tokens likely to follow ``last`` (the newest token, at
         position ``n_history``) given ``history[:n_history]`` (int32 array: what
-        the sequence holds). Empty when no n-gram matches (and the draft model,
-        if any, could not draft). Runs the draft model, if any, on its context.
-        Raises :class:`SpeculationError` for a sequence outside ``[0, n_seq)``."""
+        the sequence holds): :meth:`draft_many` for one sequence."""
+        return self.draft_many([DraftRequest(seq_id, history, n_history, last, n_max)])[0]
+
+    def draft_many(self, requests: Sequence[DraftRequest]) -> list[list[int]]:
+        """One draft per request (each sequence at most once), made together: a
+        draft model decodes one batch a step for all of them. A draft is empty
+        when no n-gram matches and the draft model, if any, could not draft.
+        Raises :class:`SpeculationError` for a sequence outside ``[0, n_seq)``
+        or drafted twice."""
         ptr = self._check()
-        if n_max <= 0:
-            return []
-        if n_max > self._out_cap:
-            self._out = ffi.new("llama_token[]", n_max)
-            self._out_cap = n_max
-        rc = _shim().cortex_spec_draft(ptr, seq_id, ffi.from_buffer("llama_token[]", history), n_history, last,
-                                       n_history, n_max, self._out, self._out_cap, self._n_out, self._err)
-        _check(rc, self._err, "speculative draft")
-        return list(self._out[0:self._n_out[0]])
+        todo = [r for r in requests if r.n_max > 0]
+        if not todo:
+            return [[] for _ in requests]
+        reqs = ffi.new("struct cortex_spec_request[]", len(todo))
+        keep = []  # the buffers C reads and writes during the call
+        for c, r in zip(reqs, todo):
+            history = ffi.from_buffer("llama_token[]", r.history)
+            out = ffi.new("llama_token[]", r.n_max)
+            keep += [history, out]
+            c.seq_id, c.history, c.n_history, c.id_last = r.seq_id, history, r.n_history, r.last
+            c.n_max, c.out, c.out_cap = r.n_max, out, r.n_max
+        _check(_shim().cortex_spec_draft_many(ptr, reqs, len(todo), self._err), self._err, "speculative draft")
+        drafts = {id(r): list(c.out[0:c.n_out]) for c, r in zip(reqs, todo)}
+        del keep
+        return [drafts.get(id(r), []) for r in requests]
 
     def sync(self, seq_id: int, history: np.ndarray, n_history: int) -> None:
         """Bring the draft model's cells of ``seq_id`` to ``history[:n_history]``

@@ -41,6 +41,8 @@ import numpy as np
 
 from .scheduler import Job
 
+from ..speculative import DraftRequest
+
 if TYPE_CHECKING:
     from ..speculative import Drafter
 
@@ -205,12 +207,21 @@ class Speculation:
 
     def propose(self, jobs: list[Job]) -> None:
         """Set each speculating job's ``draft`` for the next step (empty when it
-        prefills, when a draft would not pay for its rows, or when no n-gram
-        matches)."""
+        prefills, when a draft would not pay for its rows, or when nothing
+        drafts). The jobs that may draft are drafted together (a draft model
+        decodes one batch a step for all of them)."""
         costs = self._costs(sum(1 for j in jobs if j.pending == 1))
+        wanted: list[tuple[Job, _State, DraftRequest]] = []
         for job in jobs:
+            job.draft = []
             state = self._states.get(id(job))
-            job.draft = [] if state is None else self._draft(job, state, costs)
+            if state is None:
+                continue
+            request = self._request(job, state, costs)
+            if request is not None:
+                wanted.append((job, state, request))
+        if wanted:
+            self._draft(wanted)
 
     def _costs(self, streams: int) -> tuple[float, float, float] | None:
         """(a step's token, a draft's extra, a drafted row) for ``streams``
@@ -221,34 +232,44 @@ class Speculation:
         extra = base if self.per_slot and streams > 1 else 0.0
         return base / max(streams, 1) + per_row, extra, per_row + self.draft_row
 
-    def _draft(self, job: Job, state: _State, costs: tuple[float, float, float] | None) -> list[int]:
+    def _request(self, job: Job, state: _State, costs: tuple[float, float, float] | None) -> DraftRequest | None:
+        """``job``'s draft request for this step, None when it should not draft."""
         feed = job.feed
         n_hist = len(feed) - 1
         if n_hist != len(job.slot.cached) or feed[-1] < 0:
-            return []  # still prefilling (or its newest entry is media)
+            return None  # still prefilling (or its newest entry is media)
         req: Any = job.req
         room = min(req.params.max_tokens - len(req.tokens) - 1, self.capacity - len(feed))
         n_max = min(self.n_max if costs is None else state.policy.allowed(*costs), room)
         if n_max < max(1, self.n_min):
-            return []
+            return None
         if state.filled < n_hist:
             # media entries (negative ids of any size) become -1: never a token, never drafted
             state.history[state.filled:n_hist] = np.maximum(np.asarray(feed[state.filled:n_hist], np.int64), -1)
             state.filled = n_hist
-        # a draft model's catch-up counts as the draft's cost after a draft in the step before
-        # (the tokens it took); a prompt's, or one after a pause, does not
+        return DraftRequest(job.slot.seq_id, state.history, n_hist, feed[-1], n_max)
+
+    def _draft(self, wanted: list[tuple[Job, _State, DraftRequest]]) -> None:
+        """Draft for ``wanted`` together and time it (per drafted token)."""
+        spent = 0.0
+        for _, state, request in wanted:
+            # a draft model's catch-up counts as the draft's cost after a draft in the step
+            # before (the tokens it took); a prompt's, or one after a pause, does not
+            t0 = time.perf_counter()
+            self.drafter.sync(request.seq_id, request.history, request.n_history)
+            if 0 <= request.n_history - state.drafted_at <= self.n_max + 1:
+                spent += time.perf_counter() - t0
+            state.drafted_at = request.n_history
         t0 = time.perf_counter()
-        self.drafter.sync(job.slot.seq_id, state.history, n_hist)
-        t1 = time.perf_counter()
-        draft = self.drafter.draft(job.slot.seq_id, state.history, n_hist, feed[-1], n_max)
-        spent = time.perf_counter() - (t0 if 0 <= n_hist - state.drafted_at <= self.n_max + 1 else t1)
-        state.drafted_at = n_hist
-        self.draft_row = 0.9 * self.draft_row + 0.1 * spent / max(len(draft), 1)
-        for i, tok in enumerate(draft):
-            if tok < 0:  # media entries are never drafted
-                draft = draft[:i]
-                break
-        return draft if len(draft) >= max(1, self.n_min) else []
+        drafts = self.drafter.draft_many([request for _, _, request in wanted])
+        spent += time.perf_counter() - t0
+        self.draft_row = 0.9 * self.draft_row + 0.1 * spent / max(sum(len(d) for d in drafts), 1)
+        for (job, _, _), draft in zip(wanted, drafts):
+            for i, tok in enumerate(draft):
+                if tok < 0:  # media entries are never drafted
+                    draft = draft[:i]
+                    break
+            job.draft = draft if len(draft) >= max(1, self.n_min) else []
 
     def decoded(self, rows: int, seconds: float) -> None:
         """A token decode of ``rows`` rows took ``seconds`` (for the cost model)."""
