@@ -343,7 +343,7 @@ class Engine:
         if span.draft:
             return self._update_drafted(span, pick)
         if req.add_token(pick.token, pick.logits):
-            self._end_job(job, reason=req.finish_reason)
+            self._end_job(job, reason=req.ending)
         elif not self.scheduler.grow(job, pick.token):
             # its newest token would need a cell beyond the request's capacity
             req.finish(FINISH_LENGTH)
@@ -361,7 +361,7 @@ class Engine:
         for tok, logits in pick.tokens():
             taken += 1
             if req.add_token(tok, logits):
-                reason = req.finish_reason
+                reason = req.ending
                 break
             grown = self.scheduler.grow(job, tok)
             if accepted == taken - 1 and accepted < len(draft) and tok == draft[accepted]:

@@ -74,6 +74,8 @@ class Request:
         self._parts: list[str] = []  # text deltas delivered so far
         self.logprobs = self.output.logprobs
         self.finish_reason: str | None = None
+        #: why it will end, once :meth:`add_token` returned True (published by :meth:`finish`)
+        self.ending: str | None = None
         #: the slot (KV sequence) it runs in, once admitted
         self.slot: int | None = None
         #: the LoRA scales it runs with, one per loaded adapter (set by the LLM)
@@ -252,23 +254,25 @@ class Request:
 
     def add_token(self, tok: int, logits: np.ndarray | None = None) -> bool:
         """Take the sampled token ``tok`` (with the logits it came from, for
-        logprobs); emit its text. Returns True when the request finished."""
+        logprobs); emit its text. Returns True when the request is to end (for
+        the reason in :attr:`ending`): the engine counts it, then publishes it
+        with :meth:`finish`, so that a caller woken by the result finds it counted."""
         if self._t_first is None:
             self._t_first = time.perf_counter()
         out = self.output.take(tok, logits)
         self._emit(out.text)
         if out.finish is None:
             return False
-        if out.finish == FINISH_STOP:
-            self._close(FINISH_STOP)  # nothing after the stop string is emitted
-        else:
-            self.finish(out.finish)
+        self.ending = out.finish
         return True
 
     def finish(self, reason: str) -> None:
         """End normally: flush held-back text (unless cancelled) and publish the
         :class:`Completion`."""
         if self.done:
+            return
+        if self.ending == FINISH_STOP:
+            self._close(FINISH_STOP)  # a stop string ended it: nothing after it is emitted
             return
         if reason != FINISH_CANCELLED:
             out, stopped = self.output.flush()
