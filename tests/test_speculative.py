@@ -119,6 +119,10 @@ def test_draft_policy_learns_its_acceptance_and_probes_only_where_drafts_could_p
     assert [q.allowed(*cpu) for _ in range(16)] == [0] * 15 + [1]
     q.update(1, 1)  # taken: back to 8
     assert [q.allowed(*cpu) for _ in range(8)] == [0] * 7 + [1]
+    r = DraftPolicy(16, prior=(0.3, 2.7))  # recent drafts were rarely taken: it starts pessimistic
+    assert r.chance == pytest.approx(0.1) and r.allowed(*cpu) == 0
+    assert [r.allowed(*cpu, catch_up=0.5) for _ in range(16)] == [0] * 16  # a draft model 50 tokens behind: no probe
+    assert [r.allowed(*cpu, catch_up=0.01) for _ in range(8)].count(1) == 1  # a cheap one: it probes
     crowded = (0.004 / 8 + 0.006, 0.004, 0.006)
     assert [q.allowed(*crowded) for _ in range(16)] == [0] * 16  # no probes where nothing pays
     assert DraftPolicy(16, n_min=4).allowed(*cpu) == 4

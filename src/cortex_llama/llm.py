@@ -217,8 +217,11 @@ class LLM(CompletionMethods, ChatMethods, EmbeddingMethods):
                                           pooling=c.pooling, run_in=lambda fn: engine.call(fn).result())
             engine.start()
             if c.warmup:  # in the engine thread, as every computation (see Engine.call)
+                draft_ctx = engine.speculation.drafter.draft_context if engine.speculation else None
                 try:
                     engine.call(ctx.warmup).result()
+                    if draft_ctx is not None:  # the draft model's first draft is timed: not its warm-up
+                        engine.call(draft_ctx.warmup).result()
                 except BaseException:
                     self.unload()
                     raise

@@ -27,7 +27,11 @@ token after 8 steps (twice as many after each rejected probe, up to 128), to
 learn whether its text turned copy-heavy. Drafting itself is timed too: the
 seconds a draft call takes per drafted token (a draft model's decodes, with
 its catch-up on the tokens taken since a draft the step before; next to
-nothing for lookup) add to ``per_row``.
+nothing for lookup) add to ``per_row``. A new request starts from the
+acceptance of the recent drafts (worth 3 drafts of its own), and a probe is
+not made where a draft model would first have to catch up on more than 2
+tokens' worth of history (its per-token price measured on earlier catch-ups):
+so a draft model that is rarely right stops costing anything.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ PROBE_EVERY = 8  # steps before a request that drafts nothing probes with one to
 PROBE_EVERY_MAX = 128  # each rejected probe doubles the wait, up to this
 PRIOR = (2.0, 1.0)  # (accepted tokens, rejections) before a request's first draft
 PROBE_CHANCE = 0.95  # probes only where drafts accepted this often would pay
+PROBE_CATCH_UP = 2.0  # ... and where the draft model's catch-up costs at most this many tokens
+PRIOR_WEIGHT = 3.0  # a new request starts from the recent drafts' acceptance, worth this many
+LEARN_DECAY = 0.98  # per draft, for that recent acceptance
 
 
 class StepCost:
@@ -110,10 +117,10 @@ class DraftPolicy:
 
     __slots__ = ("n_max", "n_min", "accepted", "rejected", "idle", "wait", "probing")
 
-    def __init__(self, n_max: int, n_min: int = 0) -> None:
+    def __init__(self, n_max: int, n_min: int = 0, prior: tuple[float, float] = PRIOR) -> None:
         self.n_max = n_max
         self.n_min = n_min
-        self.accepted, self.rejected = PRIOR
+        self.accepted, self.rejected = prior
         self.idle = 0  # steps since its last draft
         self.wait = PROBE_EVERY  # steps before the next probe
         self.probing = False  # the last draft was a probe
@@ -123,12 +130,14 @@ class DraftPolicy:
         """The estimated chance that a drafted token is accepted."""
         return self.accepted / (self.accepted + self.rejected)
 
-    def allowed(self, token: float, extra: float, per_row: float) -> int:
+    def allowed(self, token: float, extra: float, per_row: float, catch_up: float = 0.0) -> int:
         """The draft length worth verifying now (0: do not draft), given what a
-        step's token, a draft and a drafted row cost (see :func:`best_length`)."""
+        step's token, a draft and a drafted row cost (see :func:`best_length`);
+        ``catch_up``: what bringing a draft model up to the history would cost
+        first (a probe is not worth more than :data:`PROBE_CATCH_UP` tokens)."""
         k = best_length(self.chance, token, extra, per_row, self.n_max)
         if k < 1:
-            if best_length(PROBE_CHANCE, token, extra, per_row, self.n_max) < 1:
+            if best_length(PROBE_CHANCE, token, extra, per_row, self.n_max) < 1 or catch_up > PROBE_CATCH_UP * token:
                 return 0  # drafting cannot pay now, even for copy-heavy text: no probe
             self.idle += 1
             if self.idle < self.wait:
@@ -190,6 +199,11 @@ class Speculation:
         self.cost = StepCost()
         #: seconds a draft call takes per drafted token (exponentially weighted)
         self.draft_row = 0.0
+        self.drafts_timed = 0
+        #: seconds a draft model takes per token it catches up on (the first measurement, then EW)
+        self.catch_up: float | None = None
+        #: recent drafts' (accepted tokens, rejections), decayed: a new request's prior
+        self.learned = list(PRIOR)
         self._states: dict[int, _State] = {}  # by id(job)
 
     def start(self, job: Job) -> None:
@@ -197,7 +211,10 @@ class Speculation:
         req: Any = job.req
         if not getattr(req.params, "speculative", True):
             return
-        self._states[id(job)] = _State(self.capacity, DraftPolicy(self.n_max, self.n_min))
+        accepted, rejected = self.learned
+        chance = accepted / (accepted + rejected)
+        prior = (PRIOR_WEIGHT * chance, PRIOR_WEIGHT * (1.0 - chance))
+        self._states[id(job)] = _State(self.capacity, DraftPolicy(self.n_max, self.n_min, prior))
         prompt = [t for t in job.feed if t >= 0]
         self.drafter.begin(job.slot.seq_id, np.asarray(prompt, dtype=np.int32))
 
@@ -240,7 +257,9 @@ class Speculation:
             return None  # still prefilling (or its newest entry is media)
         req: Any = job.req
         room = min(req.params.max_tokens - len(req.tokens) - 1, self.capacity - len(feed))
-        n_max = min(self.n_max if costs is None else state.policy.allowed(*costs), room)
+        lag = n_hist - max(state.drafted_at, 0)  # tokens a draft model would catch up on
+        catch_up = lag * (self.catch_up or 0.0)
+        n_max = min(self.n_max if costs is None else state.policy.allowed(*costs, catch_up=catch_up), room)
         if n_max < max(1, self.n_min):
             return None
         if state.filled < n_hist:
@@ -257,13 +276,21 @@ class Speculation:
             # before (the tokens it took); a prompt's, or one after a pause, does not
             t0 = time.perf_counter()
             self.drafter.sync(request.seq_id, request.history, request.n_history)
-            if 0 <= request.n_history - state.drafted_at <= self.n_max + 1:
-                spent += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            lag = request.n_history - max(state.drafted_at, 0)
+            if 0 <= lag <= self.n_max + 1:
+                spent += seconds
+            elif lag >= 8:  # a prompt's catch-up, or one after a pause: the per-token price
+                self.catch_up = seconds / lag if self.catch_up is None else 0.9 * self.catch_up + 0.1 * seconds / lag
             state.drafted_at = request.n_history
         t0 = time.perf_counter()
         drafts = self.drafter.draft_many([request for _, _, request in wanted])
         spent += time.perf_counter() - t0
-        self.draft_row = 0.9 * self.draft_row + 0.1 * spent / max(sum(len(d) for d in drafts), 1)
+        per_token = spent / max(sum(len(d) for d in drafts), 1)
+        # the first measurement stands alone: from 0, a draft model's cost would be learned
+        # over tens of drafts, each paid for
+        self.draft_row = per_token if self.drafts_timed == 0 else 0.9 * self.draft_row + 0.1 * per_token
+        self.drafts_timed += 1
         for (job, _, _), draft in zip(wanted, drafts):
             for i, tok in enumerate(draft):
                 if tok < 0:  # media entries are never drafted
@@ -281,6 +308,8 @@ class Speculation:
         if state is None or drafted == 0:
             return
         state.policy.update(drafted, accepted)
+        self.learned[0] = LEARN_DECAY * self.learned[0] + accepted
+        self.learned[1] = LEARN_DECAY * self.learned[1] + (1.0 if accepted < drafted else 0.0)
         self.drafter.accept(job.slot.seq_id, accepted)
         self.drafted += drafted
         self.accepted += accepted
