@@ -36,19 +36,13 @@ so a draft model that is rarely right stops costing anything.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import math
 import time
+from typing import Any
 
 import numpy as np
 
+from ..speculative import Drafter, DraftRequest
 from .scheduler import Job
-
-from ..speculative import DraftRequest
-
-if TYPE_CHECKING:
-    from ..speculative import Drafter
 
 __all__ = ["DraftPolicy", "StepCost", "Speculation"]
 
