@@ -92,6 +92,19 @@ def cancel_leaves_the_other(llm, keep_prompt: str, stop_prompt: str, max_tokens:
     assert keep.result().tokens == llm.complete(keep_prompt, **kw).tokens
 
 
+def schema_run_matches(spec_llm, plain_llm) -> None:
+    """A JSON-schema request on ``spec_llm`` (speculating) gives ``plain_llm``'s
+    tokens, and valid JSON with the schema's keys."""
+    import json
+
+    schema = {"type": "object", "properties": {"word": {"type": "string", "maxLength": 30},
+                                               "n": {"type": "integer"}}, "required": ["word", "n"]}
+    kw = dict(temperature=0, max_tokens=80, json_schema=schema)
+    got = spec_llm.complete("JSON: ", **kw)
+    assert got.tokens == plain_llm.complete("JSON: ", **kw).tokens
+    assert set(json.loads(got.text)) == {"word", "n"}
+
+
 # -- the HTTP server in a subprocess (httpx and openai are imported where used) ---------------
 KEY = "test-key-123"
 START_TIMEOUT = 60.0

@@ -13,7 +13,6 @@ which gives the lookup something to draft.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from cortex_llama.gen.scheduler import KVOp, Scheduler
 from cortex_llama.gen.speculation import DraftPolicy, StepCost, best_length
 from cortex_llama.testmodel import make_test_model, make_test_projector
 
-from .helpers import cancel_leaves_the_other, eog_ban, same_greedy
+from .helpers import cancel_leaves_the_other, eog_ban, same_greedy, schema_run_matches
 
 PROMPTS = [f"Story {i}: " + "the sea and the sky " * (1 + i % 4) for i in range(8)]
 #: unigram lookup drafts often on the synthetic models; every match is verified
@@ -259,12 +258,7 @@ def test_stop_strings_and_max_tokens_end_where_they_would_without(spec_llm: LLM,
 
 
 def test_a_grammar_request_stays_valid(spec_llm: LLM, plain_llm: LLM) -> None:
-    schema = {"type": "object", "properties": {"word": {"type": "string", "maxLength": 30},
-                                               "n": {"type": "integer"}}, "required": ["word", "n"]}
-    kw = dict(temperature=0, max_tokens=80, json_schema=schema)
-    got = spec_llm.complete("JSON: ", **kw)
-    assert got.tokens == plain_llm.complete("JSON: ", **kw).tokens
-    assert set(json.loads(got.text)) == {"word", "n"}
+    schema_run_matches(spec_llm, plain_llm)
 
 
 def test_a_request_can_opt_out(spec_llm: LLM) -> None:

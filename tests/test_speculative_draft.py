@@ -11,7 +11,6 @@ slot's history (prefix reuse, preemption and rejected drafts included).
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections import Counter
 import sys
@@ -24,7 +23,7 @@ from cortex_llama import LLM, Context, Drafter, Model, SpeculationError, quantiz
 from cortex_llama.speculative import DraftRequest
 from cortex_llama.testmodel import PRESETS, make_test_model, make_test_projector
 
-from .helpers import cancel_leaves_the_other, eog_ban, same_greedy
+from .helpers import cancel_leaves_the_other, eog_ban, same_greedy, schema_run_matches
 
 PROMPTS = [f"Story {i}: " + "the sea and the sky " * (1 + i % 4) for i in range(8)]
 #: every draft verified (draft_adaptive=False): correctness must not hang on the cost model
@@ -175,12 +174,7 @@ def test_sampled_token_frequencies_match_the_run_without(spec_llm: LLM, plain_ll
 
 
 def test_a_schema_request_stays_valid(spec_llm: LLM, plain_llm: LLM) -> None:
-    schema = {"type": "object", "properties": {"word": {"type": "string", "maxLength": 30},
-                                               "n": {"type": "integer"}}, "required": ["word", "n"]}
-    kw = dict(temperature=0, max_tokens=80, json_schema=schema)
-    got = spec_llm.complete("JSON: ", **kw)
-    assert got.tokens == plain_llm.complete("JSON: ", **kw).tokens
-    assert set(json.loads(got.text)) == {"word", "n"}
+    schema_run_matches(spec_llm, plain_llm)
 
 
 def test_prefix_reuse_and_stop_strings(spec_llm: LLM, plain_llm: LLM) -> None:
