@@ -200,16 +200,21 @@ bool sync_draft(cortex_spec * s, llama_seq_id seq_id, const llama_token * histor
     return true;
 }
 
-// After a draft: the draft model decoded id_last and (most of) the draft after the history.
+// After a draft: sync_draft left held == the history, then the draft model decoded id_last
+// and (most of) the draft after it. Keep what its cells hold; drop anything beyond.
 void note_drafted(cortex_spec * s, llama_seq_id seq_id, llama_token id_last) {
     llama_tokens & held = s->held[seq_id];
+    const llama_tokens & result = s->result[seq_id];
     const llama_pos pos_max = llama_memory_seq_pos_max(llama_get_memory(s->ctx_dft), seq_id);
-    llama_tokens tokens = s->history[seq_id];
-    tokens.push_back(id_last);
-    tokens.insert(tokens.end(), s->result[seq_id].begin(), s->result[seq_id].end());
-    const size_t n_held = std::min<size_t>(pos_max < 0 ? 0 : (size_t) pos_max + 1, tokens.size());
-    llama_memory_seq_rm(llama_get_memory(s->ctx_dft), seq_id, (llama_pos) n_held, -1);
-    held.assign(tokens.begin(), tokens.begin() + n_held);
+    const size_t n_cells = pos_max < 0 ? 0 : (size_t) pos_max + 1;
+    if (n_cells < held.size()) {
+        held.resize(n_cells);
+    } else if (n_cells > held.size()) {
+        const size_t n_new = std::min(n_cells - held.size(), result.size() + 1);
+        held.push_back(id_last);
+        held.insert(held.end(), result.begin(), result.begin() + (n_new - 1));
+    }
+    llama_memory_seq_rm(llama_get_memory(s->ctx_dft), seq_id, (llama_pos) held.size(), -1);
 }
 
 }  // namespace
