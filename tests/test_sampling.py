@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cortex_llama import (Candidates, ClosedError, Context, GrammarError, Model, PySampler, Sampler,
                           SamplerChain)
+from cortex_llama.sampling import GreedyPick, biased_argmax
 
 from .helpers import generate, prefill
 
@@ -193,7 +196,7 @@ def test_greedy_fast_path_equals_llama_cpp_greedy(small_path) -> None:
         prompt = m.tokenize("fast path")
         fast = SamplerChain([Sampler.greedy()])
         slow = SamplerChain([Sampler.greedy()], perf=True)
-        assert fast._argmax_only and not slow._argmax_only
+        assert fast.greedy_pick is not None and slow.greedy_pick is None
         a = generate(ctx, fast, prompt, 48)
         ctx.clear()
         b = generate(ctx, slow, prompt, 48)
@@ -204,12 +207,40 @@ def test_greedy_fast_path_equals_llama_cpp_greedy(small_path) -> None:
         bias = {b[0]: float("-inf"), b[1]: -2.5, int(prompt[-1]): 3.0, 7: 1e-3}
         fast_b = SamplerChain([Sampler.logit_bias(m.n_vocab, bias), Sampler.greedy()])
         slow_b = SamplerChain([Sampler.logit_bias(m.n_vocab, bias), Sampler.greedy()], perf=True)
-        assert fast_b._argmax_only and fast_b.clone()._argmax_only
+        assert fast_b.greedy_pick is not None and fast_b.clone().greedy_pick is not None
         ctx.clear()
         c = generate(ctx, fast_b, prompt, 48)
         ctx.clear()
         assert generate(ctx, slow_b, prompt, 48) == c
         assert b[0] not in c and c != a
+        # bans only (the lowering-only shortcut): still llama.cpp's picks
+        bans = {b[0]: float("-inf"), b[2]: -0.5}
+        ctx.clear()
+        d = generate(ctx, SamplerChain([Sampler.logit_bias(m.n_vocab, bans), Sampler.greedy()]),
+                     prompt, 48)
+        ctx.clear()
+        slow_bans = SamplerChain([Sampler.logit_bias(m.n_vocab, bans), Sampler.greedy()], perf=True)
+        assert generate(ctx, slow_bans, prompt, 48) == d and d != a
+
+
+_biases = st.lists(st.tuples(st.lists(st.integers(0, 15), min_size=1, max_size=4, unique=True),
+                             st.sampled_from([float("-inf"), -3.0, -0.25, -1e-7, 0.0, 1e-7, 0.5])),
+                   max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(logits=st.lists(st.sampled_from([-1.0, 0.0, 0.25, 0.5, 1.0, 2.0]), min_size=16, max_size=16),
+       biases=_biases)
+def test_greedy_pick_equals_adding_the_biases(logits: list[float], biases) -> None:
+    # ties are frequent here: the pick must be the first maximum of the biased row
+    row = np.array(logits, dtype=np.float32)
+    pairs = [(np.array(ids, dtype=np.int64), np.full(len(ids), v, dtype=np.float32))
+             for ids, v in biases]
+    expected = row.copy()
+    for ids, values in pairs:
+        expected[ids] += values
+    assert GreedyPick(pairs)(row) == int(expected.argmax()) == biased_argmax(row, pairs)
+    assert row.tolist() == [np.float32(x) for x in logits]  # left as it was
 
 
 def test_penalty_window_minus_one_is_not_silently_off(tiny: Model) -> None:

@@ -20,7 +20,8 @@ from ._cdef import LLAMA_DEFAULT_SEED
 from .errors import GrammarError, LlamaError
 from .model import Model, _why
 
-__all__ = ["Sampler", "PySampler", "Candidates", "SamplerChain", "TOKEN_DATA_DTYPE", "biased_argmax"]
+__all__ = ["Sampler", "PySampler", "Candidates", "SamplerChain", "TOKEN_DATA_DTYPE", "biased_argmax",
+           "GreedyPick"]
 
 #: numpy layout of ``llama_token_data``
 TOKEN_DATA_DTYPE = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
@@ -384,6 +385,34 @@ def biased_argmax(logits: np.ndarray, biases: Sequence[tuple[np.ndarray, np.ndar
     return tok
 
 
+class GreedyPick:
+    """The pick of a ``[logit-bias...] greedy`` chain over one logits row:
+    :func:`biased_argmax` with its ``biases``, decided per row by the cheapest
+    exact route.
+
+    When every bias only lowers (<= 0, a ban included) and the row's own first
+    maximum is not a biased token, that maximum is also the biased row's first
+    maximum: float32 addition of a non-positive value never raises a logit, so
+    no biased token can pass or tie it from before. Only the other rows pay for
+    adding the biases.
+    """
+
+    __slots__ = ("biases", "_biased_ids", "_lowers_only")
+
+    def __init__(self, biases: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.biases = tuple(biases)
+        self._biased_ids = frozenset(int(t) for ids, _ in self.biases for t in ids.tolist())
+        self._lowers_only = all(bool((values <= 0).all()) for _, values in self.biases)
+
+    def keeps(self, token: int) -> bool:
+        """Whether ``token``, the unbiased row's first maximum, is also the pick."""
+        return not self.biases or (self._lowers_only and token not in self._biased_ids)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        token = int(logits.argmax())
+        return token if self.keeps(token) else biased_argmax(logits, self.biases)
+
+
 class SamplerChain(Sampler):
     """An ordered chain of samplers; the last one usually selects (greedy or dist).
 
@@ -405,8 +434,7 @@ class SamplerChain(Sampler):
         self._perf = perf
         # the chain is [logit-bias...] greedy: sample() adds the biases and takes
         # numpy's argmax instead of building llama.cpp's n_vocab candidate array
-        self._argmax_only = False
-        self._biases: list[tuple[np.ndarray, np.ndarray]] = []
+        self._greedy_pick: GreedyPick | None = None
         super().__init__(lib.llama_sampler_chain_init(params), "chain", keep_alive=self._members)
         for s in samplers:
             self.add(s)
@@ -429,10 +457,10 @@ class SamplerChain(Sampler):
         if sampler.selects:
             self.selects = True
         *filters, last = self._members
-        self._biases = [m._bias for m in filters if m._bias is not None]
-        self._argmax_only = (not self._perf and last.name == "greedy"
-                             and not isinstance(last, PySampler)
-                             and len(self._biases) == len(filters))
+        biases = [m._bias for m in filters if m._bias is not None]
+        argmax_only = (not self._perf and last.name == "greedy"
+                       and not isinstance(last, PySampler) and len(biases) == len(filters))
+        self._greedy_pick = GreedyPick(biases) if argmax_only else None
         return self
 
     def __len__(self) -> int:
@@ -448,7 +476,14 @@ class SamplerChain(Sampler):
         """For a ``[logit-bias...] greedy`` chain, its (ids, biases) pairs (empty for
         plain greedy): :meth:`sample` takes numpy's argmax of the biased logits.
         None for every other chain."""
-        return list(self._biases) if self._argmax_only else None
+        return list(self._greedy_pick.biases) if self._greedy_pick is not None else None
+
+    @property
+    def greedy_pick(self) -> GreedyPick | None:
+        """For a ``[logit-bias...] greedy`` chain, the :class:`GreedyPick` that
+        :meth:`sample` applies to a logits row (without accepting: such a chain
+        has no state). None for every other chain."""
+        return self._greedy_pick
 
     def _reraise(self) -> None:
         for s in self._py_members:
@@ -470,11 +505,11 @@ class SamplerChain(Sampler):
             if row == ffi.NULL:
                 _lib.take_log_problems()
                 raise IndexError(f"no logits for output {idx}: request them with logits=True")
-            if self._argmax_only:
+            if self._greedy_pick is not None:
                 # llama.cpp's greedy sampler picks the first maximum, as np.argmax
                 # does, and its logit-bias sampler adds float32 biases in place.
-                logits = np.frombuffer(ffi.buffer(row, ctx.n_vocab * 4), dtype=np.float32)
-                return biased_argmax(logits, self._biases) if self._biases else int(logits.argmax())
+                return self._greedy_pick(
+                    np.frombuffer(ffi.buffer(row, ctx.n_vocab * 4), dtype=np.float32))
             token = int(lib.llama_sampler_sample(chain, cptr, idx))
         self._reraise()
         return token

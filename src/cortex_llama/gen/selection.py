@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..context import Context
-from ..sampling import SamplerChain, biased_argmax
+from ..sampling import GreedyPick, SamplerChain
 from . import policy
 
 __all__ = ["TokenPicker", "Pick", "Row", "select_tokens"]
@@ -32,16 +32,16 @@ __all__ = ["TokenPicker", "Pick", "Row", "select_tokens"]
 class TokenPicker:
     """How one request's tokens are picked, decided once at admission."""
 
-    __slots__ = ("sampler", "biases", "guarded", "wants_logits", "vectorized")
+    __slots__ = ("sampler", "greedy", "guarded", "wants_logits", "vectorized")
 
     def __init__(self, sampler: SamplerChain, wants_logits: bool) -> None:
         self.sampler = sampler
-        # (ids, biases) of a [logit-bias...] greedy chain: picked by numpy argmax
-        self.biases = sampler.argmax_biases
+        # a [logit-bias...] greedy chain's pick: numpy's argmax, biases added
+        self.greedy = sampler.greedy_pick
         self.guarded = policy.has_grammar(sampler)
         self.wants_logits = wants_logits
         #: picked with the step's other greedy rows by one argmax
-        self.vectorized = self.biases is not None and not wants_logits
+        self.vectorized = self.greedy is not None and not wants_logits
 
 
 @dataclass
@@ -65,19 +65,26 @@ class Pick:
 Row = tuple[TokenPicker, int, int, tuple[int, ...]]
 
 
+def _greedy(picker: TokenPicker) -> GreedyPick:
+    assert picker.greedy is not None, "only greedy pickers are vectorized"
+    return picker.greedy
+
+
 def _argmax_rows(ctx: Context, rows: Sequence[Row]) -> list[int]:
-    """Greedy picks for the first row of each entry, in one argmax."""
+    """Greedy picks for the first row of each entry, in one argmax (a row whose
+    biases may change its maximum is then picked again with them added)."""
     if len(rows) == 1:
         picker, row, _, _ = rows[0]
-        logits = ctx.logits(row)
-        return [biased_argmax(logits, picker.biases) if picker.biases else int(logits.argmax())]
+        return [_greedy(picker)(ctx.logits(row))]
     table = ctx.all_logits()
-    if any(p.biases for p, _, _, _ in rows):
-        return [biased_argmax(table[out], p.biases) if p.biases else int(table[out].argmax())
-                for p, _, out, _ in rows]
     outs = [out for _, _, out, _ in rows]
     sub = table if outs == list(range(table.shape[0])) else table[outs]
-    return sub.argmax(axis=1).tolist()  # type: ignore[no-any-return]
+    picked: list[int] = sub.argmax(axis=1).tolist()
+    for i, (picker, _, out, _) in enumerate(rows):
+        greedy = _greedy(picker)
+        if not greedy.keeps(picked[i]):
+            picked[i] = greedy(table[out])
+    return picked
 
 
 def _accepted(picked: Sequence[int], draft: Sequence[int]) -> int:
@@ -92,10 +99,9 @@ def _accepted(picked: Sequence[int], draft: Sequence[int]) -> int:
 def _verify_greedy(ctx: Context, picker: TokenPicker, out: int, draft: tuple[int, ...]) -> Pick:
     """A greedy chain's picks at a drafted span's rows, in one argmax."""
     table = ctx.all_logits()[out: out + len(draft) + 1]
-    if picker.biases:
-        picked = [biased_argmax(row, picker.biases) for row in table]
-    else:
-        picked = table.argmax(axis=1).tolist()
+    greedy = _greedy(picker)
+    picked = [t if greedy.keeps(t) else greedy(row)
+              for t, row in zip(table.argmax(axis=1).tolist(), table)]
     n = _accepted(picked, draft)
     return Pick(token=picked[0], more=[(t, None) for t in picked[1: n + 1]])
 
