@@ -431,16 +431,18 @@ class Scheduler:
         jobs = self._step_group(plan)
         spans = plan.spans
         prefilling = []
+        drafted = False
         for j in jobs:  # the next token of each decoding job (one entry pending)
             a = len(j.slot.cached)
             if len(j.feed) - a == 1:
                 spans.append(Span(j, a, 1, True, j.feed[a] < 0))
+                drafted = drafted or bool(j.draft)
             else:
                 prefilling.append(j)
         budget = self.n_batch - len(spans)
         if not self.per_slot:
             budget = min(budget, self.capacity - self.cells_used - len(spans))
-        if budget > 0:
+        if budget > 0 and drafted:
             budget = self._drafts(spans, budget)
         for j in prefilling:
             a = len(j.slot.cached)
