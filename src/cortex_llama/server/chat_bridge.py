@@ -27,7 +27,8 @@ from ..chat import ChatDelta
 from ..conversation import ChatCompletion
 from .errors import APIError, from_exception
 from .handlers import validation_error
-from .plumbing import Job, cancel_all, chat_inputs, check_counts, gen_params, results_or_disconnect, submit
+from .plumbing import (Job, cancel_all, chat_inputs, check_counts, gen_params, light_messages, results_or_disconnect,
+                       submit)
 from .schemas import ChatCompletionRequest
 from .state import ServerState
 
@@ -101,7 +102,7 @@ async def start_chat(state: ServerState, body: ChatCompletionRequest, names: Map
                 return [streams[0].request]
             return [llm.submit_chat(messages, params, **opts)]
 
-        reqs = await submit(make, "messages", gparam)
+        reqs = await submit(make, "messages", gparam, inline=gparam is None and light_messages(messages))
     except APIError as err:
         raise renamed(err, names) from None
     return ChatRun(Job(reqs, 1), streams[0] if streams else None)

@@ -16,7 +16,8 @@ from starlette.requests import Request as HTTPRequest
 from .chat_bridge import chat_tokens
 from .errors import APIError
 from .plumbing import (Job, chat_inputs, check_counts, choice_params, constraint, gen_params,
-                       results_or_disconnect, stream_response, submit, submit_each, cancel_all)
+                       light_messages, light_prompts, results_or_disconnect, stream_response, submit, submit_each,
+                       cancel_all)
 from .schemas import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
                       ERROR_RESPONSES, ModelCard, ModelList)
 from .shaping import ChatStream, chat_choices, completion_choices, completion_timings, stream_completion, verbose_body
@@ -92,7 +93,8 @@ async def completions(body: CompletionRequest, raw: HTTPRequest, state: ServerSt
     check_counts(state, body.n, max_tokens, "max_tokens")
     grammar, schema, gparam = constraint(body)
     params = gen_params(state, body, max_tokens, body.logprobs, grammar, schema)
-    reqs = await submit(lambda: submit_each(state, prompts, body.n, params), "prompt", gparam)
+    reqs = await submit(lambda: submit_each(state, prompts, body.n, params), "prompt", gparam,
+                        inline=gparam is None and light_prompts(prompts))
     echo = [p if isinstance(p, str) else llm.detokenize(p) for p in prompts] if body.echo else None
     job = Job(reqs, body.n, top_logprobs=body.logprobs, echo=echo)
     rid, now = "cmpl-" + secrets.token_hex(12), int(time.time())
@@ -137,7 +139,8 @@ async def chat_completions(body: ChatCompletionRequest, raw: HTTPRequest,
             raise
         return reqs
 
-    job = Job(await submit(make, "messages", gparam), body.n, top_logprobs=top)
+    inline = gparam is None and light_messages(messages)
+    job = Job(await submit(make, "messages", gparam, inline=inline), body.n, top_logprobs=top)
     rid, now = "chatcmpl-" + secrets.token_hex(12), int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
