@@ -27,8 +27,8 @@ from ..chat import ChatDelta
 from ..conversation import ChatCompletion
 from .errors import APIError, from_exception
 from .handlers import validation_error
-from .plumbing import (Job, cancel_all, chat_inputs, check_counts, gen_params, light_messages, results_or_disconnect,
-                       submit)
+from .plumbing import (Job, cancel_all, chat_constraint_param, chat_inputs, check_counts, gen_params, light_messages,
+                       results_or_disconnect, submit)
 from .schemas import ChatCompletionRequest
 from .state import ServerState
 
@@ -92,8 +92,7 @@ async def start_chat(state: ServerState, body: ChatCompletionRequest, names: Map
         check_counts(state, 1, body.max_tokens, "max_tokens")
         messages, opts = chat_inputs(state, body)
         params = gen_params(state, body, body.max_tokens or llm.config.context_size, None, body.grammar, None)
-        gparam = ("grammar" if body.grammar is not None else "response_format" if "response_format" in opts
-                  else "tools" if body.tools else None)
+        gparam = chat_constraint_param(body, opts)
         streams: list[AsyncChatStream] = []
 
         def make() -> list[Request]:

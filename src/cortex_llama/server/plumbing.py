@@ -153,6 +153,15 @@ def constraint(body: Union[CompletionRequest, ChatCompletionRequest]
     return None, schema, "response_format"
 
 
+def chat_constraint_param(body: ChatCompletionRequest, opts: Mapping[str, Any]) -> str | None:
+    """The chat request field that constrains its output (``grammar``,
+    ``response_format`` or ``tools``, as :func:`chat_inputs` put them in ``opts``),
+    or None. Never raises."""
+    if body.grammar is not None:
+        return "grammar"
+    return "response_format" if "response_format" in opts else "tools" if body.tools else None
+
+
 def choice_params(params: GenerationParams, n: int) -> list[GenerationParams]:
     """The parameters of ``n`` choices: choice j is seeded ``seed + j`` when a seed is given."""
     if params.seed is None:

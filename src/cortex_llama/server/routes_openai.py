@@ -15,9 +15,9 @@ from starlette.requests import Request as HTTPRequest
 
 from .chat_bridge import chat_tokens
 from .errors import APIError
-from .plumbing import (Job, chat_inputs, check_counts, choice_params, constraint, gen_params,
-                       light_messages, light_prompts, results_or_disconnect, stream_response, submit, submit_each,
-                       cancel_all)
+from .plumbing import (Job, cancel_all, chat_constraint_param, chat_inputs, check_counts, choice_params, constraint,
+                       gen_params, light_messages, light_prompts, results_or_disconnect, stream_response, submit,
+                       submit_each)
 from .schemas import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
                       ERROR_RESPONSES, ModelCard, ModelList)
 from .shaping import ChatStream, chat_choices, completion_choices, completion_timings, stream_completion, verbose_body
@@ -121,8 +121,7 @@ async def chat_completions(body: ChatCompletionRequest, raw: HTTPRequest,
     top = (body.top_logprobs or 0) if body.logprobs else None
     default = state.n_predict if state.n_predict >= 0 else llm.config.context_size  # -n
     params = gen_params(state, body, max_tokens or default, top, body.grammar, None)
-    gparam = ("grammar" if body.grammar is not None else "response_format" if "response_format" in opts
-              else "tools" if body.tools else None)
+    gparam = chat_constraint_param(body, opts)
     streams: list[Any] = []
 
     def make() -> list[Request]:
