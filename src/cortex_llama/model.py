@@ -401,6 +401,7 @@ class Vocab:
         self._n_tokens = int(lib.llama_vocab_n_tokens(model._vocab_ptr))  # fixed per model
         #: (token, special) -> piece, shared by every Detokenizer of this vocabulary
         self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._texts: tuple[dict[int, str], dict[int, str]] = ({}, {})
 
     def _v(self) -> Any:
         self.model._check()
@@ -599,6 +600,12 @@ class Vocab:
             piece = self._pieces[key] = self.token_to_piece(token, special=special)
         return piece
 
+    def whole_texts(self, special: bool) -> dict[int, str]:
+        """token id -> the text of its piece, for the pieces that are whole UTF-8
+        characters, filled by the :class:`Detokenizer` s of this vocabulary (one
+        dict per ``special`` setting, shared: a stream's common token is one lookup)."""
+        return self._texts[bool(special)]
+
     def token_to_piece(self, token: int, special: bool = True, lstrip: int = 0) -> bytes:
         """The bytes one token renders to, however long the piece is. Raises
         ``ValueError`` for a token id outside the vocabulary."""
@@ -633,18 +640,31 @@ class Detokenizer:
         self._preserved = frozenset(int(t) for t in preserved)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._held = False  # the decoder holds the start of a character
+        # pieces that decode whole, shared by the vocabulary's detokenizers (a
+        # preserved token renders as special: it is looked up the slow way)
+        self._texts = vocab.whole_texts(special)
 
     def piece(self, token: int) -> bytes:
         return self._vocab.cached_piece(token, self._special or token in self._preserved)
 
     def feed(self, token: int) -> str:
-        """The new complete text that ``token`` adds (possibly empty)."""
-        piece = self.piece(int(token))
+        """The new complete text that ``token`` adds (possibly empty). Raises
+        ``ValueError`` for a token id outside the vocabulary."""
+        if not self._held:
+            text = self._texts.get(token)
+            if text is not None and token not in self._preserved:
+                return text  # the common case: one lookup
+        token = int(token)
+        piece = self.piece(token)
         if not self._held:
             try:
-                return piece.decode()  # whole characters: the common case, without the decoder
+                text = piece.decode()  # whole characters, without the decoder
             except UnicodeDecodeError:
                 pass
+            else:
+                if token not in self._preserved:
+                    self._texts[token] = text
+                return text
         text = self._decoder.decode(piece)
         self._held = bool(self._decoder.getstate()[0])
         return text

@@ -410,7 +410,9 @@ class GreedyPick:
 
     def __call__(self, logits: np.ndarray) -> int:
         token = int(logits.argmax())
-        return token if self.keeps(token) else biased_argmax(logits, self.biases)
+        if not self.biases or (self._lowers_only and token not in self._biased_ids):  # (keeps, inlined)
+            return token
+        return biased_argmax(logits, self.biases)
 
 
 class SamplerChain(Sampler):

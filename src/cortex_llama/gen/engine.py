@@ -34,7 +34,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 from ..context import Context
 from ..errors import ClosedError, KVCacheFullError, QueueFullError
@@ -254,35 +254,38 @@ class Engine:
 
     def _step(self) -> None:
         """plan, execute, select, update."""
+        sched, spec = self.scheduler, self.speculation
         if self._slot_tasks:
             self._run_slot_tasks()
         if self._cancels:
             self._cancels = False
             self._drop_cancelled()
-        if self.speculation is not None and self.scheduler.jobs:
-            self.speculation.propose(self.scheduler.jobs)
+        if spec is not None and sched.jobs:
+            spec.propose(sched.jobs)
         with self._lock:  # the queue is shared with submitters
-            plan = self.scheduler.plan()
+            plan = sched.plan()
         if plan.admitted or plan.preempted or plan.prefix_copies:
             self._report_plan(plan)
         if not plan.spans:
-            if self.scheduler.queue and not self.scheduler.jobs:
+            if sched.queue and not sched.jobs:
                 time.sleep(0.001)  # nothing runs and the head cannot start: should not happen
             return
         executed = self.runner.execute(plan)
-        if self.speculation is not None and executed.decode_rows:
-            self.speculation.decoded(executed.decode_rows, executed.decode_s)
+        if spec is not None and executed.decode_rows:
+            spec.decoded(executed.decode_rows, executed.decode_s)
         evaluated = self._commit(executed)
         outputs = executed.outputs
         if executed.failed:
             for spans, exc in executed.failed:
                 self._failed(spans, exc)
-            outputs = [o for o in outputs if o[0].job in self.scheduler.jobs]  # the failed ones ended
-        pickers = self._pickers
-        picks = select_tokens(self.ctx, [(pickers[id(s.job)], row, out, s.draft) for s, row, out in outputs])
+            outputs = [o for o in outputs if o[0].job in sched.jobs]  # the failed ones ended
         generated = 0
-        for (span, _, _), pick in zip(outputs, picks):
-            generated += self._update(span, pick)
+        if outputs:
+            pickers = self._pickers
+            picks = select_tokens(self.ctx, [(pickers[id(s.job)], row, out, s.draft) for s, row, out in outputs])
+            update = self._update
+            for (span, _, _), pick in zip(outputs, picks):
+                generated += update(span, pick)
         self._account(executed, evaluated, generated)
 
     def _report_plan(self, plan: StepPlan) -> None:
@@ -304,31 +307,30 @@ class Engine:
 
     def _commit(self, executed: Executed) -> int:
         """Mark what was evaluated as cached; returns the prompt tokens among it."""
-        evaluated = 0
-        committed = self.scheduler.committed
-        for span in executed.done:
-            committed(span)
-            req = self._request(span.job)
-            n_prompt = len(req.prompt_tokens)
-            if span.start < n_prompt:
-                evaluated += min(span.start + span.n, n_prompt) - span.start
-                if req.params.return_progress:
+        done = executed.done
+        evaluated = self.scheduler.commit(done)
+        if evaluated:  # a prefill step: tell the requests that asked for progress
+            for span in done:
+                req = cast(Request, span.job.req)
+                n_prompt = len(req.prompt_tokens)
+                if span.start < n_prompt and req.params.return_progress:
                     req.prompt_evaluated(min(span.start + span.n, n_prompt))
         return evaluated
 
     def _account(self, executed: Executed, evaluated: int, generated: int) -> None:
         """Count a step: its decodes, tokens, prompt tokens evaluated and tokens
         generated (one locked update per step)."""
-        done = executed.done
-        n_jobs = len(done) if len(done) <= 1 else len({id(s.job) for s in done})
+        n_decodes = executed.n_decodes
         with self._lock:
             st = self.stats
             st["generated_tokens_total"] += generated
-            if executed.n_decodes:
-                st["decodes_total"] += executed.n_decodes
+            if n_decodes:
+                n_jobs = len(executed.done)  # (a step has one span per job)
+                st["decodes_total"] += n_decodes
                 st["decode_tokens_total"] += executed.n_tokens
-                st["prompt_tokens_evaluated"] += evaluated
-                st["decode_requests_total"] += n_jobs * executed.n_decodes  # the step's requests, per decode
+                if evaluated:
+                    st["prompt_tokens_evaluated"] += evaluated
+                st["decode_requests_total"] += n_jobs * n_decodes  # the step's requests, per decode
                 if n_jobs >= 2:
                     st["batched_decodes_total"] += 1
 
@@ -336,12 +338,12 @@ class Engine:
         """Give the picked token to its request; end the job or let it go on.
         Returns how many tokens the request took (0 when picking failed)."""
         job = span.job
-        req = self._request(job)
         if pick.error is not None:
             self._end_job(job, error=pick.error)
             return 0
         if span.draft:
             return self._update_drafted(span, pick)
+        req = cast(Request, job.req)
         if req.add_token(pick.token, pick.logits):
             self._end_job(job, reason=req.ending)
         elif not self.scheduler.grow(job, pick.token):
@@ -383,9 +385,7 @@ class Engine:
 
     @staticmethod
     def _request(job: Job) -> Request:
-        req = job.req
-        assert isinstance(req, Request)
-        return req
+        return cast(Request, job.req)  # the engine's jobs hold its Requests (submit takes only those)
 
     # -- failures and endings -----------------------------------------------------------------
     def _failed(self, spans: list[Span], exc: BaseException) -> None:

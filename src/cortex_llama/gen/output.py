@@ -11,8 +11,7 @@ deltas to ``TextStream``, ``AsyncTextStream`` and the server alike.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -80,10 +79,10 @@ class StopMatcher:
         return out
 
 
-@dataclass
-class TokenOutput:
+class TokenOutput(NamedTuple):
     """What one token produced: ``text`` safe to emit now, and ``finish`` (a
-    finish reason) when the request ends with this token."""
+    finish reason) when the request ends with this token. (A named tuple: one
+    is made per token.)"""
 
     text: str = ""
     finish: str | None = None
@@ -119,17 +118,22 @@ class OutputStage:
         """Take the picked token ``tok`` (with the logits it came from, for
         logprobs). Raises nothing of its own (a token id outside the vocabulary
         raises the detokenizer's ``ValueError``)."""
-        if self.is_eog(tok):
-            return TokenOutput(finish=FINISH_EOG)
+        eog = self._eog.get(tok)
+        if eog is None:
+            eog = self.is_eog(tok)
+        if eog:
+            return TokenOutput("", FINISH_EOG)
         self.tokens.append(tok)
         if self.logprobs is not None and logits is not None:
             self.logprobs.append(self._logprob(tok, logits))
-        text, stopped = self._stop.feed(self._detok.feed(tok))
-        if stopped:
-            return TokenOutput(text, FINISH_STOP)
+        text = self._detok.feed(tok)
+        if self._stop.stops:
+            text, stopped = self._stop.feed(text)
+            if stopped:
+                return TokenOutput(text, FINISH_STOP)
         if len(self.tokens) >= self._max_tokens:
             return TokenOutput(text, FINISH_LENGTH)
-        return TokenOutput(text)
+        return TokenOutput(text, None)
 
     def _logprob(self, tok: int, logits: np.ndarray) -> TokenLogprob:
         lse = log_softmax_norm(logits)

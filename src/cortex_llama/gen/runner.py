@@ -13,7 +13,7 @@ C call reports through the context's one rc-to-exception check
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..batch import Batch
@@ -25,21 +25,28 @@ from .scheduler import KVOp, Span, StepPlan
 __all__ = ["Runner", "Executed"]
 
 
-@dataclass
+@dataclass(init=False, slots=True)
 class Executed:
     """What a step did: ``outputs`` are (span, batch row, output index) for the
     spans whose logits were computed (a span with a draft has its rows and
     output indices from these on, one per entry); ``done`` the spans evaluated;
     ``failed`` (spans, exception) for what could not be."""
 
-    outputs: list[tuple[Span, int, int]] = field(default_factory=list)
-    done: list[Span] = field(default_factory=list)
-    failed: list[tuple[list[Span], BaseException]] = field(default_factory=list)
-    n_tokens: int = 0
-    n_decodes: int = 0
+    outputs: list[tuple[Span, int, int]]
+    done: list[Span]
+    failed: list[tuple[list[Span], BaseException]]
+    n_tokens: int
+    n_decodes: int
     #: the token decode's rows and seconds (0 when the step decoded no tokens)
-    decode_rows: int = 0
-    decode_s: float = 0.0
+    decode_rows: int
+    decode_s: float
+
+    def __init__(self) -> None:  # (written out: one is made per step, and this is the cheapest)
+        self.outputs = []
+        self.done = []
+        self.failed = []
+        self.n_tokens = self.n_decodes = self.decode_rows = 0
+        self.decode_s = 0.0
 
 
 class Runner:
@@ -82,12 +89,16 @@ class Runner:
         spans together. Failures are reported in the result, not raised."""
         if plan.ops:
             self.apply(plan.ops)
-        if plan.spans and plan.lora_key != self._lora_key and self.loras is not None:
+        spans = plan.spans
+        if spans and plan.lora_key != self._lora_key and self.loras is not None:
             self.ctx.set_loras(self.loras.applied(plan.lora_key))  # the step's LoRA scales
             self._lora_key = plan.lora_key
         result = Executed()
+        if len(spans) == 1 and not spans[0].is_media:
+            self._decode(spans, result)  # one request's step
+            return result
         tokens: list[Span] = []
-        for span in plan.spans:
+        for span in spans:
             if span.is_media:
                 self._eval_media(span, result)
             else:
@@ -110,15 +121,16 @@ class Runner:
 
     def _decode(self, spans: list[Span], result: Executed) -> None:
         ctx = self.ctx
-        outputs: list[tuple[Span, int, int]] = []
         t0 = time.perf_counter()
         try:
-            if len(spans) == 1 and spans[0].n == 1 and not spans[0].draft:  # the single-token fast path
-                span = spans[0]
-                ctx.decode_one(span.job.feed[span.start], span.start, span.job.slot.seq_id)
-                outputs.append((span, 0, 0))
+            span = spans[0]
+            if len(spans) == 1 and span.n == 1 and not span.draft:  # the single-token fast path
+                job = span.job
+                ctx.decode_one(job.feed[span.start], span.start, job.slot.seq_id)
+                outputs = [(span, 0, 0)]
                 n_tokens = 1
             else:
+                outputs = []
                 n_tokens = self._fill(spans, outputs)
                 ctx.decode(self._batch)
         except BaseException as exc:  # noqa: BLE001 - the step's failure, handled by the engine
@@ -126,8 +138,8 @@ class Runner:
             return
         result.decode_s = time.perf_counter() - t0
         result.decode_rows = n_tokens
-        result.outputs.extend(outputs)
-        result.done.extend(spans)
+        result.outputs += outputs
+        result.done += spans
         result.n_tokens += n_tokens
         result.n_decodes += 1
 

@@ -136,18 +136,26 @@ class Span(NamedTuple):
     draft: tuple[int, ...] = ()
 
 
-@dataclass
+@dataclass(init=False, slots=True)
 class StepPlan:
     """What one step does: ``ops`` first, then ``spans`` in one decode (media spans
     through the projector). ``admitted`` (job, cached tokens reused) and
     ``preempted`` are for the engine to report."""
 
-    ops: list[KVOp] = field(default_factory=list)
-    spans: list[Span] = field(default_factory=list)
-    admitted: list[tuple[Job, int]] = field(default_factory=list)
-    preempted: list[Job] = field(default_factory=list)
-    prefix_copies: int = 0
-    lora_key: tuple[float, ...] = ()  # the LoRA scales every span of the step runs with
+    ops: list[KVOp]
+    spans: list[Span]
+    admitted: list[tuple[Job, int]]
+    preempted: list[Job]
+    prefix_copies: int
+    lora_key: tuple[float, ...]  # the LoRA scales every span of the step runs with
+
+    def __init__(self) -> None:  # (written out: one is made per step, and this is the cheapest)
+        self.ops = []
+        self.spans = []
+        self.admitted = []
+        self.preempted = []
+        self.prefix_copies = 0
+        self.lora_key = ()
 
     @property
     def n_tokens(self) -> int:
@@ -198,7 +206,7 @@ class Scheduler:
     @property
     def cells_used(self) -> int:
         """Cells held by all slots (an overestimate where a copy shares cells)."""
-        return sum(len(s.cached) for s in self.slots)
+        return sum([len(s.cached) for s in self.slots])
 
     @property
     def total_cells(self) -> int:
@@ -231,9 +239,24 @@ class Scheduler:
     # -- the engine reports ------------------------------------------------------------------
     def committed(self, span: Span) -> None:
         """``span`` was evaluated: its entries are now cached in its slot."""
-        job = span.job
-        job.slot.cached.extend(job.feed[span.start: span.start + span.n])
-        job.slot.last_used = self._tick
+        self.commit([span])
+
+    def commit(self, spans: Sequence[Span]) -> int:
+        """:meth:`committed` for each of ``spans``; returns how many of their
+        entries are prompt tokens (the rest are generated ones)."""
+        prompt = 0
+        tick = self._tick
+        for job, start, n, *_ in spans:
+            slot = job.slot
+            if n == 1:
+                slot.cached.append(job.feed[start])
+            else:
+                slot.cached.extend(job.feed[start: start + n])
+            slot.last_used = tick
+            n_prompt = len(job.req.prompt_tokens)
+            if start < n_prompt:
+                prompt += min(start + n, n_prompt) - start
+        return prompt
 
     def grow(self, job: Job, token: int) -> bool:
         """``job`` generated ``token``, to be decoded next step. False when that
@@ -281,9 +304,8 @@ class Scheduler:
         plan = StepPlan()
         if self.queue:
             self._admit(plan)
-        if self.jobs and not self.per_slot:
-            self._make_room(plan)
-        self._spans(plan)
+        free = 0 if self.per_slot or not self.jobs else self._make_room(plan)
+        self._spans(plan, free)
         return plan
 
     def _admit(self, plan: StepPlan) -> None:
@@ -409,39 +431,58 @@ class Scheduler:
         plan.preempted.append(job)
         self.queue.appendleft(job.req)
 
-    def _make_room(self, plan: StepPlan) -> None:
+    def _make_room(self, plan: StepPlan) -> int:
         """(Unified cache) every running request's next entry gets a cell: drop
-        idle prefixes, then preempt the youngest, until they do."""
-        if self.per_slot or self.capacity - self.cells_used >= len(self.jobs):
-            return  # (every job needs at most one cell)
+        idle prefixes, then preempt the youngest, until they do. Returns the
+        free cells then."""
+        free = self.capacity - self.cells_used
+        if free >= len(self.jobs):
+            return free  # (every job needs at most one cell)
         while self.jobs:
             need = max(1, sum(1 for j in self.jobs if j.pending == 1))
-            if self.capacity - self.cells_used >= need:
-                return
+            if free >= need:
+                return free
             self._evict_idle(need, plan)
-            if self.capacity - self.cells_used >= need:
-                return
-            if len(self.jobs) == 1:
-                return  # alone: it may use the whole cache, and ends at its capacity
+            free = self.capacity - self.cells_used
+            if free >= need or len(self.jobs) == 1:
+                return free  # (alone, it may use the whole cache, and ends at its capacity)
             self.preempt_youngest(plan)
+            free = self.capacity - self.cells_used
+        return free
 
-    def _spans(self, plan: StepPlan) -> None:
+    def _spans(self, plan: StepPlan, free: int) -> None:
         """Every running request's next token, then prompt chunks (oldest first)
-        within ``n_batch`` tokens and the free cells."""
-        jobs = self._step_group(plan)
+        within ``n_batch`` tokens and the ``free`` cells (of a unified cache).
+        A job gets at most one span a step."""
+        jobs = self.jobs
+        if len(jobs) > 1:
+            jobs = self._step_group(plan)
+        elif jobs:
+            plan.lora_key = jobs[0].req.lora_key
         spans = plan.spans
         prefilling = []
         drafted = False
         for j in jobs:  # the next token of each decoding job (one entry pending)
             a = len(j.slot.cached)
-            if len(j.feed) - a == 1:
-                spans.append(Span(j, a, 1, True, j.feed[a] < 0))
-                drafted = drafted or bool(j.draft)
+            feed = j.feed
+            if len(feed) - a == 1:
+                spans.append(Span(j, a, 1, True, feed[a] < 0))
+                if j.draft:
+                    drafted = True
             else:
                 prefilling.append(j)
+        if prefilling or drafted:  # (else every job decodes its next token: the steady state)
+            self._chunks(spans, prefilling, drafted, free)
+        if len(self.jobs) > 1:  # (only steps shared by several LoRA groups read it)
+            for span in spans:
+                span.job.last_step = self._tick
+
+    def _chunks(self, spans: list[Span], prefilling: list[Job], drafted: bool, free: int) -> None:
+        """After the decoding ``spans``: their drafts, then the ``prefilling``
+        jobs' prompt chunks, within ``n_batch`` tokens and the ``free`` cells."""
         budget = self.n_batch - len(spans)
         if not self.per_slot:
-            budget = min(budget, self.capacity - self.cells_used - len(spans))
+            budget = min(budget, free - len(spans))
         if budget > 0 and drafted:
             budget = self._drafts(spans, budget)
         for j in prefilling:
@@ -459,9 +500,6 @@ class Scheduler:
             n = media.cut(j.feed, a, room)  # an image is evaluated whole (by the projector)
             spans.append(Span(j, a, n, a + n == len(j.feed), j.feed[a] < 0))
             budget -= n
-        if len(self.jobs) > 1:  # (only steps shared by several LoRA groups read it)
-            for span in spans:
-                span.job.last_step = self._tick
 
     def _drafts(self, spans: list[Span], budget: int) -> int:
         """Give the decoding spans their jobs' drafts, cut to ``budget`` tokens in
@@ -481,11 +519,9 @@ class Scheduler:
 
     def _step_group(self, plan: StepPlan) -> list[Job]:
         """The running jobs this step decodes: all of them when they share their
-        LoRA scales, else the group of the job that waited longest for a step."""
+        LoRA scales, else the group of the job that waited longest for a step
+        (called with two jobs or more)."""
         jobs = self.jobs
-        if len(jobs) <= 1:
-            plan.lora_key = jobs[0].req.lora_key if jobs else ()
-            return jobs
         first = min(jobs, key=lambda j: (j.last_step, j.order))
         plan.lora_key = first.req.lora_key
         if all(j.req.lora_key == plan.lora_key for j in jobs):

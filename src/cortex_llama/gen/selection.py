@@ -32,7 +32,7 @@ __all__ = ["TokenPicker", "Pick", "Row", "select_tokens"]
 class TokenPicker:
     """How one request's tokens are picked, decided once at admission."""
 
-    __slots__ = ("sampler", "greedy", "guarded", "wants_logits", "vectorized")
+    __slots__ = ("sampler", "greedy", "guarded", "wants_logits", "vectorized", "keeps_any")
 
     def __init__(self, sampler: SamplerChain, wants_logits: bool) -> None:
         self.sampler = sampler
@@ -42,9 +42,11 @@ class TokenPicker:
         self.wants_logits = wants_logits
         #: picked with the step's other greedy rows by one argmax
         self.vectorized = self.greedy is not None and not wants_logits
+        #: a greedy pick without biases: the row's first maximum, whatever it is
+        self.keeps_any = self.greedy is not None and not self.greedy.biases
 
 
-@dataclass
+@dataclass(slots=True)
 class Pick:
     """The outcome for one output row: ``token`` (with the row's ``logits`` when
     the request wants logprobs), or the ``error`` that picking raised. After a
@@ -81,9 +83,10 @@ def _argmax_rows(ctx: Context, rows: Sequence[Row]) -> list[int]:
     sub = table if outs == list(range(table.shape[0])) else table[outs]
     picked: list[int] = sub.argmax(axis=1).tolist()
     for i, (picker, _, out, _) in enumerate(rows):
-        greedy = _greedy(picker)
-        if not greedy.keeps(picked[i]):
-            picked[i] = greedy(table[out])
+        if not picker.keeps_any:
+            greedy = _greedy(picker)
+            if not greedy.keeps(picked[i]):
+                picked[i] = greedy(table[out])
     return picked
 
 
@@ -127,8 +130,14 @@ def select_tokens(ctx: Context, rows: Sequence[Row]) -> list[Pick]:
     """One :class:`Pick` per (picker, batch row, output index, draft) of
     ``ctx``'s last decode, in order. Never raises for a row's own failure (it is
     in the pick)."""
-    if len(rows) == 1 and rows[0][0].vectorized and not rows[0][3]:  # one greedy request: the common case
-        return [Pick(token=_argmax_rows(ctx, rows)[0])]
+    if len(rows) == 1:  # one request: the common case
+        picker, _, _, draft = rows[0]
+        if picker.vectorized and not draft:
+            return [Pick(_argmax_rows(ctx, rows)[0])]
+    elif not rows:
+        return []
+    elif all(p.vectorized and not draft for p, _, _, draft in rows):  # greedy requests only
+        return [Pick(t) for t in _argmax_rows(ctx, rows)]
     picks = [Pick() for _ in rows]
     greedy = [i for i, (p, _, _, draft) in enumerate(rows) if p.vectorized and not draft]
     if greedy:
