@@ -397,20 +397,25 @@ class GreedyPick:
     adding the biases.
     """
 
-    __slots__ = ("biases", "_biased_ids", "_lowers_only")
+    __slots__ = ("biases", "kept_unless")
 
     def __init__(self, biases: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
         self.biases = tuple(biases)
-        self._biased_ids = frozenset(int(t) for ids, _ in self.biases for t in ids.tolist())
-        self._lowers_only = all(bool((values <= 0).all()) for _, values in self.biases)
+        lowers_only = all(bool((values <= 0).all()) for _, values in self.biases)
+        #: the unbiased first maximum is the pick unless it is one of these (None: it
+        #: may not be, some bias raises a logit)
+        self.kept_unless: frozenset[int] | None = (
+            frozenset(int(t) for ids, _ in self.biases for t in ids.tolist()) if lowers_only else None)
 
     def keeps(self, token: int) -> bool:
         """Whether ``token``, the unbiased row's first maximum, is also the pick."""
-        return not self.biases or (self._lowers_only and token not in self._biased_ids)
+        unless = self.kept_unless
+        return unless is not None and token not in unless
 
     def __call__(self, logits: np.ndarray) -> int:
         token = int(logits.argmax())
-        if not self.biases or (self._lowers_only and token not in self._biased_ids):  # (keeps, inlined)
+        unless = self.kept_unless
+        if unless is not None and token not in unless:  # (keeps, inlined: this runs every token)
             return token
         return biased_argmax(logits, self.biases)
 

@@ -152,7 +152,7 @@ class Runner:
         if singles:
             batch.add_many([s.job.feed[s.start] for s in singles], [s.start for s in singles],
                            [s.job.slot.seq_id for s in singles], logits=True)
-            outputs.extend((s, i, i) for i, s in enumerate(singles))
+            outputs += [(s, i, i) for i, s in enumerate(singles)]
         n_out = len(singles)
         for s in spans:
             if s.draft:  # the newest token, then its draft: logits at every row

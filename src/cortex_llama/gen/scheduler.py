@@ -522,8 +522,12 @@ class Scheduler:
         LoRA scales, else the group of the job that waited longest for a step
         (called with two jobs or more)."""
         jobs = self.jobs
-        first = min(jobs, key=lambda j: (j.last_step, j.order))
-        plan.lora_key = first.req.lora_key
-        if all(j.req.lora_key == plan.lora_key for j in jobs):
+        key = jobs[0].req.lora_key
+        for j in jobs:
+            if j.req.lora_key != key:
+                break
+        else:  # one group (a loop, not all(): this runs every step)
+            plan.lora_key = key
             return jobs
-        return [j for j in jobs if j.req.lora_key == plan.lora_key]
+        key = plan.lora_key = min(jobs, key=lambda j: (j.last_step, j.order)).req.lora_key
+        return [j for j in jobs if j.req.lora_key == key]

@@ -32,7 +32,7 @@ __all__ = ["TokenPicker", "Pick", "Row", "select_tokens"]
 class TokenPicker:
     """How one request's tokens are picked, decided once at admission."""
 
-    __slots__ = ("sampler", "greedy", "guarded", "wants_logits", "vectorized", "keeps_any")
+    __slots__ = ("sampler", "greedy", "guarded", "wants_logits", "vectorized", "kept_unless")
 
     def __init__(self, sampler: SamplerChain, wants_logits: bool) -> None:
         self.sampler = sampler
@@ -42,8 +42,9 @@ class TokenPicker:
         self.wants_logits = wants_logits
         #: picked with the step's other greedy rows by one argmax
         self.vectorized = self.greedy is not None and not wants_logits
-        #: a greedy pick without biases: the row's first maximum, whatever it is
-        self.keeps_any = self.greedy is not None and not self.greedy.biases
+        #: the row's first maximum is the pick unless it is one of these (None: pick
+        #: again with the biases added)
+        self.kept_unless = self.greedy.kept_unless if self.greedy is not None else None
 
 
 @dataclass(slots=True)
@@ -83,10 +84,9 @@ def _argmax_rows(ctx: Context, rows: Sequence[Row]) -> list[int]:
     sub = table if outs == list(range(table.shape[0])) else table[outs]
     picked: list[int] = sub.argmax(axis=1).tolist()
     for i, (picker, _, out, _) in enumerate(rows):
-        if not picker.keeps_any:
-            greedy = _greedy(picker)
-            if not greedy.keeps(picked[i]):
-                picked[i] = greedy(table[out])
+        unless = picker.kept_unless
+        if unless is None or picked[i] in unless:
+            picked[i] = _greedy(picker)(table[out])
     return picked
 
 
@@ -136,10 +136,10 @@ def select_tokens(ctx: Context, rows: Sequence[Row]) -> list[Pick]:
             return [Pick(_argmax_rows(ctx, rows)[0])]
     elif not rows:
         return []
-    elif all(p.vectorized and not draft for p, _, _, draft in rows):  # greedy requests only
+    greedy = [i for i, (p, _, _, draft) in enumerate(rows) if p.vectorized and not draft]
+    if len(greedy) == len(rows):  # greedy requests only
         return [Pick(t) for t in _argmax_rows(ctx, rows)]
     picks = [Pick() for _ in rows]
-    greedy = [i for i, (p, _, _, draft) in enumerate(rows) if p.vectorized and not draft]
     if greedy:
         for i, tok in zip(greedy, _argmax_rows(ctx, [rows[i] for i in greedy])):
             picks[i].token = tok
