@@ -182,6 +182,16 @@ class Request:
         assert self._completion is not None
         return self._completion
 
+    def deltas_from(self, index: int) -> list[str]:
+        """Every delta from number ``index`` on that has come (without waiting; ``[]``
+        when none has). Once there are none left, re-raises the request's error."""
+        with self._lock:
+            if index < len(self._parts):
+                return self._parts[index:]
+            if self._error is not None:
+                raise self._error
+            return []
+
     def next_delta(self, index: int, block: bool) -> str | None:
         """Delta number ``index``; None when there is none (yet, with ``block=False``;
         at all once done). Re-raises the request's error after its last delta."""

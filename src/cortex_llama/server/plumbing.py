@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import (TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence,
                     TypeVar, Union)
 
@@ -63,7 +64,8 @@ class SSETemplate:
         return cls._MARK
 
     def fill(self, text: str) -> str:
-        return self.head + json.dumps(text) + self.tail
+        # json.dumps(text) without its two Python frames (the same C encoder, ASCII-only output)
+        return self.head + encode_basestring_ascii(text) + self.tail
 
 
 # -- request checks ---------------------------------------------------------------------------
@@ -565,10 +567,8 @@ async def token_chunks(req: Request) -> AsyncGenerator[tuple[list[int], str], No
         while True:
             event.clear()
             done = req.done
-            parts = []
-            while (d := req.next_delta(i, block=False)) is not None:
-                parts.append(d)
-                i += 1
+            parts = req.deltas_from(i)
+            i += len(parts)
             n = len(req.tokens)
             if n > sent or parts:
                 yield list(req.tokens[sent:n]), "".join(parts)
