@@ -40,7 +40,8 @@ def test_generation_params_validation(field: str, value: float) -> None:
 def test_model_config_validation(tiny_path: Path) -> None:
     assert ModelConfig(tiny_path).context_size == 4096
     assert ModelConfig(tiny_path).batch_size == 512 and ModelConfig(tiny_path).gpu_layers == 0
-    for field, value in [("context_size", 0), ("threads", 0), ("batch_size", -1), ("gpu_layers", -2)]:
+    for field, value in [("context_size", 0), ("threads", 0), ("batch_size", -1), ("gpu_layers", -2),
+                         ("slot_prompt_similarity", 1.5), ("slot_prompt_similarity", -0.1)]:
         with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
             ModelConfig(tiny_path, **{field: value})
     with pytest.raises(TypeError, match="unknown ModelConfig fields"):

@@ -73,6 +73,40 @@ def test_reuse_picks_the_slot_with_the_longest_prefix() -> None:
     assert plan.spans[0].start == 4 and plan.spans[0].n == 1
 
 
+def test_a_short_shared_prefix_takes_the_least_recently_used_slot_as_llama_server() -> None:
+    """llama-server's --slot-prompt-similarity (0.1): a slot is chosen for its cache
+    only when the shared prefix is more than a tenth of the prompt; else the least
+    recently used slot, an empty one first, so a used slot keeps its cache."""
+    prompt = list(range(100, 130))  # 30 tokens: 3 shared are not more than 10 %
+    s = Scheduler(3, 100, 64, per_slot=True)
+    s.slots[0].cached[:] = prompt[:3] + [1, 2, 3, 4, 5]
+    s.slots[0].last_used = 5
+    s.queue.append(Req(list(prompt)))
+    job, reused = s.plan().admitted[0]
+    assert job.slot.seq_id == 1 and reused == 0 and s.slots[0].cached == prompt[:3] + [1, 2, 3, 4, 5]
+
+    s = Scheduler(3, 100, 64, per_slot=True)  # 4 of 30 shared: more than 10 %: that slot
+    s.slots[0].cached[:] = prompt[:4] + [1, 2]
+    s.slots[0].last_used = 5
+    s.queue.append(Req(list(prompt)))
+    job, reused = s.plan().admitted[0]
+    assert job.slot.seq_id == 0 and reused == 4
+
+    s = Scheduler(2, 100, 64, per_slot=True, slot_similarity=0.0)  # 0: any shared prefix
+    s.slots[0].cached[:] = prompt[:1]
+    s.slots[0].last_used = 5
+    s.queue.append(Req(list(prompt)))
+    assert s.plan().admitted[0][0].slot.seq_id == 0
+
+    s = Scheduler(2, 100, 64, per_slot=True)  # no slot qualifies: the least recently used, its prefix kept
+    for slot, used in zip(s.slots, (7, 3)):
+        slot.cached[:] = prompt[:2] + [9]
+        slot.last_used = used
+    s.queue.append(Req(list(prompt)))
+    job, reused = s.plan().admitted[0]
+    assert job.slot.seq_id == 1 and reused == 2
+
+
 def test_reuse_leaves_one_token_to_evaluate_and_trims_the_rest() -> None:
     s = Scheduler(1, 100, 64, per_slot=True)
     s.slots[0].cached[:] = [1, 2, 3, 8, 8]

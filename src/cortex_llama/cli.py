@@ -451,6 +451,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
              flash_attn={"on": True, "off": False, "auto": None}[args.flash_attn], embeddings=args.embeddings or args.reranking,
              pooling="rank" if args.reranking else args.pooling, lora=_lora_specs(args),
              prompt_cache_mib=None if args.cache_ram < 0 else args.cache_ram, warmup=not args.no_warmup,
+             slot_prompt_similarity=args.slot_prompt_similarity,
              max_queue=args.max_queue, rpc_servers=rpc_servers,
              mmproj=args.mmproj, progress=_progress(), **_speculative_config(args)) as llm:
         serve(llm, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("CORTEX_LLAMA_API_KEY"),
@@ -666,6 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-ram", "-cram", type=int, default=8192, metavar="MiB",
                    help="host memory for prompts that left their slot, restored when a request starts "
                         "the same way (default: 8192, as llama-server; 0: off, -1: no limit)")
+    p.add_argument("--slot-prompt-similarity", "-sps", type=float, default=0.1, metavar="F",
+                   help="take a free slot for its cached prefix when that prefix is more than this fraction "
+                        "of the prompt, else the least recently used slot (default: 0.1, as llama-server; "
+                        "0: any shared prefix)")
     p.add_argument("--no-warmup", action="store_true",
                    help="skip llama.cpp's warm-up run at load (one decode of BOS and EOS)")
     p.add_argument("--reranking", "--rerank", action="store_true",

@@ -201,7 +201,8 @@ class LLM(CompletionMethods, ChatMethods, EmbeddingMethods):
                 loras = LoraSet(model, c.lora)
                 cache = None if c.prompt_cache_mib is None else c.prompt_cache_mib * 2**20
                 engine = Engine(ctx, max_queue=c.max_queue, projector=projector, loras=loras or None,
-                                prompt_cache_bytes=cache, speculation=self._speculation(ctx))
+                                prompt_cache_bytes=cache, speculation=self._speculation(ctx),
+                                slot_similarity=c.slot_prompt_similarity)
             except BaseException:
                 self._close_draft_model()
                 model.close()

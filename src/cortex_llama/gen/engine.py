@@ -43,7 +43,7 @@ from .params import FINISH_CANCELLED, FINISH_LENGTH
 from .prompt_cache import PromptCache
 from .request import Request
 from .runner import Executed, Runner
-from .scheduler import Job, Scheduler, Span, StepPlan
+from .scheduler import SLOT_PROMPT_SIMILARITY, Job, Scheduler, Span, StepPlan
 from .selection import Pick, TokenPicker, select_tokens
 from .speculation import Speculation
 from .streams import WakeBatch, gather_wakes
@@ -73,7 +73,8 @@ class Engine:
 
     def __init__(self, ctx: Context, *, max_queue: int | None = None, projector: Any = None,
                  per_slot: bool | None = None, loras: LoraSet | None = None,
-                 prompt_cache_bytes: int | None = 0, speculation: Speculation | None = None) -> None:
+                 prompt_cache_bytes: int | None = 0, speculation: Speculation | None = None,
+                 slot_similarity: float = SLOT_PROMPT_SIMILARITY) -> None:
         self.ctx = ctx
         #: the drafting stage (None: no speculative decoding)
         self.speculation = speculation
@@ -88,7 +89,7 @@ class Engine:
                              else None)
         self.scheduler = Scheduler(ctx.n_seq_max, self.capacity, ctx.n_batch, per_slot=self.per_slot,
                                    window_dropped=lambda seq: ctx.seq_pos_min(seq) > 0,
-                                   prompt_cache=self.prompt_cache)
+                                   prompt_cache=self.prompt_cache, slot_similarity=slot_similarity)
         self.runner = Runner(ctx, projector, per_slot=self.per_slot, loras=loras, prompt_cache=self.prompt_cache)
         self._pickers: dict[int, TokenPicker] = {}  # by id(job)
         # re-entrant: a stream collected (and so cancelled) by a GC pass that runs

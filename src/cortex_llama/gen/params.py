@@ -81,6 +81,10 @@ class ModelConfig:
     #: host memory for prompts that left their slot (llama-server's --cache-ram: 8192 MiB;
     #: 0 off, None no limit), restored when a request starts the same way; per-slot streams only
     prompt_cache_mib: int | None = 8192
+    #: a free slot is taken for its cached prefix when that prefix is more than this
+    #: fraction of the prompt, else the least recently used one (llama-server's
+    #: --slot-prompt-similarity: 0.1; 0: any shared prefix)
+    slot_prompt_similarity: float = 0.1
     #: llama.cpp's warm-up run at load (its tools' default; --no-warmup turns it off)
     warmup: bool = True
     #: speculative decoding: "ngram" (llama.cpp's ngram-simple), any of llama.cpp's n-gram
@@ -105,6 +109,9 @@ class ModelConfig:
         for name in ("context_size", "threads", "batch_size", "n_seq_max"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.slot_prompt_similarity <= 1.0:
+            raise ValueError("ModelConfig.slot_prompt_similarity must be in [0, 1], "
+                             f"got {self.slot_prompt_similarity}")
         if self.prompt_cache_mib is not None and self.prompt_cache_mib < 0:
             raise ValueError(f"ModelConfig.prompt_cache_mib must be >= 0 or None, got {self.prompt_cache_mib}")
         if self.n_seq_max > self.batch_size:

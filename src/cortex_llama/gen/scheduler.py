@@ -46,7 +46,13 @@ if TYPE_CHECKING:
     from .prompt_cache import PromptCache
 
 __all__ = ["Scheduler", "StepPlan", "KVOp", "Span", "SlotState", "Job", "Schedulable",
-           "common_prefix"]
+           "common_prefix", "SLOT_PROMPT_SIMILARITY"]
+
+#: llama-server's ``--slot-prompt-similarity`` default: a free slot is taken for its
+#: cached prefix when that prefix is more than this fraction of the new prompt; else
+#: the least recently used slot is (an empty one first), so a prefix of a few
+#: shared tokens does not cost a slot its cache (and a prompt-cache save)
+SLOT_PROMPT_SIMILARITY = 0.1
 
 
 class Schedulable(Protocol):
@@ -183,7 +189,8 @@ class Scheduler:
 
     def __init__(self, n_slots: int, capacity: int, n_batch: int, *, per_slot: bool,
                  window_dropped: Callable[[int], bool] | None = None,
-                 prompt_cache: PromptCache | None = None) -> None:
+                 prompt_cache: PromptCache | None = None,
+                 slot_similarity: float = SLOT_PROMPT_SIMILARITY) -> None:
         if n_slots < 1 or capacity < 1 or n_batch < n_slots:
             # every running slot's next token goes into each step's batch
             raise ValueError(f"bad scheduler sizes: n_slots={n_slots}, capacity={capacity}, "
@@ -191,6 +198,9 @@ class Scheduler:
         self.capacity = capacity
         self.n_batch = n_batch
         self.per_slot = per_slot
+        #: a free slot is chosen for its cached prefix only when that covers more than
+        #: this fraction of the prompt; else the least recently used one is
+        self.slot_similarity = slot_similarity
         self._window_dropped = window_dropped or (lambda _seq: False)
         self.slots = [SlotState(i) for i in range(n_slots)]
         self.jobs: list[Job] = []  # running, in admission order
@@ -351,13 +361,14 @@ class Scheduler:
         return max(n, 0)
 
     def _best_slot(self, free: list[SlotState], req: Schedulable, feed: list[int]) -> tuple[SlotState, int]:
-        """The free slot sharing the longest usable prefix with ``feed`` (least
-        recently used among equals), and that prefix's length."""
-        best, best_n = free[0], -1
-        for s in sorted(free, key=lambda s: s.last_used):
-            n = self._usable(s, req, feed)
-            if n > best_n:
-                best, best_n = s, n
+        """The free slot sharing the longest usable prefix with ``feed`` when that
+        prefix is more than :attr:`slot_similarity` of it (least recently used
+        among equals), else the least recently used free slot (llama-server's
+        rule); with the length of the chosen slot's usable prefix."""
+        ranked = sorted(free, key=lambda s: s.last_used)  # least recently used first
+        found = [(self._usable(s, req, feed), s) for s in ranked]
+        bar = self.slot_similarity * len(feed)
+        best_n, best = max(((n, s) for n, s in found if n > bar), key=lambda f: f[0], default=found[0])
         return best, best_n
 
     def _prepare(self, slot: SlotState, req: Schedulable, feed: list[int],
