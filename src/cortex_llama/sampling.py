@@ -414,10 +414,7 @@ class GreedyPick:
 
     def __call__(self, logits: np.ndarray) -> int:
         token = int(logits.argmax())
-        unless = self.kept_unless
-        if unless is not None and token not in unless:  # (keeps, inlined: this runs every token)
-            return token
-        return biased_argmax(logits, self.biases)
+        return token if self.keeps(token) else biased_argmax(logits, self.biases)
 
 
 class SamplerChain(Sampler):

@@ -312,7 +312,7 @@ class Engine:
         evaluated = self.scheduler.commit(done)
         if evaluated:  # a prefill step: tell the requests that asked for progress
             for span in done:
-                req = cast(Request, span.job.req)
+                req = self._request(span.job)
                 n_prompt = len(req.prompt_tokens)
                 if span.start < n_prompt and req.params.return_progress:
                     req.prompt_evaluated(min(span.start + span.n, n_prompt))
@@ -344,7 +344,7 @@ class Engine:
             return 0
         if span.draft:
             return self._update_drafted(span, pick)
-        req = cast(Request, job.req)
+        req = self._request(job)
         if req.add_token(pick.token, pick.logits):
             self._end_job(job, reason=req.ending)
         elif not self.scheduler.grow(job, pick.token):

@@ -118,10 +118,7 @@ class OutputStage:
         """Take the picked token ``tok`` (with the logits it came from, for
         logprobs). Raises nothing of its own (a token id outside the vocabulary
         raises the detokenizer's ``ValueError``)."""
-        eog = self._eog.get(tok)
-        if eog is None:
-            eog = self.is_eog(tok)
-        if eog:
+        if self.is_eog(tok):
             return TokenOutput("", FINISH_EOG)
         self.tokens.append(tok)
         if self.logprobs is not None and logits is not None:

@@ -94,9 +94,6 @@ class Runner:
             self.ctx.set_loras(self.loras.applied(plan.lora_key))  # the step's LoRA scales
             self._lora_key = plan.lora_key
         result = Executed()
-        if len(spans) == 1 and not spans[0].is_media:
-            self._decode(spans, result)  # one request's step
-            return result
         tokens: list[Span] = []
         for span in spans:
             if span.is_media:
